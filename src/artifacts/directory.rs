@@ -1,0 +1,83 @@
+//! The directory store: artifacts copied into a local directory, with a symlink as the moving name.
+
+use std::path::{Path, PathBuf};
+
+use super::{ArtifactNames, Published, sha256_file};
+
+pub struct DirectoryStore {
+    root: PathBuf,
+    /// URL under which `root` is served.
+    base_url: String,
+}
+
+impl DirectoryStore {
+    pub fn new(root: PathBuf, base_url: String) -> Self {
+        Self { root, base_url }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Copies `file` in under its versioned name (atomically), then points the moving name at it.
+    pub async fn publish(&self, file: &Path, names: &ArtifactNames) -> Result<Published, String> {
+        let root = self.root.clone();
+        let (file, names_owned) = (file.to_path_buf(), names.clone());
+        tokio::task::spawn_blocking(move || copy_and_link(&root, &file, &names_owned))
+            .await
+            .expect("copying does not panic")
+            .map_err(|e| format!("cannot store the artifact in {}: {e}", self.root.display()))?;
+        let sha256 = sha256_file(&self.root.join(&names.versioned))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Published {
+            name: names.versioned.clone(),
+            url: Some(format!("{}/{}", self.base_url, names.versioned)),
+            sha256,
+        })
+    }
+}
+
+fn copy_and_link(root: &Path, file: &Path, names: &ArtifactNames) -> std::io::Result<()> {
+    std::fs::create_dir_all(root)?;
+    let partial = root.join(format!(".{}.partial", names.versioned));
+    std::fs::copy(file, &partial)?;
+    std::fs::rename(&partial, root.join(&names.versioned))?;
+    let link = root.join(format!(".{}.link", names.moving));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&names.versioned, &link)?;
+    std::fs::rename(&link, root.join(&names.moving))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn publishes_and_moves_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirectoryStore::new(dir.path().join("store"), "http://x/artifacts".into());
+        let names = |v: &str| ArtifactNames {
+            versioned: format!("a-{v}.tar.gz"),
+            moving: "a.tar.gz".into(),
+        };
+        for (version, content) in [("1", "one"), ("2", "two")] {
+            let source = dir.path().join("source");
+            std::fs::write(&source, content).unwrap();
+            let published = store.publish(&source, &names(version)).await.unwrap();
+            assert_eq!(
+                published.url.as_deref(),
+                Some(format!("http://x/artifacts/a-{version}.tar.gz").as_str())
+            );
+            assert_eq!(published.sha256.len(), 64);
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("store/a.tar.gz")).unwrap(),
+            "two"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("store/a-1.tar.gz")).unwrap(),
+            "one"
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! A build's full log: output split into lines on bytes (so a multi-byte character cut between two
+//! chunks survives), decoded lossily, and appended to `<data_dir>/logs/<id>.log`.
+
+use std::path::{Path, PathBuf};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::model::BuildId;
+
+/// A line longer than this is cut into several, so one endless line cannot eat the memory.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Prefix of the lines autobuilder itself writes into a build's log.
+pub const NOTE_PREFIX: &str = "[autobuilder] ";
+
+/// Path of the log file of build `id`.
+pub fn log_path(logs_dir: &Path, id: BuildId) -> PathBuf {
+    logs_dir.join(format!("{}.log", id.0))
+}
+
+/// Appends lines to one build's log file. Lines are buffered in memory and written out by
+/// [`BuildLog::write_pending`], which the executor calls after every chunk of output.
+pub struct BuildLog {
+    file: tokio::fs::File,
+    pending: Vec<u8>,
+    lines: u64,
+}
+
+impl BuildLog {
+    pub async fn create(logs_dir: &Path, id: BuildId) -> std::io::Result<Self> {
+        tokio::fs::create_dir_all(logs_dir).await?;
+        let file = tokio::fs::File::create(log_path(logs_dir, id)).await?;
+        Ok(Self {
+            file,
+            pending: Vec::with_capacity(64 * 1024),
+            lines: 0,
+        })
+    }
+
+    /// Appends one line (without its newline), decoding invalid UTF-8 lossily.
+    pub fn line(&mut self, bytes: &[u8]) {
+        self.pending
+            .extend_from_slice(String::from_utf8_lossy(bytes).as_bytes());
+        self.pending.push(b'\n');
+        self.lines += 1;
+    }
+
+    /// Appends a line of autobuilder's own, marked with [`NOTE_PREFIX`].
+    pub fn note(&mut self, text: &str) {
+        self.line(format!("{NOTE_PREFIX}{text}").as_bytes());
+    }
+
+    /// Lines written so far.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    /// Writes the buffered lines to the file.
+    pub async fn write_pending(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            self.file.write_all(&self.pending).await?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    pub async fn close(mut self) -> std::io::Result<()> {
+        self.write_pending().await?;
+        self.file.flush().await
+    }
+}
+
+/// Cuts a byte stream into lines; keeps the unfinished tail for the next chunk.
+#[derive(Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Feeds `chunk` and calls `emit` for each finished line (newline and `\r\n` removed).
+    pub fn feed(&mut self, mut chunk: &[u8], mut emit: impl FnMut(&[u8])) {
+        while let Some(at) = chunk.iter().position(|&b| b == b'\n') {
+            let (line, rest) = (&chunk[..at], &chunk[at + 1..]);
+            if self.partial.is_empty() {
+                emit(strip_cr(line));
+            } else {
+                self.partial.extend_from_slice(line);
+                emit(strip_cr(&self.partial));
+                self.partial.clear();
+            }
+            chunk = rest;
+        }
+        self.partial.extend_from_slice(chunk);
+        while self.partial.len() >= MAX_LINE_BYTES {
+            let cut = utf8_boundary(&self.partial, MAX_LINE_BYTES);
+            emit(&self.partial[..cut]);
+            self.partial.drain(..cut);
+        }
+    }
+
+    /// The last line when the stream did not end with a newline.
+    pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            emit(strip_cr(&self.partial));
+            self.partial.clear();
+        }
+    }
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// The largest cut at or below `max` that does not split a UTF-8 character (when the data is UTF-8).
+fn utf8_boundary(bytes: &[u8], max: usize) -> usize {
+    let mut cut = max.min(bytes.len());
+    while cut > max.saturating_sub(3)
+        && cut < bytes.len()
+        && (bytes[cut] & 0b1100_0000) == 0b1000_0000
+    {
+        cut -= 1;
+    }
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(chunks: &[&[u8]]) -> Vec<String> {
+        let mut splitter = LineSplitter::default();
+        let mut lines = Vec::new();
+        for chunk in chunks {
+            splitter.feed(chunk, |l| {
+                lines.push(String::from_utf8_lossy(l).into_owned())
+            });
+        }
+        splitter.finish(|l| lines.push(String::from_utf8_lossy(l).into_owned()));
+        lines
+    }
+
+    #[test]
+    fn multibyte_characters_split_across_chunks_survive() {
+        let text = "héllo wörld\n€uro\n".as_bytes();
+        let (a, b) = text.split_at(2); // inside 'é'
+        assert_eq!(split(&[a, b]), vec!["héllo wörld", "€uro"]);
+    }
+
+    #[test]
+    fn trailing_text_and_crlf() {
+        assert_eq!(split(&[b"a\r\nb\n\nc"]), vec!["a", "b", "", "c"]);
+    }
+
+    #[test]
+    fn invalid_utf8_is_kept_lossily() {
+        assert_eq!(
+            split(&[b"ok \xff\xfe end\n"]),
+            vec!["ok \u{fffd}\u{fffd} end"]
+        );
+    }
+
+    #[test]
+    fn endless_lines_are_cut() {
+        let long = vec![b'x'; MAX_LINE_BYTES * 2 + 10];
+        let lines = split(&[&long]);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.iter().map(String::len).sum::<usize>(), long.len());
+    }
+}

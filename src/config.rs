@@ -1,0 +1,477 @@
+//! Settings: one TOML file, overridable by `AUTOBUILDER_*` environment variables, validated at start-up.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::model::RepoName;
+
+/// Prefix of the environment variables that override configuration keys.
+/// `AUTOBUILDER_GITHUB_TOKEN` sets `[github] token`, `AUTOBUILDER_PROJECTS_DEMO_WEBHOOK_SECRET` sets
+/// `[projects.demo] webhook_secret`.
+pub const ENV_PREFIX: &str = "AUTOBUILDER_";
+
+/// The whole configuration. Every field has a documented default in `config.sample.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP server: hooks, build API, monitor page.
+    pub listen: String,
+    /// Base URL of this service as GitHub users reach it; links in statuses start with it.
+    pub public_url: String,
+    /// Where the history database and the full build logs live.
+    pub data_dir: PathBuf,
+    /// Scratch space for sources and artifacts of running builds. Must be the same path on the
+    /// Docker host, because it is bind-mounted into build containers.
+    pub tmp_directory: PathBuf,
+    pub git: GitConfig,
+    pub github: GithubConfig,
+    pub docker: DockerConfig,
+    pub builds: BuildsConfig,
+    pub artifacts: ArtifactsConfig,
+    /// One table per `/build/<name>/hook`.
+    pub projects: BTreeMap<String, ProjectConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitConfig {
+    /// Where repositories are fetched from; `{repo}` is replaced by `org/name`.
+    pub clone_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubConfig {
+    /// GitHub REST API base URL (GitHub Enterprise or a fake server in tests).
+    pub api_url: String,
+    /// Token used to post commit statuses; empty disables statuses.
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerConfig {
+    /// Base image of a build script whose recipe names none.
+    pub default_image: String,
+    /// Network mode of build containers (`bridge`, `host`, `none`, or a network name).
+    pub network: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildsConfig {
+    /// Builds running at once; the others wait as `queued`. 0 means the number of cores.
+    pub concurrency: usize,
+    /// A build still running after this many minutes is stopped and ends as `error`.
+    pub timeout_minutes: u64,
+    /// Memory limit of a build container, e.g. `512m`, `4g`.
+    pub memory: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactsKind {
+    /// Copy artifacts into `artifacts.directory`, served under `/artifacts/`.
+    Directory,
+    /// Upload artifacts to a Zero-OS hub as flists.
+    Hub,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactsConfig {
+    pub kind: ArtifactsKind,
+    /// Directory store location; also where `format: binary` artifacts go when `kind = "hub"`.
+    pub directory: PathBuf,
+    pub hub: HubConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Base URL of the Zero-OS hub.
+    pub url: String,
+    /// Bearer token of the hub account that receives the flists.
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// The recipes repository (`org/name`) holding `<org>/<repo>/<branch>.yaml` files.
+    pub recipes: String,
+    /// The branch of the recipes repository that is loaded.
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Secret shared with the GitHub webhooks of this project.
+    pub webhook_secret: Secret,
+}
+
+/// A string that never shows in logs or `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+fn default_branch() -> String {
+    "master".into()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:5560".into(),
+            public_url: "http://127.0.0.1:5560".into(),
+            data_dir: "./data".into(),
+            tmp_directory: "/tmp/autobuilder".into(),
+            git: GitConfig::default(),
+            github: GithubConfig::default(),
+            docker: DockerConfig::default(),
+            builds: BuildsConfig::default(),
+            artifacts: ArtifactsConfig::default(),
+            projects: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        Self {
+            clone_url: "https://github.com/{repo}.git".into(),
+        }
+    }
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.github.com".into(),
+            token: Secret::default(),
+        }
+    }
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            default_image: "ubuntu:16.04".into(),
+            network: "bridge".into(),
+        }
+    }
+}
+
+impl Default for BuildsConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 0,
+            timeout_minutes: 60,
+            memory: "4g".into(),
+        }
+    }
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        Self {
+            kind: ArtifactsKind::Directory,
+            directory: "./artifacts".into(),
+            hub: HubConfig::default(),
+        }
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            url: "https://hub.grid.tf".into(),
+            token: Secret::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file (when given), applies the environment overrides, and validates the result.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read the configuration file {}", path.display())
+            })?,
+            None => String::new(),
+        };
+        let vars = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX));
+        let config = Self::from_toml_and_env(&text, vars).with_context(|| {
+            format!(
+                "invalid configuration in {}",
+                path.map_or("(defaults)".into(), |p| p.display().to_string())
+            )
+        })?;
+        Ok(config)
+    }
+
+    /// Parses `text`, then applies `AUTOBUILDER_*` overrides from `vars`, then validates.
+    pub fn from_toml_and_env(
+        text: &str,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let parsed: Config = toml::from_str(text)?;
+        let mut tree = toml::Value::try_from(&parsed)?;
+        for (name, value) in vars {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if !override_key(&mut tree, &key.to_ascii_lowercase(), &value) {
+                bail!("environment variable {name} names no configuration key");
+            }
+        }
+        let mut config: Config = tree.try_into()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&mut self) -> anyhow::Result<()> {
+        self.listen.parse::<SocketAddr>().with_context(|| {
+            format!(
+                "listen = {:?} is not an address like 127.0.0.1:5560",
+                self.listen
+            )
+        })?;
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
+            bail!(
+                "public_url = {:?} must start with http:// or https://",
+                self.public_url
+            );
+        }
+        self.public_url = self.public_url.trim_end_matches('/').to_string();
+        if !self.tmp_directory.is_absolute() {
+            bail!(
+                "tmp_directory = {:?} must be an absolute path: it is bind-mounted into build containers",
+                self.tmp_directory
+            );
+        }
+        if !self.git.clone_url.contains("{repo}") {
+            bail!(
+                "[git] clone_url = {:?} must contain {{repo}}",
+                self.git.clone_url
+            );
+        }
+        if self.builds.concurrency == 0 {
+            self.builds.concurrency = std::thread::available_parallelism().map_or(2, |n| n.get());
+        }
+        if self.builds.timeout_minutes == 0 {
+            bail!("[builds] timeout_minutes must be at least 1");
+        }
+        parse_memory(&self.builds.memory).context("[builds] memory")?;
+        if self.artifacts.kind == ArtifactsKind::Hub && self.artifacts.hub.token.is_empty() {
+            bail!(
+                "[artifacts] kind = \"hub\" needs [artifacts.hub] token (or AUTOBUILDER_ARTIFACTS_HUB_TOKEN)"
+            );
+        }
+        for (name, project) in &self.projects {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bail!(
+                    "project name {name:?} may only hold letters, digits, '-' and '_' (it is part of the hook URL)"
+                );
+            }
+            RepoName::parse(&project.recipes)
+                .with_context(|| format!("[projects.{name}] recipes = {:?}", project.recipes))?;
+            if project.webhook_secret.is_empty() {
+                bail!(
+                    "[projects.{name}] webhook_secret is empty: set it (or AUTOBUILDER_PROJECTS_{}_WEBHOOK_SECRET) \
+                     to the secret of the GitHub webhook",
+                    name.to_ascii_uppercase()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The socket address to listen on (validated at load).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.parse().expect("validated at load")
+    }
+
+    /// Memory limit of build containers in bytes (validated at load).
+    pub fn memory_bytes(&self) -> i64 {
+        parse_memory(&self.builds.memory).expect("validated at load")
+    }
+
+    /// Directory of the full build logs.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    /// The clone URL of a repository.
+    pub fn clone_url(&self, repo: &RepoName) -> String {
+        self.git.clone_url.replace("{repo}", repo.as_str())
+    }
+}
+
+/// Sets the key named by `key` (lower case, `_`-joined path) in `tree`. Table keys may hold `_`
+/// themselves, so each level tries every key that is a prefix of what is left.
+fn override_key(tree: &mut toml::Value, key: &str, value: &str) -> bool {
+    let toml::Value::Table(table) = tree else {
+        return false;
+    };
+    let names: Vec<String> = table.keys().cloned().collect();
+    for name in names {
+        let lower = name.to_ascii_lowercase();
+        if key == lower {
+            let slot = table.get_mut(&name).expect("key listed");
+            *slot = match slot {
+                toml::Value::Integer(_) => match value.parse() {
+                    Ok(n) => toml::Value::Integer(n),
+                    Err(_) => return false,
+                },
+                toml::Value::Boolean(_) => match value.parse() {
+                    Ok(b) => toml::Value::Boolean(b),
+                    Err(_) => return false,
+                },
+                toml::Value::Table(_) => return false,
+                _ => toml::Value::String(value.to_string()),
+            };
+            return true;
+        }
+        if let Some(rest) = key.strip_prefix(&lower).and_then(|r| r.strip_prefix('_'))
+            && override_key(table.get_mut(&name).expect("key listed"), rest, value)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Parses a Docker-style memory size: `512m`, `4g`, `1048576`.
+pub fn parse_memory(text: &str) -> anyhow::Result<i64> {
+    let text = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text.as_str(), ""),
+    };
+    let number: i64 = digits
+        .parse()
+        .with_context(|| format!("{text:?} is not a size like 512m or 4g"))?;
+    let factor = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => bail!("{text:?} has an unknown unit: use k, m or g"),
+    };
+    let bytes = number.checked_mul(factor).context("size too large")?;
+    if bytes < 6 << 20 {
+        bail!("{text:?} is below Docker's minimum of 6m");
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+        [projects.demo]
+        recipes = "org/recipes"
+        webhook_secret = "s3cret"
+    "#;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn defaults_fill_every_key() {
+        let config = Config::from_toml_and_env(SAMPLE, env(&[])).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:5560");
+        assert_eq!(config.projects["demo"].branch, "master");
+        assert_eq!(config.builds.timeout_minutes, 60);
+        assert!(config.builds.concurrency >= 1);
+        assert_eq!(config.memory_bytes(), 4 << 30);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_with_underscores() {
+        let config = Config::from_toml_and_env(
+            SAMPLE,
+            env(&[
+                ("AUTOBUILDER_GITHUB_TOKEN", "tok"),
+                ("AUTOBUILDER_PUBLIC_URL", "https://ci.example/"),
+                ("AUTOBUILDER_PROJECTS_DEMO_WEBHOOK_SECRET", "other"),
+                ("AUTOBUILDER_BUILDS_TIMEOUT_MINUTES", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.github.token.expose(), "tok");
+        assert_eq!(config.public_url, "https://ci.example");
+        assert_eq!(config.projects["demo"].webhook_secret.expose(), "other");
+        assert_eq!(config.builds.timeout_minutes, 5);
+    }
+
+    #[test]
+    fn unknown_environment_key_is_an_error() {
+        let err = Config::from_toml_and_env(SAMPLE, env(&[("AUTOBUILDER_NOPE", "1")])).unwrap_err();
+        assert!(err.to_string().contains("AUTOBUILDER_NOPE"), "{err}");
+    }
+
+    #[test]
+    fn empty_secret_is_refused_and_named() {
+        let err = Config::from_toml_and_env(
+            "[projects.demo]\nrecipes = \"org/recipes\"\nwebhook_secret = \"\"\n",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("AUTOBUILDER_PROJECTS_DEMO_WEBHOOK_SECRET"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml_and_env("lisen = \"x\"", env(&[])).unwrap_err();
+        assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let config = Config::from_toml_and_env(SAMPLE, env(&[])).unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("2G").unwrap(), 2 << 30);
+        assert!(parse_memory("lots").is_err());
+        assert!(parse_memory("1k").is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! Git (libgit2): check out a pushed commit for a build, and read a recipes repository at a commit.
+//!
+//! Every function here blocks; call them from `tokio::task::spawn_blocking`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use git2::{FetchOptions, Oid, Repository, build::CheckoutBuilder};
+
+use crate::model::{Branch, CommitSha};
+use crate::recipes::{MAX_RECIPE_BYTES, is_recipe_path};
+
+/// Fetches `branch` from `url` into a new repository at `dest` and checks out exactly `sha`,
+/// whatever the branch head is by now. `dest` keeps its `.git`, so scripts may run git commands.
+pub fn checkout_commit(
+    url: &str,
+    branch: &Branch,
+    sha: &CommitSha,
+    dest: &Path,
+) -> anyhow::Result<()> {
+    let repo = Repository::init(dest)
+        .with_context(|| format!("cannot create a repository in {}", dest.display()))?;
+    let oid = Oid::from_str(sha.as_str())?;
+    let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+    fetch(&repo, url, &[refspec.as_str()])?;
+    if repo.find_commit(oid).is_err() {
+        // The branch moved on without this commit (a force push): ask for the commit itself,
+        // which GitHub serves while it is reachable from any ref.
+        let _ = fetch(&repo, url, &[sha.as_str()]);
+    }
+    let commit = repo.find_commit(oid).map_err(|_| {
+        anyhow::anyhow!(
+            "commit {sha} is not on branch {branch} of {} (force-pushed away?)",
+            redact_url(url)
+        )
+    })?;
+    repo.remote("origin", url)?;
+    repo.set_head_detached(commit.id())?;
+    repo.checkout_head(Some(CheckoutBuilder::new().force()))?;
+    Ok(())
+}
+
+/// A bare copy of a project's recipes repository under the data directory, fetched on demand.
+pub struct RecipesMirror<'a> {
+    pub path: &'a Path,
+    pub url: &'a str,
+}
+
+impl RecipesMirror<'_> {
+    /// Fetches `branch` and returns the commit to read: `sha` when given, else the branch head.
+    pub fn fetch(&self, branch: &Branch, sha: Option<&CommitSha>) -> anyhow::Result<CommitSha> {
+        let repo = match Repository::open_bare(self.path) {
+            Ok(repo) => repo,
+            Err(_) => {
+                if self.path.exists() {
+                    std::fs::remove_dir_all(self.path)?;
+                }
+                Repository::init_bare(self.path)
+                    .with_context(|| format!("cannot create {}", self.path.display()))?
+            }
+        };
+        let tracking = format!("refs/remotes/origin/{branch}");
+        let refspec = format!("+refs/heads/{branch}:{tracking}");
+        fetch(&repo, self.url, &[refspec.as_str()])?;
+        let oid = match sha {
+            Some(sha) => Oid::from_str(sha.as_str())?,
+            None => repo.refname_to_id(&tracking).with_context(|| {
+                format!("branch {branch} not found in {}", redact_url(self.url))
+            })?,
+        };
+        repo.find_commit(oid).with_context(|| {
+            format!(
+                "commit {oid} is not on branch {branch} of {}",
+                redact_url(self.url)
+            )
+        })?;
+        CommitSha::parse(&oid.to_string())
+    }
+
+    /// The recipe files (`.yaml`/`.yml` outside hidden folders) of commit `sha`, as (path, content).
+    pub fn recipe_files(&self, sha: &CommitSha) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let repo = Repository::open_bare(self.path)?;
+        let tree = repo.find_commit(Oid::from_str(sha.as_str())?)?.tree()?;
+        let mut files = Vec::new();
+        let mut failure = None;
+        tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+            if entry.kind() != Some(git2::ObjectType::Blob) {
+                return git2::TreeWalkResult::Ok;
+            }
+            let path = format!("{root}{}", String::from_utf8_lossy(entry.name_bytes()));
+            if !is_recipe_path(&path) {
+                return git2::TreeWalkResult::Ok;
+            }
+            match entry.to_object(&repo).and_then(|o| o.peel_to_blob()) {
+                Ok(blob) => {
+                    let content = blob.content();
+                    files.push((
+                        path,
+                        content[..content.len().min(MAX_RECIPE_BYTES + 1)].to_vec(),
+                    ));
+                    git2::TreeWalkResult::Ok
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    git2::TreeWalkResult::Abort
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        Ok(files)
+    }
+}
+
+fn fetch(repo: &Repository, url: &str, refspecs: &[&str]) -> anyhow::Result<()> {
+    let mut remote = repo.remote_anonymous(url)?;
+    let mut options = FetchOptions::new();
+    options.download_tags(git2::AutotagOption::None);
+    remote
+        .fetch(refspecs, Some(&mut options), None)
+        .with_context(|| format!("git fetch of {} failed", redact_url(url)))?;
+    Ok(())
+}
+
+/// The URL without credentials (`https://user:token@host/x` -> `https://***@host/x`).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_show() {
+        assert_eq!(
+            redact_url("https://x:tok@github.com/a/b.git"),
+            "https://***@github.com/a/b.git"
+        );
+        assert_eq!(redact_url("file:///tmp/a/b.git"), "file:///tmp/a/b.git");
+    }
+}

@@ -1,0 +1,113 @@
+//! The `autobuilder` command: `serve` runs the service, `check` validates a recipes checkout.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use autobuilder::app::App;
+use autobuilder::config::Config;
+use autobuilder::recipes::RecipeSet;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Builds pushed commits in Docker, publishes their artifacts, reports GitHub statuses"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: webhooks, builds, build API and monitor page.
+    Serve {
+        /// Configuration file (see config.sample.toml); AUTOBUILDER_* variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a recipes checkout: print every problem, exit 1 on any.
+    Check {
+        /// Root of the recipes repository checkout.
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Check { dir } => check(&dir),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("autobuilder: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,octocrab=warn".into()),
+        )
+        .init();
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
+    let config = Config::load(config_path.as_deref())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let app = App::build(config).await?;
+        app.load_recipes().await;
+        let listener = tokio::net::TcpListener::bind(app.config.listen_addr())
+            .await
+            .with_context(|| format!("cannot listen on {}", app.config.listen))?;
+        tracing::info!("listening on http://{}", listener.local_addr()?);
+        let router = autobuilder::server::router(app)?;
+        axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+        tracing::info!("stopped taking requests; unfinished builds end as 'interrupted by restart' at the next start");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let set =
+        RecipeSet::parse_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    for recipe in set.recipes.values() {
+        let scripts: Vec<&str> = recipe.scripts.iter().map(|s| s.script.as_str()).collect();
+        println!(
+            "ok       {}: {} {} builds {}",
+            recipe.file,
+            recipe.repository,
+            recipe.branch,
+            scripts.join(", ")
+        );
+    }
+    for problem in &set.problems {
+        println!("problem  {}: {}", problem.file, problem.reason);
+    }
+    println!(
+        "{} recipes, {} problems",
+        set.recipes.len(),
+        set.problems.len()
+    );
+    Ok(if set.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

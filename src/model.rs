@@ -1,0 +1,313 @@
+//! Validated identifiers and the build record shared by every layer.
+
+use std::fmt;
+
+use anyhow::{bail, ensure};
+use serde::{Deserialize, Serialize};
+
+/// A GitHub repository, `org/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RepoName(String);
+
+impl RepoName {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let Some((org, name)) = text.split_once('/') else {
+            bail!("{text:?} is not a repository name like org/repo");
+        };
+        for part in [org, name] {
+            ensure!(
+                !part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && part.len() <= 100
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+                "{text:?} is not a repository name like org/repo (letters, digits, '-', '_', '.')"
+            );
+        }
+        Ok(Self(text.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn org(&self) -> &str {
+        self.0.split_once('/').expect("validated").0
+    }
+    /// The repository name without its organisation.
+    pub fn name(&self) -> &str {
+        self.0.split_once('/').expect("validated").1
+    }
+}
+
+impl TryFrom<String> for RepoName {
+    type Error = anyhow::Error;
+    fn try_from(value: String) -> anyhow::Result<Self> {
+        Self::parse(&value)
+    }
+}
+
+impl From<RepoName> for String {
+    fn from(value: RepoName) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A git branch name, as in `refs/heads/<branch>`; may hold `/`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Branch(String);
+
+impl Branch {
+    /// Accepts what `git check-ref-format --branch` accepts, minus the rarely used oddities.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        ensure!(
+            !text.is_empty() && text.len() <= 255,
+            "branch name {text:?} is empty or too long"
+        );
+        ensure!(
+            !text
+                .chars()
+                .any(|c| c.is_control()
+                    || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')),
+            "branch name {text:?} holds a character git does not allow"
+        );
+        ensure!(
+            !text.starts_with('/')
+                && !text.ends_with('/')
+                && !text.ends_with(".lock")
+                && !text.contains("@{"),
+            "branch name {text:?} is not a valid git branch name"
+        );
+        for part in text.split('/') {
+            ensure!(
+                !part.is_empty() && !part.starts_with('.') && !part.contains(".."),
+                "branch name {text:?} has an empty, hidden or '..' component"
+            );
+        }
+        Ok(Self(text.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Branch {
+    type Error = anyhow::Error;
+    fn try_from(value: String) -> anyhow::Result<Self> {
+        Self::parse(&value)
+    }
+}
+
+impl From<Branch> for String {
+    fn from(value: Branch) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for Branch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A full commit id in lower-case hex (SHA-1 or SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CommitSha(String);
+
+impl CommitSha {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        ensure!(
+            (text.len() == 40 || text.len() == 64) && text.chars().all(|c| c.is_ascii_hexdigit()),
+            "{text:?} is not a full commit id"
+        );
+        Ok(Self(text.to_ascii_lowercase()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The first ten characters, as used in artifact names.
+    pub fn short(&self) -> &str {
+        &self.0[..10]
+    }
+    /// The all-zero id GitHub sends as `after` when a branch is deleted.
+    pub fn is_zero(&self) -> bool {
+        self.0.bytes().all(|b| b == b'0')
+    }
+}
+
+impl TryFrom<String> for CommitSha {
+    type Error = anyhow::Error;
+    fn try_from(value: String) -> anyhow::Result<Self> {
+        Self::parse(&value)
+    }
+}
+
+impl From<CommitSha> for String {
+    fn from(value: CommitSha) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for CommitSha {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of a build (or a recipes reload) in the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BuildId(pub i64);
+
+impl fmt::Display for BuildId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a build is in its life. `success`, `failure`, `error` and `cancelled` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildStatus {
+    Queued,
+    Running,
+    /// The script ran and the artifact was published.
+    Success,
+    /// The script failed, or left no artifact: the commit's fault.
+    Failure,
+    /// Infrastructure failed: clone, image, Docker, artifact store, timeout.
+    Error,
+    Cancelled,
+}
+
+impl BuildStatus {
+    pub const ALL: [BuildStatus; 6] = [
+        BuildStatus::Queued,
+        BuildStatus::Running,
+        BuildStatus::Success,
+        BuildStatus::Failure,
+        BuildStatus::Error,
+        BuildStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildStatus::Queued => "queued",
+            BuildStatus::Running => "running",
+            BuildStatus::Success => "success",
+            BuildStatus::Failure => "failure",
+            BuildStatus::Error => "error",
+            BuildStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, BuildStatus::Queued | BuildStatus::Running)
+    }
+}
+
+impl fmt::Display for BuildStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a history entry is: a build of a script, or a reload of a project's recipes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildKind {
+    Build,
+    Reload,
+}
+
+impl BuildKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildKind::Build => "build",
+            BuildKind::Reload => "reload",
+        }
+    }
+}
+
+/// One entry of the history, as stored and as served by the JSON API.
+#[derive(Debug, Clone, Serialize)]
+pub struct Build {
+    pub id: BuildId,
+    pub kind: BuildKind,
+    pub project: String,
+    pub repository: String,
+    pub branch: String,
+    pub commit: String,
+    /// The build script, or `recipes` for a reload.
+    pub script: String,
+    pub baseimage: Option<String>,
+    pub status: BuildStatus,
+    /// Commit message and author of the pushed head commit, when the push said.
+    pub message: Option<String>,
+    pub author: Option<String>,
+    /// RFC 3339 times.
+    pub created: String,
+    pub started: Option<String>,
+    pub ended: Option<String>,
+    /// One-line reason of a non-success end.
+    pub error: Option<String>,
+    /// Name of the published artifact.
+    pub artifact: Option<String>,
+    /// Where the artifact can be downloaded.
+    pub artifact_url: Option<String>,
+    pub artifact_sha256: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_names() {
+        let repo = RepoName::parse("threefoldtech/0-core").unwrap();
+        assert_eq!((repo.org(), repo.name()), ("threefoldtech", "0-core"));
+        for bad in [
+            "nope", "a/b/c", "../x", "a/..", "a/", "/b", "a/b c", "a/b\n",
+        ] {
+            assert!(RepoName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn branch_names() {
+        for good in ["master", "feature/x", "release-1.2", "a/b/c"] {
+            assert!(Branch::parse(good).is_ok(), "{good:?} refused");
+        }
+        for bad in [
+            "", "../etc", "a/../b", "/x", "x/", "a//b", ".hidden", "a b", "x\u{7}", "a.lock", "x:y",
+        ] {
+            assert!(Branch::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn commit_ids() {
+        let sha = CommitSha::parse("ABCDEF0123456789abcdef0123456789abcdef01").unwrap();
+        assert_eq!(sha.short(), "abcdef0123");
+        assert!(
+            CommitSha::parse("0000000000000000000000000000000000000000")
+                .unwrap()
+                .is_zero()
+        );
+        assert!(CommitSha::parse("abc").is_err());
+        assert!(CommitSha::parse("zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz").is_err());
+    }
+}

@@ -1,0 +1,473 @@
+//! Recipes: the `<org>/<repo>/<branch>.yaml` files of a recipes repository, parsed and validated.
+//!
+//! A broken file is reported with its path and reason and skipped; every other file still loads.
+
+pub mod reload;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Component, Path};
+
+use serde::Deserialize;
+
+use crate::model::{Branch, RepoName};
+
+/// Recipe files larger than this are refused (a recipe is a few lines).
+pub const MAX_RECIPE_BYTES: usize = 256 * 1024;
+
+/// How a build's artifact is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactFormat {
+    /// A `.tar.gz` that becomes a Zero-OS flist on the hub.
+    #[default]
+    Flist,
+    /// Any file, published as it is.
+    Binary,
+}
+
+/// One build script of a recipe, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildScript {
+    /// Path of the script inside the built repository, e.g. `autobuild/build.sh`.
+    pub script: String,
+    /// Absolute directory inside the container where the script leaves the artifact.
+    pub archives: String,
+    /// File name of the artifact inside `archives`.
+    pub artifact: String,
+    /// Image the container starts from; `None` means the configured default.
+    pub baseimage: Option<String>,
+    /// Extra part of the artifact name, to tell several scripts' artifacts apart.
+    pub tag: Option<String>,
+    pub format: ArtifactFormat,
+}
+
+/// The recipe of one branch of one repository: its build scripts, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipe {
+    pub repository: RepoName,
+    pub branch: Branch,
+    /// The recipe file inside the recipes repository.
+    pub file: String,
+    pub scripts: Vec<BuildScript>,
+}
+
+/// A recipe file that could not be loaded, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipeProblem {
+    pub file: String,
+    pub reason: String,
+}
+
+/// Everything loaded from one commit of a recipes repository.
+#[derive(Debug, Clone, Default)]
+pub struct RecipeSet {
+    pub recipes: BTreeMap<(RepoName, Branch), Recipe>,
+    pub problems: Vec<RecipeProblem>,
+}
+
+impl RecipeSet {
+    /// Parses every recipe file among `files` (path relative to the repository root, content).
+    /// Files that are not `.yaml`/`.yml`, or that live under a hidden folder, are not recipes.
+    pub fn parse<'a>(files: impl IntoIterator<Item = (String, &'a [u8])>) -> Self {
+        let mut set = RecipeSet::default();
+        for (file, content) in files {
+            if !is_recipe_path(&file) {
+                continue;
+            }
+            match parse_file(&file, content) {
+                Ok(recipe) => {
+                    let key = (recipe.repository.clone(), recipe.branch.clone());
+                    if let Some(other) = set.recipes.get(&key) {
+                        set.problems.push(RecipeProblem {
+                            file,
+                            reason: format!(
+                                "{} already declares {} branch {}",
+                                other.file, key.0, key.1
+                            ),
+                        });
+                    } else {
+                        set.recipes.insert(key, recipe);
+                    }
+                }
+                Err(reason) => set.problems.push(RecipeProblem { file, reason }),
+            }
+        }
+        set.problems.sort_by(|a, b| a.file.cmp(&b.file));
+        set
+    }
+
+    /// The recipe of `repo` at `branch`, matched exactly (`feature/x` is not `x`).
+    pub fn get(&self, repo: &RepoName, branch: &Branch) -> Option<&Recipe> {
+        self.recipes.get(&(repo.clone(), branch.clone()))
+    }
+
+    /// The repositories that have at least one recipe.
+    pub fn repositories(&self) -> Vec<&RepoName> {
+        let mut repos: Vec<&RepoName> = self.recipes.keys().map(|(repo, _)| repo).collect();
+        repos.dedup();
+        repos
+    }
+
+    /// Reads every file of a checkout on disk (for `autobuilder check`), skipping `.git`.
+    pub fn parse_dir(root: &Path) -> std::io::Result<Self> {
+        let mut files = Vec::new();
+        collect_files(root, root, &mut files)?;
+        Ok(Self::parse(
+            files
+                .iter()
+                .map(|(path, content)| (path.clone(), content.as_slice())),
+        ))
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let file_type = entry.file_type()?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if file_type.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if file_type.is_file() {
+            let relative = path
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .replace('\\', "/");
+            if is_recipe_path(&relative) {
+                // Read one byte past the limit, so that parse_file can refuse an oversized file.
+                let mut content = Vec::new();
+                std::fs::File::open(&path)?
+                    .take(MAX_RECIPE_BYTES as u64 + 1)
+                    .read_to_end(&mut content)?;
+                out.push((relative, content));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a repository path is a recipe file: `.yaml`/`.yml`, not under a hidden folder.
+pub fn is_recipe_path(path: &str) -> bool {
+    (path.ends_with(".yaml") || path.ends_with(".yml"))
+        && !path.split('/').any(|part| part.starts_with('.'))
+}
+
+/// The raw YAML shape: `buildscripts` plus one mapping per script path.
+#[derive(Deserialize)]
+struct RawRecipe {
+    buildscripts: Vec<String>,
+    #[serde(flatten)]
+    scripts: BTreeMap<String, RawScript>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScript {
+    archives: Option<String>,
+    artifact: Option<String>,
+    baseimage: Option<String>,
+    tag: Option<String>,
+    format: Option<ArtifactFormat>,
+}
+
+/// Parses and validates one recipe file; the error is a one-line reason.
+pub fn parse_file(file: &str, content: &[u8]) -> Result<Recipe, String> {
+    let (repository, branch) = target_of(file)?;
+    if content.len() > MAX_RECIPE_BYTES {
+        return Err(format!("file is larger than {MAX_RECIPE_BYTES} bytes"));
+    }
+    let text = std::str::from_utf8(content).map_err(|_| "file is not UTF-8".to_string())?;
+    if text.trim().is_empty() {
+        return Err("file is empty: it needs a `buildscripts` list".into());
+    }
+    let raw: RawRecipe = serde_saphyr::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+    if raw.buildscripts.is_empty() {
+        return Err("`buildscripts` is empty: list at least one script".into());
+    }
+    for key in raw.scripts.keys() {
+        if !raw.buildscripts.contains(key) {
+            return Err(format!(
+                "`{key}` has settings but is not listed in `buildscripts`"
+            ));
+        }
+    }
+    let mut scripts = Vec::new();
+    for (index, script) in raw.buildscripts.iter().enumerate() {
+        if raw.buildscripts[..index].contains(script) {
+            return Err(format!("`{script}` is listed twice in `buildscripts`"));
+        }
+        check_relative_path(script).map_err(|why| format!("build script `{script}`: {why}"))?;
+        let settings = raw.scripts.get(script).ok_or_else(|| {
+            format!("build script `{script}` has no settings: it needs at least `artifact`")
+        })?;
+        scripts
+            .push(validate_script(script, settings).map_err(|why| format!("`{script}`: {why}"))?);
+    }
+    let mut names: BTreeMap<(Option<&str>, ArtifactFormat), &str> = BTreeMap::new();
+    for script in &scripts {
+        if let Some(other) = names.insert((script.tag.as_deref(), script.format), &script.script) {
+            return Err(format!(
+                "`{other}` and `{}` would publish artifacts under the same name: give one of them a `tag`",
+                script.script
+            ));
+        }
+    }
+    Ok(Recipe {
+        repository,
+        branch,
+        file: file.to_string(),
+        scripts,
+    })
+}
+
+fn validate_script(script: &str, raw: &RawScript) -> Result<BuildScript, String> {
+    let artifact = raw
+        .artifact
+        .clone()
+        .ok_or("`artifact` is missing: name the file the script produces")?;
+    if artifact.is_empty()
+        || artifact == "."
+        || artifact == ".."
+        || artifact.contains('/')
+        || artifact.contains('\\')
+        || artifact.chars().any(char::is_control)
+    {
+        return Err(format!("artifact {artifact:?} must be a plain file name"));
+    }
+    let archives = raw
+        .archives
+        .clone()
+        .unwrap_or_else(|| "/tmp/archives".into());
+    let inside = archives.strip_prefix('/').ok_or_else(|| {
+        format!("archives {archives:?} must be an absolute path in the container")
+    })?;
+    check_relative_path(inside).map_err(|why| format!("archives {archives:?}: {why}"))?;
+    let format = raw.format.unwrap_or_default();
+    if format == ArtifactFormat::Flist && !artifact.ends_with(".tar.gz") {
+        return Err(format!(
+            "artifact {artifact:?} must end in .tar.gz for format flist (or set `format: binary`)"
+        ));
+    }
+    if let Some(image) = &raw.baseimage
+        && (image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(format!("baseimage {image:?} is not an image name"));
+    }
+    if let Some(tag) = &raw.tag
+        && (tag.is_empty()
+            || !tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "tag {tag:?} may only hold letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(BuildScript {
+        script: script.to_string(),
+        archives,
+        artifact,
+        baseimage: raw.baseimage.clone(),
+        tag: raw.tag.clone(),
+        format,
+    })
+}
+
+/// `org/repo/branch/with/slashes.yaml` -> (`org/repo`, `branch/with/slashes`).
+fn target_of(file: &str) -> Result<(RepoName, Branch), String> {
+    let stem = file
+        .strip_suffix(".yaml")
+        .or_else(|| file.strip_suffix(".yml"))
+        .ok_or("not a .yaml file")?;
+    let mut parts = stem.splitn(3, '/');
+    let (Some(org), Some(repo), Some(branch)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("a recipe file must be at <org>/<repo>/<branch>.yaml".into());
+    };
+    let repository = RepoName::parse(&format!("{org}/{repo}")).map_err(|e| e.to_string())?;
+    let branch = Branch::parse(branch).map_err(|e| e.to_string())?;
+    Ok((repository, branch))
+}
+
+/// A path inside a repository or container: relative, no `..`, no control characters.
+fn check_relative_path(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("path is empty");
+    }
+    if path.chars().any(char::is_control) {
+        return Err("path holds control characters");
+    }
+    if path.starts_with('/') {
+        return Err("path must be relative");
+    }
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(_) | Component::CurDir => {}
+            _ => return Err("path must not hold `..`"),
+        }
+    }
+    Ok(())
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "
+buildscripts:
+  - autobuild/build-1.sh
+  - autobuild/build-2.sh
+autobuild/build-1.sh:
+  archives: /tmp/archives
+  artifact: result.tar.gz
+autobuild/build-2.sh:
+  baseimage: ubuntu:14.04
+  archives: /tmp/archives
+  artifact: result.tar.gz
+  tag: special-tag
+";
+
+    fn parse(file: &str, text: &str) -> Result<Recipe, String> {
+        parse_file(file, text.as_bytes())
+    }
+
+    #[test]
+    fn parses_the_original_example() {
+        let recipe = parse("org/repo/feature/x.yaml", GOOD).unwrap();
+        assert_eq!(recipe.repository.as_str(), "org/repo");
+        assert_eq!(recipe.branch.as_str(), "feature/x");
+        assert_eq!(recipe.scripts.len(), 2);
+        assert_eq!(recipe.scripts[1].baseimage.as_deref(), Some("ubuntu:14.04"));
+        assert_eq!(recipe.scripts[1].tag.as_deref(), Some("special-tag"));
+        assert_eq!(recipe.scripts[0].format, ArtifactFormat::Flist);
+    }
+
+    #[test]
+    fn refuses_with_a_reason() {
+        let cases = [
+            ("", "empty"),
+            ("buildscripts: []", "empty"),
+            ("buildscripts: [a.sh]", "no settings"),
+            (
+                "buildscripts: [a.sh]\na.sh: {archives: /x}",
+                "`artifact` is missing",
+            ),
+            (
+                "buildscripts: [a.sh]\na.sh: {artifact: ../x.tar.gz}",
+                "plain file name",
+            ),
+            (
+                "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, archives: /a/../b}",
+                "`..`",
+            ),
+            (
+                "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, archives: rel}",
+                "absolute",
+            ),
+            (
+                "buildscripts: [../a.sh]\n../a.sh: {artifact: x.tar.gz}",
+                "`..`",
+            ),
+            (
+                "buildscripts: [/a.sh]\n/a.sh: {artifact: x.tar.gz}",
+                "relative",
+            ),
+            (
+                "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, artefact: y}",
+                "artefact",
+            ),
+            ("buildscripts: [a.sh]\na.sh: {artifact: x.zip}", ".tar.gz"),
+            (
+                "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz}\nb.sh: {artifact: y.tar.gz}",
+                "not listed",
+            ),
+            (
+                "buildscripts: [a.sh, b.sh]\na.sh: {artifact: x.tar.gz}\nb.sh: {artifact: y.tar.gz}",
+                "same name",
+            ),
+            (
+                "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, tag: 'a/b'}",
+                "tag",
+            ),
+            ("buildscripts: [a.sh\n", ""),
+        ];
+        for (text, expected) in cases {
+            let err = parse("org/repo/master.yaml", text).unwrap_err();
+            assert!(err.contains(expected), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn binary_format_takes_any_file() {
+        let recipe = parse(
+            "o/r/master.yml",
+            "buildscripts: [b.sh]\nb.sh: {artifact: tool, format: binary}",
+        )
+        .unwrap();
+        assert_eq!(recipe.scripts[0].format, ArtifactFormat::Binary);
+        assert_eq!(recipe.scripts[0].archives, "/tmp/archives");
+    }
+
+    #[test]
+    fn file_locations() {
+        assert!(
+            parse("org/master.yaml", GOOD)
+                .unwrap_err()
+                .contains("<org>/<repo>/<branch>.yaml")
+        );
+        assert!(parse("org/repo/bad..branch.yaml", GOOD).is_err());
+        assert!(is_recipe_path("o/r/master.yaml"));
+        assert!(!is_recipe_path("o/r/README.md"));
+        assert!(!is_recipe_path(".github/workflows/ci.yml"));
+    }
+
+    #[test]
+    fn a_broken_file_does_not_stop_the_others() {
+        let set = RecipeSet::parse([
+            ("org/a/master.yaml".to_string(), GOOD.as_bytes()),
+            (
+                "org/b/master.yaml".to_string(),
+                b"buildscripts: [".as_slice(),
+            ),
+            ("org/c/dev.yml".to_string(), GOOD.as_bytes()),
+            ("README.md".to_string(), b"hello".as_slice()),
+        ]);
+        assert_eq!(set.recipes.len(), 2);
+        assert_eq!(set.problems.len(), 1);
+        assert_eq!(set.problems[0].file, "org/b/master.yaml");
+        assert!(
+            set.get(
+                &RepoName::parse("org/c").unwrap(),
+                &Branch::parse("dev").unwrap()
+            )
+            .is_some()
+        );
+        assert!(
+            set.get(
+                &RepoName::parse("org/c").unwrap(),
+                &Branch::parse("master").unwrap()
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..12 {
+            let prev = (b'a' + level - 1) as char;
+            let name = (b'a' + level) as char;
+            bomb.push_str(&format!("{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        }
+        bomb.push_str("buildscripts: *l\n");
+        assert!(parse("o/r/master.yaml", &bomb).is_err());
+    }
+}

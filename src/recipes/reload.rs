@@ -1,0 +1,195 @@
+//! Loading a project's recipes from its recipes repository, at start-up and on every push to it.
+//! Each reload is recorded in the history like a build, with a log of what is tracked and every
+//! problem, and gets a commit status on the recipes commit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::app::App;
+use crate::git::RecipesMirror;
+use crate::github::status::CommitStatus;
+use crate::model::{Branch, BuildId, BuildKind, BuildStatus, CommitSha, RepoName};
+use crate::recipes::RecipeSet;
+use crate::store::{NewBuild, Outcome};
+
+/// Script name of reload entries in the history, and the suffix of their status context.
+pub const RELOAD_SCRIPT: &str = "recipes";
+
+/// The recipes currently loaded, per project.
+#[derive(Default)]
+pub struct Recipes {
+    sets: RwLock<HashMap<String, Arc<RecipeSet>>>,
+    /// Reloads run one at a time, so an older fetch never overwrites a newer one.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Recipes {
+    /// The recipes of `project`, if any were ever loaded.
+    pub fn get(&self, project: &str) -> Option<Arc<RecipeSet>> {
+        self.sets
+            .read()
+            .expect("not poisoned")
+            .get(project)
+            .cloned()
+    }
+
+    fn replace(&self, project: &str, set: RecipeSet) -> Option<Arc<RecipeSet>> {
+        self.sets
+            .write()
+            .expect("not poisoned")
+            .insert(project.to_string(), Arc::new(set))
+    }
+}
+
+/// Fetches the project's recipes repository at `sha` (or its branch head), parses it, swaps the
+/// loaded recipes, and records the reload. A failed fetch keeps the recipes loaded before.
+pub async fn reload(
+    app: &Arc<App>,
+    project: &str,
+    sha: Option<CommitSha>,
+) -> anyhow::Result<BuildId> {
+    let _one_at_a_time = app.recipes.reloading.lock().await;
+    let settings = app
+        .config
+        .projects
+        .get(project)
+        .ok_or_else(|| anyhow::anyhow!("unknown project {project}"))?;
+    let repository = RepoName::parse(&settings.recipes)?;
+    let branch = Branch::parse(&settings.branch)?;
+    let mirror_path = app
+        .config
+        .data_dir
+        .join("recipes")
+        .join(format!("{project}.git"));
+    let url = app.config.clone_url(&repository);
+
+    let fetched = {
+        let (branch, sha) = (branch.clone(), sha.clone());
+        tokio::task::spawn_blocking(move || {
+            let mirror = RecipesMirror {
+                path: &mirror_path,
+                url: &url,
+            };
+            let commit = mirror.fetch(&branch, sha.as_ref())?;
+            let files = mirror.recipe_files(&commit)?;
+            Ok::<_, anyhow::Error>((commit, files))
+        })
+        .await?
+    };
+
+    let mut lines = Vec::new();
+    let (commit, outcome) = match fetched {
+        Ok((commit, files)) => {
+            let set = RecipeSet::parse(
+                files
+                    .iter()
+                    .map(|(path, content)| (path.clone(), content.as_slice())),
+            );
+            let outcome = describe(&set, &mut lines, &repository, &commit);
+            let previous = app.recipes.replace(project, set);
+            let now = app.recipes.get(project).expect("just stored");
+            if let Some(previous) = previous {
+                for repo in previous.repositories() {
+                    if !now.repositories().contains(&repo) {
+                        lines.push(format!("{repo} is no longer tracked"));
+                    }
+                }
+            }
+            (Some(commit), outcome)
+        }
+        Err(e) => {
+            let reason = format!("cannot fetch {repository} {branch}: {e:#}");
+            lines.push(reason.clone());
+            lines.push("the recipes loaded before stay in use".into());
+            (sha, Outcome::failed(BuildStatus::Error, reason))
+        }
+    };
+
+    let id = app
+        .store
+        .insert(&NewBuild {
+            kind: BuildKind::Reload,
+            project: project.to_string(),
+            repository: repository.to_string(),
+            branch: branch.to_string(),
+            commit: commit.as_ref().map(ToString::to_string).unwrap_or_default(),
+            script: RELOAD_SCRIPT.into(),
+            baseimage: None,
+            message: None,
+            author: None,
+        })
+        .await?;
+    let mut log = crate::build::log::BuildLog::create(&app.config.logs_dir(), id).await?;
+    for line in &lines {
+        log.line(line.as_bytes());
+    }
+    log.close().await?;
+    app.store.finish(id, &outcome).await?;
+    tracing::info!(project, status = %outcome.status, "recipes reloaded: {}", outcome.error.as_deref().unwrap_or("all files loaded"));
+
+    if let Some(commit) = commit {
+        let description = match outcome.status {
+            BuildStatus::Success => lines.first().cloned().unwrap_or_default(),
+            _ => outcome.error.clone().unwrap_or_default(),
+        };
+        app.statuses.report(CommitStatus {
+            repository,
+            commit,
+            status: outcome.status,
+            context: format!("autobuilder/{RELOAD_SCRIPT}"),
+            description,
+            target_url: app.build_url(id),
+        });
+    }
+    Ok(id)
+}
+
+/// Writes what `set` tracks and every problem into `lines`; a broken file makes it a `failure`.
+fn describe(
+    set: &RecipeSet,
+    lines: &mut Vec<String>,
+    repository: &RepoName,
+    commit: &CommitSha,
+) -> Outcome {
+    lines.push(format!(
+        "{} recipes for {} repositories loaded from {repository} at {}",
+        set.recipes.len(),
+        set.repositories().len(),
+        commit.short()
+    ));
+    for recipe in set.recipes.values() {
+        let scripts: Vec<&str> = recipe.scripts.iter().map(|s| s.script.as_str()).collect();
+        lines.push(format!(
+            "tracking {} {} ({}): {}",
+            recipe.repository,
+            recipe.branch,
+            recipe.file,
+            scripts.join(", ")
+        ));
+    }
+    for problem in &set.problems {
+        lines.push(format!("skipped {}: {}", problem.file, problem.reason));
+    }
+    match set.problems.as_slice() {
+        [] => Outcome {
+            status: BuildStatus::Success,
+            error: None,
+            artifact: None,
+            artifact_url: None,
+            artifact_sha256: None,
+        },
+        [only] => Outcome::failed(
+            BuildStatus::Failure,
+            format!("{}: {}", only.file, only.reason),
+        ),
+        [first, rest @ ..] => Outcome::failed(
+            BuildStatus::Failure,
+            format!(
+                "{} broken files; {}: {}",
+                rest.len() + 1,
+                first.file,
+                first.reason
+            ),
+        ),
+    }
+}

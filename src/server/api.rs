@@ -1,0 +1,112 @@
+//! The build API: `/build/status`, `/build/history`, `/build/<id>`, and the logs as text.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Json, Response};
+use serde::Deserialize;
+
+use super::ApiError;
+use crate::app::App;
+use crate::build::log::log_path;
+use crate::model::{Build, BuildId, BuildStatus};
+use crate::store::HistoryFilter;
+
+/// Builds queued or running, oldest first.
+pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Vec<Build>>, ApiError> {
+    Ok(Json(app.store.active().await?))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    limit: Option<i64>,
+    repository: Option<String>,
+    branch: Option<String>,
+    status: Option<String>,
+}
+
+/// History, newest first: `?limit=` (default 25, at most 1000), `?repository=&branch=&status=`.
+pub async fn history(
+    State(app): State<Arc<App>>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<Vec<Build>>, ApiError> {
+    let status = match query.status.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(BuildStatus::parse(text).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("unknown status {text:?}: use queued, running, success, failure, error or cancelled"))
+        })?),
+    };
+    let filter = HistoryFilter {
+        limit: query.limit,
+        repository: query.repository.filter(|r| !r.is_empty()),
+        branch: query.branch.filter(|b| !b.is_empty()),
+        status,
+    };
+    Ok(Json(app.store.history(&filter).await?))
+}
+
+pub async fn build(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<Build>, ApiError> {
+    Ok(Json(find(&app, &id).await?))
+}
+
+/// The full log of one build, as text.
+pub async fn log(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let build = find(&app, &id).await?;
+    text_log(&app, build.id).await
+}
+
+/// `/build/logs/<org>/<repo>/<branch>`: the log of the newest build of that branch.
+pub async fn branch_log(
+    State(app): State<Arc<App>>,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut parts = path.splitn(3, '/');
+    let (Some(org), Some(repo), Some(branch)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(ApiError::not_found("use /build/logs/<org>/<repo>/<branch>"));
+    };
+    let filter = HistoryFilter {
+        limit: Some(1),
+        repository: Some(format!("{org}/{repo}")),
+        branch: Some(branch.to_string()),
+        status: None,
+    };
+    let build = app.store.history(&filter).await?.pop().ok_or_else(|| {
+        ApiError::not_found(format!("no build of {org}/{repo} branch {branch} yet"))
+    })?;
+    text_log(&app, build.id).await
+}
+
+pub(super) async fn find(app: &App, id: &str) -> Result<Build, ApiError> {
+    let id = id
+        .parse()
+        .map(BuildId)
+        .map_err(|_| ApiError::not_found(format!("{id:?} is not a build id")))?;
+    app.store
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))
+}
+
+async fn text_log(app: &App, id: BuildId) -> Result<Response, ApiError> {
+    let file = match tokio::fs::File::open(log_path(&app.config.logs_dir(), id)).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::not_found(format!("build {id} has no log yet")));
+        }
+        Err(e) => return Err(anyhow::Error::from(e).into()),
+    };
+    let stream = tokio_util::io::ReaderStream::new(file);
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(stream))
+        .expect("valid response"))
+}

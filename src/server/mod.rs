@@ -1,0 +1,66 @@
+//! HTTP: webhook intake, the build API, the monitor pages and the artifact downloads.
+
+mod api;
+mod hooks;
+mod pages;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Redirect, Response};
+use axum::routing::{get, post};
+use tower_http::services::ServeDir;
+
+use crate::app::App;
+
+/// Largest webhook body accepted: GitHub caps payloads at 25 MB.
+pub const MAX_HOOK_BODY: usize = 26 * 1024 * 1024;
+
+pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
+    let pages = pages::Pages::new()?;
+    let artifacts = ServeDir::new(app.artifacts.directory());
+    Ok(Router::new()
+        .route(
+            "/build/{project}/hook",
+            post(hooks::receive).layer(DefaultBodyLimit::max(MAX_HOOK_BODY)),
+        )
+        .route("/build/status", get(api::status))
+        .route("/build/history", get(api::history))
+        .route("/build/logs/{*path}", get(api::branch_log))
+        .route("/build/{id}", get(api::build))
+        .route("/build/{id}/log", get(api::log))
+        .merge(pages.router())
+        .route("/", get(|| async { Redirect::to("/monitor") }))
+        .nest_service("/artifacts", artifacts)
+        .with_state(app))
+}
+
+/// An error answer: a status code and a JSON body `{"error": "..."}` that says what to do.
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub fn new(code: StatusCode, message: impl Into<String>) -> Self {
+        Self(code, message.into())
+    }
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self(StatusCode::NOT_FOUND, what.into())
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        tracing::error!("request failed: {error:#}");
+        Self(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; the server log has the details".into(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}

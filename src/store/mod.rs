@@ -1,0 +1,338 @@
+//! Build history in SQLite under `data_dir`: every build and recipes reload, surviving restarts.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+use sqlx::{Row, SqliteConnection};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::model::{Build, BuildId, BuildKind, BuildStatus};
+
+/// Schema changes, applied in order; `PRAGMA user_version` counts the applied ones.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE builds (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        project TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        script TEXT NOT NULL,
+        baseimage TEXT,
+        status TEXT NOT NULL,
+        message TEXT,
+        author TEXT,
+        created INTEGER NOT NULL,
+        started INTEGER,
+        ended INTEGER,
+        error TEXT,
+        artifact TEXT,
+        artifact_url TEXT,
+        artifact_sha256 TEXT
+    );
+    CREATE INDEX builds_by_status ON builds(status);
+    CREATE INDEX builds_by_branch ON builds(repository, branch, id);
+"];
+
+/// Most entries one history request returns.
+pub const MAX_HISTORY: i64 = 1000;
+
+/// What is known of a build when it is queued.
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    pub kind: BuildKind,
+    pub project: String,
+    pub repository: String,
+    pub branch: String,
+    pub commit: String,
+    pub script: String,
+    pub baseimage: Option<String>,
+    pub message: Option<String>,
+    pub author: Option<String>,
+}
+
+/// How a build ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: BuildStatus,
+    pub error: Option<String>,
+    pub artifact: Option<String>,
+    pub artifact_url: Option<String>,
+    pub artifact_sha256: Option<String>,
+}
+
+impl Outcome {
+    pub fn failed(status: BuildStatus, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            error: Some(error.into()),
+            artifact: None,
+            artifact_url: None,
+            artifact_sha256: None,
+        }
+    }
+}
+
+/// Filters of `GET /build/history`.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub limit: Option<i64>,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub status: Option<BuildStatus>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating when missing) `<data_dir>/autobuilder.sqlite` and brings its schema up to date.
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+        let path = data_dir.join("autobuilder.sqlite");
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open the history database {}", path.display()))?;
+        let mut conn = pool.acquire().await?;
+        migrate(&mut conn).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn insert(&self, build: &NewBuild) -> anyhow::Result<BuildId> {
+        let id = sqlx::query(
+            "INSERT INTO builds (kind, project, repository, branch, commit_sha, script, baseimage, status,
+                                 message, author, created)
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id",
+        )
+        .bind(build.kind.as_str())
+        .bind(&build.project)
+        .bind(&build.repository)
+        .bind(&build.branch)
+        .bind(&build.commit)
+        .bind(&build.script)
+        .bind(&build.baseimage)
+        .bind(&build.message)
+        .bind(&build.author)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?
+        .get::<i64, _>(0);
+        Ok(BuildId(id))
+    }
+
+    pub async fn mark_running(&self, id: BuildId) -> anyhow::Result<()> {
+        sqlx::query("UPDATE builds SET status = 'running', started = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(id.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn finish(&self, id: BuildId, outcome: &Outcome) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE builds SET status = ?, ended = ?, error = ?, artifact = ?, artifact_url = ?, artifact_sha256 = ?,
+                               started = COALESCE(started, ?)
+             WHERE id = ?",
+        )
+        .bind(outcome.status.as_str())
+        .bind(now_ms())
+        .bind(&outcome.error)
+        .bind(&outcome.artifact)
+        .bind(&outcome.artifact_url)
+        .bind(&outcome.artifact_sha256)
+        .bind(now_ms())
+        .bind(id.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: BuildId) -> anyhow::Result<Option<Build>> {
+        let row = sqlx::query("SELECT * FROM builds WHERE id = ?")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| to_build(&r)).transpose()
+    }
+
+    /// Builds queued or running, oldest first.
+    pub async fn active(&self) -> anyhow::Result<Vec<Build>> {
+        let rows =
+            sqlx::query("SELECT * FROM builds WHERE status IN ('queued', 'running') ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(to_build).collect()
+    }
+
+    /// History entries, newest first.
+    pub async fn history(&self, filter: &HistoryFilter) -> anyhow::Result<Vec<Build>> {
+        let rows = sqlx::query(
+            "SELECT * FROM builds
+             WHERE (?1 IS NULL OR repository = ?1) AND (?2 IS NULL OR branch = ?2) AND (?3 IS NULL OR status = ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )
+        .bind(&filter.repository)
+        .bind(&filter.branch)
+        .bind(filter.status.map(BuildStatus::as_str))
+        .bind(filter.limit.unwrap_or(25).clamp(1, MAX_HISTORY))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(to_build).collect()
+    }
+
+    /// Ends every build a previous process left queued or running, with `reason`; returns them.
+    pub async fn interrupt_unfinished(&self, reason: &str) -> anyhow::Result<Vec<Build>> {
+        let unfinished = self.active().await?;
+        for build in &unfinished {
+            self.finish(build.id, &Outcome::failed(BuildStatus::Error, reason))
+                .await?;
+        }
+        Ok(unfinished)
+    }
+}
+
+async fn migrate(conn: &mut SqliteConnection) -> anyhow::Result<()> {
+    let applied: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*migration))
+            .execute(&mut *conn)
+            .await
+            .context("database migration failed")?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PRAGMA user_version = {}",
+            index + 1
+        )))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn to_build(row: &SqliteRow) -> anyhow::Result<Build> {
+    let status: String = row.try_get("status")?;
+    let kind: String = row.try_get("kind")?;
+    Ok(Build {
+        id: BuildId(row.try_get("id")?),
+        kind: if kind == "reload" {
+            BuildKind::Reload
+        } else {
+            BuildKind::Build
+        },
+        project: row.try_get("project")?,
+        repository: row.try_get("repository")?,
+        branch: row.try_get("branch")?,
+        commit: row.try_get("commit_sha")?,
+        script: row.try_get("script")?,
+        baseimage: row.try_get("baseimage")?,
+        status: BuildStatus::parse(&status)
+            .with_context(|| format!("unknown status {status:?} in the database"))?,
+        message: row.try_get("message")?,
+        author: row.try_get("author")?,
+        created: format_ms(row.try_get("created")?),
+        started: row.try_get::<Option<i64>, _>("started")?.map(format_ms),
+        ended: row.try_get::<Option<i64>, _>("ended")?.map(format_ms),
+        error: row.try_get("error")?,
+        artifact: row.try_get("artifact")?,
+        artifact_url: row.try_get("artifact_url")?,
+        artifact_sha256: row.try_get("artifact_sha256")?,
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn format_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_build(repo: &str, branch: &str) -> NewBuild {
+        NewBuild {
+            kind: BuildKind::Build,
+            project: "p".into(),
+            repository: repo.into(),
+            branch: branch.into(),
+            commit: "a".repeat(40),
+            script: "build.sh".into(),
+            baseimage: None,
+            message: None,
+            author: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn history_survives_reopening_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let a = store.insert(&new_build("o/a", "master")).await.unwrap();
+        let b = store.insert(&new_build("o/b", "dev")).await.unwrap();
+        store.mark_running(a).await.unwrap();
+        store
+            .finish(a, &Outcome::failed(BuildStatus::Failure, "script exited 1"))
+            .await
+            .unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).await.unwrap();
+        let all = store.history(&HistoryFilter::default()).await.unwrap();
+        assert_eq!(all.iter().map(|b| b.id).collect::<Vec<_>>(), vec![b, a]);
+        let failed = store
+            .history(&HistoryFilter {
+                status: Some(BuildStatus::Failure),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].error.as_deref(), Some("script exited 1"));
+        assert!(failed[0].started.is_some() && failed[0].ended.is_some());
+        let dev = store
+            .history(&HistoryFilter {
+                branch: Some("dev".into()),
+                limit: Some(5),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(dev[0].id, b);
+
+        let interrupted = store
+            .interrupt_unfinished("interrupted by restart")
+            .await
+            .unwrap();
+        assert_eq!(interrupted.len(), 1);
+        assert_eq!(
+            store.get(b).await.unwrap().unwrap().status,
+            BuildStatus::Error
+        );
+        assert!(store.active().await.unwrap().is_empty());
+    }
+}
