@@ -1,0 +1,600 @@
+//! Test harness: the real `autobuilder` binary, the real Docker engine with a busybox image the
+//! harness imports itself, real git repositories on disk, and a fake GitHub and hub over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Multipart, Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Json;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+/// The base image every test build runs in.
+pub const TEST_IMAGE: &str = "autobuilder-test-busybox:latest";
+/// Every wait in the harness gives up after this long.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// Imports [`TEST_IMAGE`] from the host's static busybox (Debian's busybox-static) unless present.
+pub fn ensure_test_image() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let present = Command::new("docker")
+            .args(["image", "inspect", TEST_IMAGE])
+            .output()
+            .expect("docker CLI");
+        if present.status.success() {
+            return;
+        }
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("busybox not found: apt-get install busybox-static");
+        let root = tempfile::tempdir().unwrap();
+        let bin = root.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(root.path().join("tmp")).unwrap();
+        std::fs::copy(busybox, bin.join("busybox")).unwrap();
+        let list = Command::new(busybox).arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .filter(|a| *a != "busybox")
+        {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        let tar = format!(
+            "tar -C {} -c . | docker import - {TEST_IMAGE}",
+            root.path().display()
+        );
+        let status = Command::new("sh").args(["-c", &tar]).status().unwrap();
+        assert!(
+            status.success(),
+            "docker import of the busybox image failed"
+        );
+    });
+}
+
+/// A directory of git repositories served as `file://<root>/{repo}`.
+pub struct GitHost {
+    pub root: tempfile::TempDir,
+}
+
+impl GitHost {
+    pub fn new() -> Self {
+        Self {
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn clone_url(&self) -> String {
+        format!("file://{}/{{repo}}", self.root.path().display())
+    }
+
+    /// Creates (or reopens) the work tree of `repo` and commits `files` to `branch`; returns the sha.
+    pub fn commit(&self, repo: &str, branch: &str, files: &[(&str, &str)]) -> String {
+        let dir = self.root.path().join(repo);
+        if !dir.join(".git").exists() {
+            std::fs::create_dir_all(&dir).unwrap();
+            git(&dir, &["init", "-q", "-b", branch]);
+        }
+        git(&dir, &["checkout", "-q", "-B", branch]);
+        for (path, content) in files {
+            let file = dir.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, content).unwrap();
+        }
+        git(&dir, &["add", "-A"]);
+        git(
+            &dir,
+            &[
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                &format!("update {repo}"),
+            ],
+        );
+        git(&dir, &["rev-parse", "HEAD"]).trim().to_string()
+    }
+
+    /// Removes `path` from `repo` on `branch` in a new commit; returns the sha.
+    pub fn remove(&self, repo: &str, branch: &str, path: &str) -> String {
+        let dir = self.root.path().join(repo);
+        git(&dir, &["checkout", "-q", branch]);
+        git(&dir, &["rm", "-q", "-r", path]);
+        git(&dir, &["commit", "-q", "-m", &format!("remove {path}")]);
+        git(&dir, &["rev-parse", "HEAD"]).trim().to_string()
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A recipe with one build script that writes `artifact` into /tmp/archives.
+pub fn recipe(scripts: &[(&str, &str)]) -> String {
+    let mut yaml = String::from("buildscripts:\n");
+    for (script, _) in scripts {
+        yaml.push_str(&format!("  - {script}\n"));
+    }
+    for (script, settings) in scripts {
+        yaml.push_str(&format!("{script}:\n{settings}\n"));
+    }
+    yaml
+}
+
+/// A commit status as the fake GitHub received it.
+#[derive(Debug, Clone)]
+pub struct PostedStatus {
+    pub repo: String,
+    pub sha: String,
+    pub state: String,
+    pub context: String,
+    pub description: String,
+    pub target_url: String,
+}
+
+#[derive(Default)]
+pub struct FakeGithubState {
+    pub statuses: Mutex<Vec<PostedStatus>>,
+    /// While true, every request fails with 500.
+    pub down: std::sync::atomic::AtomicBool,
+}
+
+/// A fake GitHub REST API that records commit statuses.
+pub struct FakeGithub {
+    pub url: String,
+    pub state: Arc<FakeGithubState>,
+}
+
+impl FakeGithub {
+    pub async fn start() -> Self {
+        let state = Arc::new(FakeGithubState::default());
+        let router = Router::new()
+            .route("/repos/{owner}/{repo}/statuses/{sha}", post(post_status))
+            .with_state(state.clone());
+        Self {
+            url: serve(router).await,
+            state,
+        }
+    }
+
+    pub fn statuses_for(&self, sha: &str) -> Vec<PostedStatus> {
+        self.state
+            .statuses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.sha == sha)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `sha` has a status in `context` whose state is `state`.
+    pub async fn wait_for(&self, sha: &str, context: &str, state: &str) -> Vec<PostedStatus> {
+        wait_until(&format!("status {state} for {context} on {sha}"), || {
+            let all = self.statuses_for(sha);
+            all.iter()
+                .any(|s| s.context == context && s.state == state)
+                .then_some(all)
+        })
+        .await
+    }
+}
+
+async fn post_status(
+    State(state): State<Arc<FakeGithubState>>,
+    UrlPath((owner, repo, sha)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    if state.down.load(std::sync::atomic::Ordering::SeqCst) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"message": "Server Error"})),
+        );
+    }
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !auth.ends_with("test-token") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"message": "Bad credentials"})),
+        );
+    }
+    let field = |name: &str| {
+        body.get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    state.statuses.lock().unwrap().push(PostedStatus {
+        repo: format!("{owner}/{repo}"),
+        sha,
+        state: field("state"),
+        context: field("context"),
+        description: field("description"),
+        target_url: field("target_url"),
+    });
+    (StatusCode::CREATED, Json(body))
+}
+
+#[derive(Default)]
+pub struct FakeHubState {
+    /// Uploaded files: (file name, bytes).
+    pub uploads: Mutex<Vec<(String, Vec<u8>)>>,
+    /// Links made: (link, target).
+    pub links: Mutex<Vec<(String, String)>>,
+    pub down: std::sync::atomic::AtomicBool,
+}
+
+/// A fake Zero-OS hub: `POST /api/flist/me/upload` and `GET /api/flist/me/<src>/link/<dst>`.
+pub struct FakeHub {
+    pub url: String,
+    pub state: Arc<FakeHubState>,
+}
+
+pub const HUB_TOKEN: &str = "hub-token";
+
+impl FakeHub {
+    pub async fn start() -> Self {
+        let state = Arc::new(FakeHubState::default());
+        let router = Router::new()
+            .route("/api/flist/me/upload", post(hub_upload))
+            .route("/api/flist/me/{source}/link/{link}", get(hub_link))
+            .with_state(state.clone());
+        Self {
+            url: serve(router).await,
+            state,
+        }
+    }
+}
+
+fn hub_refusal(state: &FakeHubState, headers: &HeaderMap) -> Option<(StatusCode, Json<Value>)> {
+    if state.down.load(std::sync::atomic::Ordering::SeqCst) {
+        return Some((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "error", "message": "hub in maintenance"})),
+        ));
+    }
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !auth.eq_ignore_ascii_case(&format!("bearer {HUB_TOKEN}")) {
+        return Some((
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"status": "error", "message": "no authorization provided"})),
+        ));
+    }
+    None
+}
+
+async fn hub_upload(
+    State(state): State<Arc<FakeHubState>>,
+    headers: HeaderMap,
+    mut form: Multipart,
+) -> (StatusCode, Json<Value>) {
+    if let Some(refusal) = hub_refusal(&state, &headers) {
+        return refusal;
+    }
+    while let Ok(Some(field)) = form.next_field().await {
+        if field.name() == Some("file") {
+            let name = field.file_name().unwrap_or_default().to_string();
+            if !name.ends_with(".tar.gz") {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"status": "error", "message": "invalid file extension"})),
+                );
+            }
+            let bytes = field.bytes().await.unwrap().to_vec();
+            let flist = format!("{}.flist", name.trim_end_matches(".tar.gz"));
+            state.uploads.lock().unwrap().push((name, bytes));
+            return (
+                StatusCode::OK,
+                Json(json!({"status": "success", "payload": {"name": flist}})),
+            );
+        }
+    }
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"status": "error", "message": "file not found"})),
+    )
+}
+
+async fn hub_link(
+    State(state): State<Arc<FakeHubState>>,
+    UrlPath((source, link)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    if let Some(refusal) = hub_refusal(&state, &headers) {
+        return refusal;
+    }
+    state.links.lock().unwrap().push((link, source));
+    (StatusCode::OK, Json(json!({"status": "success"})))
+}
+
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// Polls `check` until it returns `Some`, or panics after [`WAIT`] naming `what`.
+pub async fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The real `autobuilder serve`, with its own data, temp and artifact directories.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+}
+
+pub const SECRET: &str = "test-secret";
+
+/// The configuration of a test server: `extra` is appended (more tables, e.g. `[artifacts]`).
+pub fn test_config(dir: &Path, git: &GitHost, github_url: Option<&str>, extra: &str) -> String {
+    let tmp = dir.join("tmp");
+    let token = if github_url.is_some() {
+        "test-token"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+public_url = "http://autobuilder.test"
+data_dir = "{data}"
+tmp_directory = "{tmp}"
+[git]
+clone_url = "{clone}"
+[github]
+api_url = "{api}"
+token = "{token}"
+[docker]
+default_image = "{TEST_IMAGE}"
+network = "none"
+[builds]
+timeout_minutes = 5
+memory = "256m"
+[projects.demo]
+recipes = "org/recipes"
+branch = "master"
+webhook_secret = "{SECRET}"
+{extra}
+"#,
+        data = dir.join("data").display(),
+        tmp = tmp.display(),
+        clone = git.clone_url(),
+        api = github_url.unwrap_or("http://127.0.0.1:9"),
+    )
+}
+
+impl Server {
+    /// Starts the binary in a new directory, on the configuration `config` makes for that
+    /// directory (see [`test_config`]), and waits until it listens.
+    pub fn start(config: impl FnOnce(&Path) -> String) -> Self {
+        ensure_test_image();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config(dir.path())).unwrap();
+        let mut server = Self {
+            dir,
+            url: String::new(),
+            config_path,
+            child: None,
+            http: reqwest::Client::new(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_autobuilder"))
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+                if let Some(at) = line.find("listening on http://") {
+                    let _ = tx.send(line[at + "listening on ".len()..].trim().to_string());
+                }
+            }
+        });
+        self.url = rx
+            .recv_timeout(WAIT)
+            .expect("the server did not start listening");
+        self.child = Some(child);
+    }
+
+    /// Stops the server (SIGKILL: nothing gets to clean up) and starts it again on the same data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.dir.path().join("artifacts")
+    }
+
+    /// Sends a webhook delivery signed with `secret`.
+    pub async fn deliver(
+        &self,
+        project: &str,
+        event: &str,
+        body: &[u8],
+        secret: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/build/{project}/hook", self.url))
+            .header("x-github-event", event)
+            .header("x-github-delivery", format!("{:x}", rand_id()))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(secret) = secret {
+            request = request.header(
+                "x-hub-signature-256",
+                autobuilder::github::webhook::sign(secret.as_bytes(), body),
+            );
+        }
+        let response = request.send().await.unwrap();
+        let code = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Delivers a signed push of `sha` to `repo` `branch`; returns the answer.
+    pub async fn push(&self, repo: &str, branch: &str, sha: &str) -> (u16, Value) {
+        let body = push_payload(repo, &format!("refs/heads/{branch}"), sha);
+        self.deliver("demo", "push", body.to_string().as_bytes(), Some(SECRET))
+            .await
+    }
+
+    /// Pushes and returns the ids of the builds it queued (expects at least one).
+    pub async fn push_builds(&self, repo: &str, branch: &str, sha: &str) -> Vec<i64> {
+        let (code, body) = self.push(repo, branch, sha).await;
+        assert_eq!(code, 202, "{body}");
+        let ids: Vec<i64> = body["builds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert!(!ids.is_empty(), "{body}");
+        ids
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let code = response.status().as_u16();
+        (code, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    /// Waits until build `id` has a final status and returns it.
+    pub async fn wait_build(&self, id: i64) -> Value {
+        let start = Instant::now();
+        loop {
+            let (code, build) = self.get_json(&format!("/build/{id}")).await;
+            assert_eq!(code, 200, "GET /build/{id}: {build}");
+            if !matches!(build["status"].as_str(), Some("queued" | "running")) {
+                return build;
+            }
+            assert!(start.elapsed() < WAIT, "build {id} did not finish: {build}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the history holds a reload of the recipes at `sha`, and returns it.
+    pub async fn wait_reload(&self, sha: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let (_, history) = self
+                .get_json("/build/history?repository=org/recipes&limit=50")
+                .await;
+            if let Some(reload) = history
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["commit"] == sha)
+            {
+                return reload.clone();
+            }
+            assert!(start.elapsed() < WAIT, "no reload of the recipes at {sha}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn push_payload(repo: &str, git_ref: &str, sha: &str) -> Value {
+    json!({
+        "ref": git_ref,
+        "before": "0000000000000000000000000000000000000000",
+        "after": sha,
+        "deleted": sha.chars().all(|c| c == '0'),
+        "repository": {"full_name": repo, "name": repo.split('/').nth(1).unwrap()},
+        "head_commit": {"id": sha, "message": "a change", "author": {"name": "Ada"}},
+        "pusher": {"name": "ada"}
+    })
+}
+
+fn rand_id() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.finish() as u128
+}
