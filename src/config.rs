@@ -468,6 +468,17 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_file_is_valid_and_shows_the_defaults() {
+        let sample = include_str!("../config.sample.toml");
+        let config = Config::from_toml_and_env(&format!("{sample}\n{SAMPLE}"), env(&[])).unwrap();
+        let defaults = Config::from_toml_and_env(SAMPLE, env(&[])).unwrap();
+        assert_eq!(
+            toml::to_string(&config).unwrap(),
+            toml::to_string(&defaults).unwrap()
+        );
+    }
+
+    #[test]
     fn memory_sizes() {
         assert_eq!(parse_memory("512m").unwrap(), 512 << 20);
         assert_eq!(parse_memory("2G").unwrap(), 2 << 30);

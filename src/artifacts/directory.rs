@@ -1,6 +1,7 @@
 //! The directory store: artifacts copied into a local directory, with a symlink as the moving name.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{ArtifactNames, Published, sha256_file};
 
@@ -38,13 +39,22 @@ impl DirectoryStore {
     }
 }
 
+/// Copies under a unique temporary name then renames, and makes the link the same way, so that
+/// readers never see a partial file and concurrent publishes of one name never collide.
 fn copy_and_link(root: &Path, file: &Path, names: &ArtifactNames) -> std::io::Result<()> {
+    static UNIQUE: AtomicU64 = AtomicU64::new(0);
+    let unique = || {
+        format!(
+            "{}-{}",
+            std::process::id(),
+            UNIQUE.fetch_add(1, Ordering::Relaxed)
+        )
+    };
     std::fs::create_dir_all(root)?;
-    let partial = root.join(format!(".{}.partial", names.versioned));
+    let partial = root.join(format!(".{}.{}.partial", names.versioned, unique()));
     std::fs::copy(file, &partial)?;
     std::fs::rename(&partial, root.join(&names.versioned))?;
-    let link = root.join(format!(".{}.link", names.moving));
-    let _ = std::fs::remove_file(&link);
+    let link = root.join(format!(".{}.{}.link", names.moving, unique()));
     std::os::unix::fs::symlink(&names.versioned, &link)?;
     std::fs::rename(&link, root.join(&names.moving))
 }
@@ -78,6 +88,39 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(dir.path().join("store/a-1.tar.gz")).unwrap(),
             "one"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_publishes_of_one_name_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(DirectoryStore::new(
+            dir.path().join("store"),
+            "http://x".into(),
+        ));
+        let source = dir.path().join("source");
+        std::fs::write(&source, "same").unwrap();
+        let names = ArtifactNames {
+            versioned: "a-1.tar.gz".into(),
+            moving: "a.tar.gz".into(),
+        };
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (store, source, names) = (store.clone(), source.clone(), names.clone());
+                tokio::spawn(async move { store.publish(&source, &names).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("store"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left.len(),
+            2,
+            "only the artifact and its link remain: {left:?}"
         );
     }
 }
