@@ -584,3 +584,40 @@ fn check_command_prints_every_problem() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_recipes_repository_is_reported_and_recovers_on_push() {
+    let git = GitHost::new();
+    let app_sha = commit_app(&git, "A");
+    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+
+    let (_, history) = server
+        .get_json("/build/history?repository=org/recipes")
+        .await;
+    assert_eq!(history[0]["kind"], "reload");
+    assert_eq!(history[0]["status"], "error", "{history}");
+    assert!(
+        history[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot fetch org/recipes"),
+        "{history}"
+    );
+    let (code, body) = server.push("org/app", "master", &app_sha).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not loaded"),
+        "{body}"
+    );
+
+    let sha = git.commit(
+        "org/recipes",
+        "master",
+        &[("org/app/master.yaml", APP_RECIPE)],
+    );
+    let (code, _) = server.push("org/recipes", "master", &sha).await;
+    assert_eq!(code, 202);
+    assert_eq!(server.wait_reload(&sha).await["status"], "success");
+    let id = server.push_builds("org/app", "master", &app_sha).await[0];
+    assert_eq!(server.wait_build(id).await["status"], "success");
+}

@@ -246,6 +246,9 @@ fn validate_script(script: &str, raw: &RawScript) -> Result<BuildScript, String>
         format!("archives {archives:?} must be an absolute path in the container")
     })?;
     check_relative_path(inside).map_err(|why| format!("archives {archives:?}: {why}"))?;
+    if archives.contains([':', ',']) {
+        return Err(format!("archives {archives:?} must not hold ':' or ','"));
+    }
     let format = raw.format.unwrap_or_default();
     if format == ArtifactFormat::Flist && !artifact.ends_with(".tar.gz") {
         return Err(format!(
@@ -370,6 +373,10 @@ autobuild/build-2.sh:
             (
                 "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, archives: rel}",
                 "absolute",
+            ),
+            (
+                "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, archives: '/a:/etc'}",
+                "':'",
             ),
             (
                 "buildscripts: [../a.sh]\n../a.sh: {artifact: x.tar.gz}",

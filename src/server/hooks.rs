@@ -111,11 +111,17 @@ async fn on_push(
         ));
     }
 
-    let Some(recipe) = app
-        .recipes
-        .get(project)
-        .and_then(|set| set.get(&push.repository, &branch).cloned())
-    else {
+    let Some(recipes) = app.recipes.get(project) else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the recipes of project {project} are not loaded: see the last reload in \
+                 /build/history?repository={}",
+                settings.recipes
+            ),
+        ));
+    };
+    let Some(recipe) = recipes.get(&push.repository, &branch).cloned() else {
         return Ok(accepted(
             StatusCode::OK,
             format!(
