@@ -23,18 +23,10 @@ fn main() {
 
 async fn run() {
     let git = GitHost::new();
-    let scripts = [
-        ("trivial", TRIVIAL),
-        ("seq100k", SEQ_100K),
-        ("seq1m", SEQ_1M),
-    ];
+    let scripts = [("trivial", TRIVIAL), ("seq100k", SEQ_100K), ("seq1m", SEQ_1M)];
     let mut recipes = Vec::new();
     for (name, body) in scripts {
-        git.commit(
-            &format!("bench/{name}"),
-            "master",
-            &[("build.sh", &format!("#!/bin/sh\nset -e\n{body}\n"))],
-        );
+        git.commit(&format!("bench/{name}"), "master", &[("build.sh", &format!("#!/bin/sh\nset -e\n{body}\n"))]);
         recipes.push((
             format!("bench/{name}/master.yaml"),
             "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz}\n",
@@ -42,26 +34,17 @@ async fn run() {
     }
     let files: Vec<(&str, &str)> = recipes.iter().map(|(p, c)| (p.as_str(), *c)).collect();
     git.commit("org/recipes", "master", &files);
-    let server = Server::start(|dir| {
-        test_config(dir, &git, None, "").replace("[builds]", "[builds]\nconcurrency = 20")
-    });
+    let server =
+        Server::start(|dir| test_config(dir, &git, None, "").replace("[builds]", "[builds]\nconcurrency = 20"));
     let idle_rss = server.rss_kib();
 
-    println!(
-        "autobuilder benchmark, {} cores, median of {RUNS} runs",
-        std::thread::available_parallelism().unwrap()
-    );
-    println!(
-        "{:<44} {:>12} {:>12} {:>8}",
-        "figure", "autobuilder", "docker run", "ratio"
-    );
+    println!("autobuilder benchmark, {} cores, median of {RUNS} runs", std::thread::available_parallelism().unwrap());
+    println!("{:<44} {:>12} {:>12} {:>8}", "figure", "autobuilder", "docker run", "ratio");
     for (name, body) in scripts {
         let sha = git.commit(&format!("bench/{name}"), "master", &[]);
         let ours = median(RUNS, || async {
             let start = Instant::now();
-            let id = server
-                .push_builds(&format!("bench/{name}"), "master", &sha)
-                .await[0];
+            let id = server.push_builds(&format!("bench/{name}"), "master", &sha).await[0];
             wait_success(&server, id).await;
             start.elapsed()
         })
@@ -87,37 +70,16 @@ async fn run() {
     let sha = git.commit("bench/trivial", "master", &[]);
     let start = Instant::now();
     let pushes = (0..20).map(|_| server.push_builds("bench/trivial", "master", &sha));
-    let ids: Vec<i64> = futures_util::future::join_all(pushes)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let ids: Vec<i64> = futures_util::future::join_all(pushes).await.into_iter().flatten().collect();
     for id in ids {
         wait_success(&server, id).await;
     }
-    println!(
-        "{:<44} {:>10.3} s",
-        "20 simultaneous trivial pushes, last done",
-        secs(start.elapsed())
-    );
+    println!("{:<44} {:>10.3} s", "20 simultaneous trivial pushes, last done", secs(start.elapsed()));
 
     let (rate, p99) = intake(&server).await;
-    println!(
-        "{:<44} {:>8.0} /s   p99 {:.2} ms",
-        "webhook intake, untracked repo, 8 clients",
-        rate,
-        p99 * 1e3
-    );
-    println!(
-        "{:<44} {:>8.1} MB",
-        "server RSS idle (after start-up)",
-        idle_rss as f64 / 1024.0
-    );
-    println!(
-        "{:<44} {:>8.1} MB",
-        "server RSS after the builds above",
-        server.rss_kib() as f64 / 1024.0
-    );
+    println!("{:<44} {:>8.0} /s   p99 {:.2} ms", "webhook intake, untracked repo, 8 clients", rate, p99 * 1e3);
+    println!("{:<44} {:>8.1} MB", "server RSS idle (after start-up)", idle_rss as f64 / 1024.0);
+    println!("{:<44} {:>8.1} MB", "server RSS after the builds above", server.rss_kib() as f64 / 1024.0);
 }
 
 async fn wait_success(server: &Server, id: i64) {
@@ -135,17 +97,7 @@ async fn wait_success(server: &Server, id: i64) {
 fn docker_run(script: &str, log_driver: &str) -> Duration {
     let start = Instant::now();
     let status = Command::new("docker")
-        .args([
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--log-driver",
-            log_driver,
-            TEST_IMAGE,
-            "sh",
-            "-c",
-        ])
+        .args(["run", "--rm", "--network", "none", "--log-driver", log_driver, TEST_IMAGE, "sh", "-c"])
         .arg(format!("mkdir -p /tmp/archives; {script}"))
         .stdout(Stdio::piped())
         .output()
@@ -181,19 +133,12 @@ async fn intake(server: &Server) -> (f64, f64) {
             latencies
         }
     });
-    let mut all: Vec<Duration> = futures_util::future::join_all(clients)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let mut all: Vec<Duration> = futures_util::future::join_all(clients).await.into_iter().flatten().collect();
     all.sort();
     (all.len() as f64 / 2.0, secs(all[all.len() * 99 / 100]))
 }
 
-async fn median<F: std::future::Future<Output = Duration>>(
-    runs: usize,
-    mut f: impl FnMut() -> F,
-) -> Duration {
+async fn median<F: std::future::Future<Output = Duration>>(runs: usize, mut f: impl FnMut() -> F) -> Duration {
     let mut times = Vec::new();
     for _ in 0..runs {
         times.push(f().await);

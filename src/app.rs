@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::artifacts::ArtifactStore;
+use crate::bus::{Bus, Event};
 use crate::config::Config;
 use crate::docker::DockerEngine;
 use crate::github::status::{CommitStatus, StatusReporter};
@@ -25,6 +26,8 @@ pub struct App {
     pub statuses: StatusReporter,
     pub artifacts: ArtifactStore,
     pub recipes: Recipes,
+    /// Build events for the live websocket (in-process, or Redis when configured).
+    pub bus: Bus,
     /// One permit per build allowed to run at once (`[builds] concurrency`).
     pub slots: Semaphore,
     /// Names this instance's containers and temp dirs, so that cleanup never touches another's.
@@ -34,37 +37,24 @@ pub struct App {
 impl App {
     /// Opens the history, connects to Docker, and ends what a previous process left unfinished.
     pub async fn build(config: Config) -> anyhow::Result<Arc<App>> {
-        std::fs::create_dir_all(&config.tmp_directory).with_context(|| {
-            format!(
-                "cannot create tmp_directory {}",
-                config.tmp_directory.display()
-            )
-        })?;
+        std::fs::create_dir_all(&config.tmp_directory)
+            .with_context(|| format!("cannot create tmp_directory {}", config.tmp_directory.display()))?;
         std::fs::create_dir_all(config.logs_dir())
             .with_context(|| format!("cannot create {}", config.logs_dir().display()))?;
         let store = Store::open(&config.data_dir).await?;
         let data_dir = config.data_dir.canonicalize()?;
-        let instance =
-            hex::encode(Sha256::digest(data_dir.to_string_lossy().as_bytes()))[..12].to_string();
-        let docker = DockerEngine::connect(
-            instance.clone(),
-            config.docker.network.clone(),
-            config.memory_bytes(),
-        )
-        .await?;
+        let instance = hex::encode(Sha256::digest(data_dir.to_string_lossy().as_bytes()))[..12].to_string();
+        let docker =
+            DockerEngine::connect(instance.clone(), config.docker.network.clone(), config.memory_bytes()).await?;
         let statuses = StatusReporter::start(&config.github)?;
         let artifacts = ArtifactStore::from_config(&config)?;
         let slots = Semaphore::new(config.builds.concurrency);
-        let app = Arc::new(App {
-            config,
-            store,
-            docker,
-            statuses,
-            artifacts,
-            recipes: Recipes::default(),
-            slots,
-            instance,
-        });
+        let bus = match config.redis.url.as_str() {
+            "" => Bus::in_process(),
+            url => Bus::redis_publisher(url)?,
+        };
+        let recipes = Recipes::default();
+        let app = Arc::new(App { config, store, docker, statuses, artifacts, recipes, bus, slots, instance });
         app.recover().await?;
         Ok(app)
     }
@@ -118,6 +108,15 @@ impl App {
             }
         });
         futures_util::future::join_all(reloads).await;
+    }
+
+    /// Publishes the current record of build `id` on the bus.
+    pub async fn announce(&self, id: BuildId) {
+        match self.store.get(id).await {
+            Ok(Some(build)) => self.bus.publish(Event::Build { build }),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(build = %id, "cannot read the build to announce it: {e:#}"),
+        }
     }
 
     /// The page of a build, as linked from commit statuses.

@@ -33,6 +33,8 @@ pub struct Config {
     pub docker: DockerConfig,
     pub builds: BuildsConfig,
     pub artifacts: ArtifactsConfig,
+    pub redis: RedisConfig,
+    pub live: LiveConfig,
     /// One table per `/build/<name>/hook`.
     pub projects: BTreeMap<String, ProjectConfig>,
 }
@@ -100,6 +102,30 @@ pub struct HubConfig {
     pub token: Secret,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// e.g. `redis://127.0.0.1:6379`. Empty: build events stay in-process and `serve` carries the
+    /// live websocket itself; set: `serve` publishes them and `autobuilder live` serves browsers.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// Where `autobuilder live` accepts websocket clients.
+    pub listen: String,
+    /// Websocket URL the monitor page connects to (e.g. `wss://ci.example/live`). Empty: the
+    /// `/live` endpoint of the host that served the page.
+    pub public_url: String,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:3333".into(), public_url: String::new() }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectConfig {
@@ -151,6 +177,8 @@ impl Default for Config {
             docker: DockerConfig::default(),
             builds: BuildsConfig::default(),
             artifacts: ArtifactsConfig::default(),
+            redis: RedisConfig::default(),
+            live: LiveConfig::default(),
             projects: BTreeMap::new(),
         }
     }
@@ -158,56 +186,37 @@ impl Default for Config {
 
 impl Default for GitConfig {
     fn default() -> Self {
-        Self {
-            clone_url: "https://github.com/{repo}.git".into(),
-        }
+        Self { clone_url: "https://github.com/{repo}.git".into() }
     }
 }
 
 impl Default for GithubConfig {
     fn default() -> Self {
-        Self {
-            api_url: "https://api.github.com".into(),
-            token: Secret::default(),
-        }
+        Self { api_url: "https://api.github.com".into(), token: Secret::default() }
     }
 }
 
 impl Default for DockerConfig {
     fn default() -> Self {
-        Self {
-            default_image: "ubuntu:16.04".into(),
-            network: "bridge".into(),
-        }
+        Self { default_image: "ubuntu:16.04".into(), network: "bridge".into() }
     }
 }
 
 impl Default for BuildsConfig {
     fn default() -> Self {
-        Self {
-            concurrency: 0,
-            timeout_minutes: 60,
-            memory: "4g".into(),
-        }
+        Self { concurrency: 0, timeout_minutes: 60, memory: "4g".into() }
     }
 }
 
 impl Default for ArtifactsConfig {
     fn default() -> Self {
-        Self {
-            kind: ArtifactsKind::Directory,
-            directory: "./artifacts".into(),
-            hub: HubConfig::default(),
-        }
+        Self { kind: ArtifactsKind::Directory, directory: "./artifacts".into(), hub: HubConfig::default() }
     }
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        Self {
-            url: "https://hub.grid.tf".into(),
-            token: Secret::default(),
-        }
+        Self { url: "https://hub.grid.tf".into(), token: Secret::default() }
     }
 }
 
@@ -215,26 +224,19 @@ impl Config {
     /// Reads the file (when given), applies the environment overrides, and validates the result.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
         let text = match path {
-            Some(path) => std::fs::read_to_string(path).with_context(|| {
-                format!("cannot read the configuration file {}", path.display())
-            })?,
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the configuration file {}", path.display()))?,
             None => String::new(),
         };
         let vars = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX));
         let config = Self::from_toml_and_env(&text, vars).with_context(|| {
-            format!(
-                "invalid configuration in {}",
-                path.map_or("(defaults)".into(), |p| p.display().to_string())
-            )
+            format!("invalid configuration in {}", path.map_or("(defaults)".into(), |p| p.display().to_string()))
         })?;
         Ok(config)
     }
 
     /// Parses `text`, then applies `AUTOBUILDER_*` overrides from `vars`, then validates.
-    pub fn from_toml_and_env(
-        text: &str,
-        vars: impl Iterator<Item = (String, String)>,
-    ) -> anyhow::Result<Self> {
+    pub fn from_toml_and_env(text: &str, vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<Self> {
         let parsed: Config = toml::from_str(text)?;
         let mut tree = toml::Value::try_from(&parsed)?;
         for (name, value) in vars {
@@ -251,17 +253,26 @@ impl Config {
     }
 
     fn validate(&mut self) -> anyhow::Result<()> {
-        self.listen.parse::<SocketAddr>().with_context(|| {
-            format!(
-                "listen = {:?} is not an address like 127.0.0.1:5560",
-                self.listen
-            )
-        })?;
+        self.listen
+            .parse::<SocketAddr>()
+            .with_context(|| format!("listen = {:?} is not an address like 127.0.0.1:5560", self.listen))?;
+        self.live
+            .listen
+            .parse::<SocketAddr>()
+            .with_context(|| format!("[live] listen = {:?} is not an address like 127.0.0.1:3333", self.live.listen))?;
+        if !self.redis.url.is_empty() {
+            redis::Client::open(self.redis.url.as_str()).with_context(|| {
+                format!("[redis] url = {:?} is not a Redis URL like redis://127.0.0.1:6379", self.redis.url)
+            })?;
+        }
+        if !(self.live.public_url.is_empty()
+            || self.live.public_url.starts_with("ws://")
+            || self.live.public_url.starts_with("wss://"))
+        {
+            bail!("[live] public_url = {:?} must start with ws:// or wss:// (or be empty)", self.live.public_url);
+        }
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
-            bail!(
-                "public_url = {:?} must start with http:// or https://",
-                self.public_url
-            );
+            bail!("public_url = {:?} must start with http:// or https://", self.public_url);
         }
         self.public_url = self.public_url.trim_end_matches('/').to_string();
         if !self.tmp_directory.is_absolute() {
@@ -271,10 +282,7 @@ impl Config {
             );
         }
         if !self.git.clone_url.contains("{repo}") {
-            bail!(
-                "[git] clone_url = {:?} must contain {{repo}}",
-                self.git.clone_url
-            );
+            bail!("[git] clone_url = {:?} must contain {{repo}}", self.git.clone_url);
         }
         if self.builds.concurrency == 0 {
             self.builds.concurrency = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -284,19 +292,11 @@ impl Config {
         }
         parse_memory(&self.builds.memory).context("[builds] memory")?;
         if self.artifacts.kind == ArtifactsKind::Hub && self.artifacts.hub.token.is_empty() {
-            bail!(
-                "[artifacts] kind = \"hub\" needs [artifacts.hub] token (or AUTOBUILDER_ARTIFACTS_HUB_TOKEN)"
-            );
+            bail!("[artifacts] kind = \"hub\" needs [artifacts.hub] token (or AUTOBUILDER_ARTIFACTS_HUB_TOKEN)");
         }
         for (name, project) in &self.projects {
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                bail!(
-                    "project name {name:?} may only hold letters, digits, '-' and '_' (it is part of the hook URL)"
-                );
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                bail!("project name {name:?} may only hold letters, digits, '-' and '_' (it is part of the hook URL)");
             }
             RepoName::parse(&project.recipes)
                 .with_context(|| format!("[projects.{name}] recipes = {:?}", project.recipes))?;
@@ -373,9 +373,7 @@ pub fn parse_memory(text: &str) -> anyhow::Result<i64> {
         Some(at) => text.split_at(at),
         None => (text.as_str(), ""),
     };
-    let number: i64 = digits
-        .parse()
-        .with_context(|| format!("{text:?} is not a size like 512m or 4g"))?;
+    let number: i64 = digits.parse().with_context(|| format!("{text:?} is not a size like 512m or 4g"))?;
     let factor = match unit.trim_end_matches('b') {
         "" => 1,
         "k" => 1 << 10,
@@ -401,11 +399,7 @@ mod tests {
     "#;
 
     fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<Vec<_>>()
-            .into_iter()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>().into_iter()
     }
 
     #[test]
@@ -444,15 +438,10 @@ mod tests {
 
     #[test]
     fn empty_secret_is_refused_and_named() {
-        let err = Config::from_toml_and_env(
-            "[projects.demo]\nrecipes = \"org/recipes\"\nwebhook_secret = \"\"\n",
-            env(&[]),
-        )
-        .unwrap_err();
-        assert!(
-            format!("{err:#}").contains("AUTOBUILDER_PROJECTS_DEMO_WEBHOOK_SECRET"),
-            "{err:#}"
-        );
+        let err =
+            Config::from_toml_and_env("[projects.demo]\nrecipes = \"org/recipes\"\nwebhook_secret = \"\"\n", env(&[]))
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("AUTOBUILDER_PROJECTS_DEMO_WEBHOOK_SECRET"), "{err:#}");
     }
 
     #[test]
@@ -472,10 +461,7 @@ mod tests {
         let sample = include_str!("../config.sample.toml");
         let config = Config::from_toml_and_env(&format!("{sample}\n{SAMPLE}"), env(&[])).unwrap();
         let defaults = Config::from_toml_and_env(SAMPLE, env(&[])).unwrap();
-        assert_eq!(
-            toml::to_string(&config).unwrap(),
-            toml::to_string(&defaults).unwrap()
-        );
+        assert_eq!(toml::to_string(&config).unwrap(), toml::to_string(&defaults).unwrap());
     }
 
     #[test]

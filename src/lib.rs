@@ -3,10 +3,12 @@
 pub mod app;
 pub mod artifacts;
 pub mod build;
+pub mod bus;
 pub mod config;
 pub mod docker;
 pub mod git;
 pub mod github;
+pub mod live;
 pub mod model;
 pub mod recipes;
 pub mod server;

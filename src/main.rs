@@ -4,16 +4,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use std::sync::Arc;
+
 use autobuilder::app::App;
+use autobuilder::bus::Bus;
+use autobuilder::live::Live;
 use autobuilder::config::Config;
 use autobuilder::recipes::RecipeSet;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Builds pushed commits in Docker, publishes their artifacts, reports GitHub statuses"
-)]
+#[command(version, about = "Builds pushed commits in Docker, publishes their artifacts, reports GitHub statuses")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +25,13 @@ enum Command {
     /// Run the service: webhooks, builds, build API and monitor page.
     Serve {
         /// Configuration file (see config.sample.toml); AUTOBUILDER_* variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run a live websocket server: build events from Redis to the monitor pages. Needs [redis] url;
+    /// several may run at once. Without Redis, `serve` carries the websocket itself.
+    Live {
+        /// The configuration file of the service ([redis] and [live] are read).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -38,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Live { config } => live(config),
         Command::Check { dir } => check(&dir),
     };
     match result {
@@ -49,16 +58,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn,octocrab=warn".into()),
         )
         .init();
-    rustls::crypto::ring::default_provider()
-        .install_default()
-        .ok();
+}
+
+fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    init_logging();
+    rustls::crypto::ring::default_provider().install_default().ok();
     let config = Config::load(config_path.as_deref())?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -75,6 +86,26 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn live(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let config = Config::load(config_path.as_deref())?;
+    if config.redis.url.is_empty() {
+        anyhow::bail!("autobuilder live needs [redis] url (AUTOBUILDER_REDIS_URL); without Redis, serve carries /live itself");
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let bus = Bus::redis_subscriber(&config.redis.url)?;
+        let router = autobuilder::live::router(Arc::new(Live { bus, logs_dir: config.logs_dir() }))
+            .route("/healthz", axum::routing::get(|| async { "ok" }));
+        let listener = tokio::net::TcpListener::bind(&config.live.listen)
+            .await
+            .with_context(|| format!("cannot listen on [live] listen = {}", config.live.listen))?;
+        tracing::info!("live websocket listening on ws://{}/live", listener.local_addr()?);
+        axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
@@ -85,29 +116,14 @@ async fn shutdown_signal() {
 }
 
 fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let set =
-        RecipeSet::parse_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let set = RecipeSet::parse_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     for recipe in set.recipes.values() {
         let scripts: Vec<&str> = recipe.scripts.iter().map(|s| s.script.as_str()).collect();
-        println!(
-            "ok       {}: {} {} builds {}",
-            recipe.file,
-            recipe.repository,
-            recipe.branch,
-            scripts.join(", ")
-        );
+        println!("ok       {}: {} {} builds {}", recipe.file, recipe.repository, recipe.branch, scripts.join(", "));
     }
     for problem in &set.problems {
         println!("problem  {}: {}", problem.file, problem.reason);
     }
-    println!(
-        "{} recipes, {} problems",
-        set.recipes.len(),
-        set.problems.len()
-    );
-    Ok(if set.problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    println!("{} recipes, {} problems", set.recipes.len(), set.problems.len());
+    Ok(if set.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -21,9 +21,7 @@ impl RepoName {
                     && part != "."
                     && part != ".."
                     && part.len() <= 100
-                    && part
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
                 "{text:?} is not a repository name like org/repo (letters, digits, '-', '_', '.')"
             );
         }
@@ -68,22 +66,13 @@ pub struct Branch(String);
 impl Branch {
     /// Accepts what `git check-ref-format --branch` accepts, minus the rarely used oddities.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
+        ensure!(!text.is_empty() && text.len() <= 255, "branch name {text:?} is empty or too long");
         ensure!(
-            !text.is_empty() && text.len() <= 255,
-            "branch name {text:?} is empty or too long"
-        );
-        ensure!(
-            !text
-                .chars()
-                .any(|c| c.is_control()
-                    || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')),
+            !text.chars().any(|c| c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')),
             "branch name {text:?} holds a character git does not allow"
         );
         ensure!(
-            !text.starts_with('/')
-                && !text.ends_with('/')
-                && !text.ends_with(".lock")
-                && !text.contains("@{"),
+            !text.starts_with('/') && !text.ends_with('/') && !text.ends_with(".lock") && !text.contains("@{"),
             "branch name {text:?} is not a valid git branch name"
         );
         for part in text.split('/') {
@@ -243,7 +232,7 @@ impl BuildKind {
 }
 
 /// One entry of the history, as stored and as served by the JSON API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Build {
     pub id: BuildId,
     pub kind: BuildKind,
@@ -279,9 +268,7 @@ mod tests {
     fn repo_names() {
         let repo = RepoName::parse("threefoldtech/0-core").unwrap();
         assert_eq!((repo.org(), repo.name()), ("threefoldtech", "0-core"));
-        for bad in [
-            "nope", "a/b/c", "../x", "a/..", "a/", "/b", "a/b c", "a/b\n",
-        ] {
+        for bad in ["nope", "a/b/c", "../x", "a/..", "a/", "/b", "a/b c", "a/b\n"] {
             assert!(RepoName::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -291,9 +278,7 @@ mod tests {
         for good in ["master", "feature/x", "release-1.2", "a/b/c"] {
             assert!(Branch::parse(good).is_ok(), "{good:?} refused");
         }
-        for bad in [
-            "", "../etc", "a/../b", "/x", "x/", "a//b", ".hidden", "a b", "x\u{7}", "a.lock", "x:y",
-        ] {
+        for bad in ["", "../etc", "a/../b", "/x", "x/", "a//b", ".hidden", "a b", "x\u{7}", "a.lock", "x:y"] {
             assert!(Branch::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -302,11 +287,7 @@ mod tests {
     fn commit_ids() {
         let sha = CommitSha::parse("ABCDEF0123456789abcdef0123456789abcdef01").unwrap();
         assert_eq!(sha.short(), "abcdef0123");
-        assert!(
-            CommitSha::parse("0000000000000000000000000000000000000000")
-                .unwrap()
-                .is_zero()
-        );
+        assert!(CommitSha::parse("0000000000000000000000000000000000000000").unwrap().is_zero());
         assert!(CommitSha::parse("abc").is_err());
         assert!(CommitSha::parse("zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz").is_err());
     }

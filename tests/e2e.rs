@@ -20,10 +20,7 @@ tar -czf /tmp/archives/result.tar.gz version.txt
 const APP_RECIPE: &str = "buildscripts:\n  - autobuild/build.sh\nautobuild/build.sh:\n  archives: /tmp/archives\n  artifact: result.tar.gz\n";
 
 fn app_files(version: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("version.txt", version.to_string()),
-        ("autobuild/build.sh", BUILD_SH.to_string()),
-    ]
+    vec![("version.txt", version.to_string()), ("autobuild/build.sh", BUILD_SH.to_string())]
 }
 
 fn commit_app(git: &GitHost, version: &str) -> String {
@@ -34,12 +31,7 @@ fn commit_app(git: &GitHost, version: &str) -> String {
 
 fn containers_of(build: i64) -> String {
     let out = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=autobuilder.build={build}"),
-        ])
+        .args(["ps", "-aq", "--filter", &format!("label=autobuilder.build={build}")])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -48,11 +40,7 @@ fn containers_of(build: i64) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_push_builds_the_pushed_commit_publishes_and_reports() {
     let git = GitHost::new();
-    git.commit(
-        "org/recipes",
-        "master",
-        &[("org/app/master.yaml", APP_RECIPE)],
-    );
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", APP_RECIPE)]);
     let pushed = commit_app(&git, "A");
     let _later = commit_app(&git, "B"); // the branch moves on before the build fetches
     let github = FakeGithub::start().await;
@@ -68,31 +56,18 @@ async fn a_push_builds_the_pushed_commit_publishes_and_reports() {
     assert_eq!(build["script"], "autobuild/build.sh");
     assert_eq!(build["message"], "a change");
     assert_eq!(build["author"], "Ada");
-    assert!(
-        build["started"].is_string() && build["ended"].is_string(),
-        "{build}"
-    );
+    assert!(build["started"].is_string() && build["ended"].is_string(), "{build}");
 
     // The artifact: versioned name, moving link, recorded sha256, served for download.
     let name = format!("org-app-master-{}.tar.gz", &pushed[..10]);
     assert_eq!(build["artifact"], name.as_str());
     let stored = std::fs::read(server.artifacts_dir().join(&name)).unwrap();
+    assert_eq!(build["artifact_sha256"], hex::encode(Sha256::digest(&stored)).as_str());
     assert_eq!(
-        build["artifact_sha256"],
-        hex::encode(Sha256::digest(&stored)).as_str()
-    );
-    assert_eq!(
-        std::fs::read_link(server.artifacts_dir().join("org-app-master.tar.gz"))
-            .unwrap()
-            .to_str(),
+        std::fs::read_link(server.artifacts_dir().join("org-app-master.tar.gz")).unwrap().to_str(),
         Some(name.as_str())
     );
-    let download = server
-        .http
-        .get(format!("{}/artifacts/{name}", server.url))
-        .send()
-        .await
-        .unwrap();
+    let download = server.http.get(format!("{}/artifacts/{name}", server.url)).send().await.unwrap();
     assert_eq!(download.bytes().await.unwrap().as_ref(), stored.as_slice());
 
     // The log: the pushed commit's content (not the later head), stdout and stderr, UTF-8 intact.
@@ -106,44 +81,31 @@ async fn a_push_builds_the_pushed_commit_publishes_and_reports() {
     assert_eq!(branch_log, log);
 
     // Statuses: pending at queue time, then success, linking to the build page.
-    let statuses = github
-        .wait_for(&pushed, "autobuilder/autobuild/build.sh", "success")
-        .await;
+    let statuses = github.wait_for(&pushed, "autobuilder/autobuild/build.sh", "success").await;
     let states: Vec<&str> = statuses.iter().map(|s| s.state.as_str()).collect();
     assert_eq!(states, ["pending", "success"]);
     assert!(statuses.iter().all(|s| s.repo == "org/app"));
-    assert_eq!(
-        statuses[1].target_url,
-        format!("http://autobuilder.test/monitor/build/{}", ids[0])
-    );
+    assert_eq!(statuses[1].target_url, format!("http://autobuilder.test/monitor/build/{}", ids[0]));
     assert!(statuses[1].description.contains(&name), "{:?}", statuses[1]);
 
     // History and status endpoints.
     let (_, active) = server.get_json("/build/status").await;
     assert_eq!(active, json!([]));
-    let (_, history) = server
-        .get_json("/build/history?repository=org/app&status=success")
-        .await;
+    let (_, history) = server.get_json("/build/history?repository=org/app&status=success").await;
     assert_eq!(history[0]["id"], ids[0]);
     let (code, _) = server.get_json("/build/history?status=bogus").await;
     assert_eq!(code, 400);
     let (code, page) = server.get_text(&format!("/monitor/build/{}", ids[0])).await;
     assert_eq!(code, 200);
-    assert!(page.contains("building A on master"));
+    assert!(page.contains(&format!("data-build-id=\"{}\"", ids[0])), "{page}");
     let (code, page) = server.get_text("/monitor").await;
     assert_eq!(code, 200);
-    assert!(page.contains("org/app"));
+    assert!(page.contains("data-page=\"monitor\"") && page.contains("/static/monitor.js"), "{page}");
 
     // Nothing left behind: container and temp directories.
-    wait_until("the build container to be removed", || {
-        containers_of(ids[0]).is_empty().then_some(())
-    })
-    .await;
+    wait_until("the build container to be removed", || containers_of(ids[0]).is_empty().then_some(())).await;
     let tmp = server.dir.path().join("tmp");
-    wait_until("temp dirs to be removed", || {
-        (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())
-    })
-    .await;
+    wait_until("temp dirs to be removed", || (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,24 +115,14 @@ async fn failing_script_missing_artifact_and_missing_image_each_end_with_a_reaso
         ("ok.sh", "  artifact: ok.tar.gz\n  tag: ok"),
         ("fail.sh", "  artifact: x.tar.gz\n  tag: fail"),
         ("none.sh", "  artifact: missing.tar.gz\n  tag: none"),
-        (
-            "image.sh",
-            "  artifact: x.tar.gz\n  tag: image\n  baseimage: 127.0.0.1:9/missing:latest",
-        ),
+        ("image.sh", "  artifact: x.tar.gz\n  tag: image\n  baseimage: 127.0.0.1:9/missing:latest"),
     ]);
-    git.commit(
-        "org/recipes",
-        "master",
-        &[("org/multi/master.yaml", &recipe)],
-    );
+    git.commit("org/recipes", "master", &[("org/multi/master.yaml", &recipe)]);
     let sha = git.commit(
         "org/multi",
         "master",
         &[
-            (
-                "ok.sh",
-                "#!/bin/sh\necho fine\ntar -czf /tmp/archives/ok.tar.gz ok.sh\n",
-            ),
+            ("ok.sh", "#!/bin/sh\necho fine\ntar -czf /tmp/archives/ok.tar.gz ok.sh\n"),
             ("fail.sh", "#!/bin/sh\necho about to fail\nexit 3\n"),
             ("none.sh", "#!/bin/sh\necho forgot the artifact\n"),
             ("image.sh", "#!/bin/sh\necho never runs\n"),
@@ -185,60 +137,31 @@ async fn failing_script_missing_artifact_and_missing_image_each_end_with_a_reaso
     for id in &ids {
         results.push(server.wait_build(*id).await);
     }
-    let by_script = |script: &str| {
-        results
-            .iter()
-            .find(|b| b["script"] == script)
-            .unwrap()
-            .clone()
-    };
+    let by_script = |script: &str| results.iter().find(|b| b["script"] == script).unwrap().clone();
 
     assert_eq!(by_script("ok.sh")["status"], "success");
-    assert_eq!(
-        by_script("ok.sh")["artifact"],
-        format!("org-multi-ok-master-{}.tar.gz", &sha[..10]).as_str()
-    );
+    assert_eq!(by_script("ok.sh")["artifact"], format!("org-multi-ok-master-{}.tar.gz", &sha[..10]).as_str());
 
     let failed = by_script("fail.sh");
     assert_eq!(failed["status"], "failure");
     assert_eq!(failed["error"], "script exited 3");
     assert!(failed["artifact"].is_null());
-    let (_, log) = server
-        .get_text(&format!("/build/{}/log", failed["id"]))
-        .await;
-    assert!(
-        log.contains("about to fail") && log.contains("script exited 3"),
-        "{log}"
-    );
+    let (_, log) = server.get_text(&format!("/build/{}/log", failed["id"])).await;
+    assert!(log.contains("about to fail") && log.contains("script exited 3"), "{log}");
 
     let none = by_script("none.sh");
     assert_eq!(none["status"], "failure");
-    assert_eq!(
-        none["error"],
-        "artifact missing.tar.gz not found in /tmp/archives"
-    );
+    assert_eq!(none["error"], "artifact missing.tar.gz not found in /tmp/archives");
 
     let image = by_script("image.sh");
     assert_eq!(image["status"], "error");
     let reason = image["error"].as_str().unwrap();
-    assert!(
-        reason.starts_with("image 127.0.0.1:9/missing:latest is not available"),
-        "{reason}"
-    );
+    assert!(reason.starts_with("image 127.0.0.1:9/missing:latest is not available"), "{reason}");
 
-    for (script, state) in [
-        ("ok.sh", "success"),
-        ("fail.sh", "failure"),
-        ("none.sh", "failure"),
-        ("image.sh", "error"),
-    ] {
-        let statuses = github
-            .wait_for(&sha, &format!("autobuilder/{script}"), state)
-            .await;
-        let last = statuses
-            .iter()
-            .rfind(|s| s.context == format!("autobuilder/{script}"))
-            .unwrap();
+    for (script, state) in [("ok.sh", "success"), ("fail.sh", "failure"), ("none.sh", "failure"), ("image.sh", "error")]
+    {
+        let statuses = github.wait_for(&sha, &format!("autobuilder/{script}"), state).await;
+        let last = statuses.iter().rfind(|s| s.context == format!("autobuilder/{script}")).unwrap();
         assert_eq!(last.state, state);
         assert!(!last.description.is_empty());
     }
@@ -247,97 +170,52 @@ async fn failing_script_missing_artifact_and_missing_image_each_end_with_a_reaso
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_deliveries_are_refused_and_start_nothing() {
     let git = GitHost::new();
-    git.commit(
-        "org/recipes",
-        "master",
-        &[("org/app/feature/x.yaml", APP_RECIPE)],
-    );
+    git.commit("org/recipes", "master", &[("org/app/feature/x.yaml", APP_RECIPE)]);
     let sha = commit_app(&git, "A");
     let server = Server::start(|dir| test_config(dir, &git, None, ""));
     let push = push_payload("org/app", "refs/heads/feature/x", &sha).to_string();
 
     let (code, body) = server.deliver("demo", "push", push.as_bytes(), None).await;
     assert_eq!(code, 401, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("X-Hub-Signature-256")
-    );
-    let (code, _) = server
-        .deliver("demo", "push", push.as_bytes(), Some("wrong-secret"))
-        .await;
+    assert!(body["error"].as_str().unwrap().contains("X-Hub-Signature-256"));
+    let (code, _) = server.deliver("demo", "push", push.as_bytes(), Some("wrong-secret")).await;
     assert_eq!(code, 401);
-    let (code, body) = server
-        .deliver("nope", "push", push.as_bytes(), Some(SECRET))
-        .await;
+    let (code, body) = server.deliver("nope", "push", push.as_bytes(), Some(SECRET)).await;
     assert_eq!(code, 404, "{body}");
-    let (code, body) = server
-        .deliver("demo", "push", b"{not json", Some(SECRET))
-        .await;
+    let (code, body) = server.deliver("demo", "push", b"{not json", Some(SECRET)).await;
     assert_eq!(code, 400, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("malformed push payload")
-    );
-    let (code, body) = server
-        .deliver("demo", "ping", br#"{"zen":"hi"}"#, Some(SECRET))
-        .await;
+    assert!(body["error"].as_str().unwrap().contains("malformed push payload"));
+    let (code, body) = server.deliver("demo", "ping", br#"{"zen":"hi"}"#, Some(SECRET)).await;
     assert_eq!((code, body["message"].as_str()), (200, Some("pong")));
     let (code, body) = server.deliver("demo", "issues", b"{}", Some(SECRET)).await;
     assert_eq!(code, 202);
     assert!(body["message"].as_str().unwrap().contains("ignored"));
 
     let tag = push_payload("org/app", "refs/tags/v1", &sha).to_string();
-    let (_, body) = server
-        .deliver("demo", "push", tag.as_bytes(), Some(SECRET))
-        .await;
+    let (_, body) = server.deliver("demo", "push", tag.as_bytes(), Some(SECRET)).await;
     assert!(body["message"].as_str().unwrap().contains("tags"), "{body}");
     let deleted = push_payload("org/app", "refs/heads/feature/x", &"0".repeat(40)).to_string();
-    let (_, body) = server
-        .deliver("demo", "push", deleted.as_bytes(), Some(SECRET))
-        .await;
-    assert!(
-        body["message"].as_str().unwrap().contains("deleted"),
-        "{body}"
-    );
+    let (_, body) = server.deliver("demo", "push", deleted.as_bytes(), Some(SECRET)).await;
+    assert!(body["message"].as_str().unwrap().contains("deleted"), "{body}");
     // Branches match exactly: `x` is not `feature/x`.
     let (_, body) = server.push("org/app", "x", &sha).await;
-    assert!(
-        body["message"].as_str().unwrap().contains("no recipe"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("no recipe"), "{body}");
     let (_, body) = server.push("org/other", "feature/x", &sha).await;
-    assert!(
-        body["message"].as_str().unwrap().contains("no recipe"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("no recipe"), "{body}");
     let traversal = push_payload("org/app", "refs/heads/../../etc", &sha).to_string();
-    let (code, _) = server
-        .deliver("demo", "push", traversal.as_bytes(), Some(SECRET))
-        .await;
+    let (code, _) = server.deliver("demo", "push", traversal.as_bytes(), Some(SECRET)).await;
     assert_eq!(code, 400);
 
     // Nothing but the start-up reload is in the history.
     let (_, history) = server.get_json("/build/history").await;
-    let kinds: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["kind"].as_str().unwrap())
-        .collect();
+    let kinds: Vec<&str> = history.as_array().unwrap().iter().map(|b| b["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["reload"]);
 
     // The right push builds.
     let ids = server.push_builds("org/app", "feature/x", &sha).await;
     let build = server.wait_build(ids[0]).await;
     assert_eq!(build["status"], "success", "{build}");
-    assert_eq!(
-        build["artifact"],
-        format!("org-app-feature-x-{}.tar.gz", &sha[..10]).as_str()
-    );
+    assert_eq!(build["artifact"], format!("org-app-feature-x-{}.tar.gz", &sha[..10]).as_str());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -349,10 +227,7 @@ async fn recipes_reload_reports_broken_files_and_forgets_removed_repos() {
         &[
             ("org/app/master.yaml", APP_RECIPE),
             ("org/broken/master.yaml", "buildscripts: [\n"),
-            (
-                "org/typo/master.yaml",
-                "buildscripts: [a.sh]\na.sh: {artefact: x.tar.gz}\n",
-            ),
+            ("org/typo/master.yaml", "buildscripts: [a.sh]\na.sh: {artefact: x.tar.gz}\n"),
             ("README.md", "not a recipe"),
         ],
     );
@@ -364,22 +239,12 @@ async fn recipes_reload_reports_broken_files_and_forgets_removed_repos() {
     let reload = server.wait_reload(&first).await;
     assert_eq!(reload["kind"], "reload");
     assert_eq!(reload["status"], "failure");
-    assert!(
-        reload["error"].as_str().unwrap().contains("2 broken files"),
-        "{reload}"
-    );
-    let (_, log) = server
-        .get_text(&format!("/build/{}/log", reload["id"]))
-        .await;
+    assert!(reload["error"].as_str().unwrap().contains("2 broken files"), "{reload}");
+    let (_, log) = server.get_text(&format!("/build/{}/log", reload["id"])).await;
     assert!(log.contains("tracking org/app master"), "{log}");
     assert!(log.contains("skipped org/broken/master.yaml"), "{log}");
-    assert!(
-        log.contains("skipped org/typo/master.yaml") && log.contains("artefact"),
-        "{log}"
-    );
-    github
-        .wait_for(&first, "autobuilder/recipes", "failure")
-        .await;
+    assert!(log.contains("skipped org/typo/master.yaml") && log.contains("artefact"), "{log}");
+    github.wait_for(&first, "autobuilder/recipes", "failure").await;
 
     let ids = server.push_builds("org/app", "master", &app_sha).await;
     assert_eq!(server.wait_build(ids[0]).await["status"], "success");
@@ -388,57 +253,33 @@ async fn recipes_reload_reports_broken_files_and_forgets_removed_repos() {
     git.commit(
         "org/recipes",
         "master",
-        &[
-            ("org/broken/master.yaml", APP_RECIPE),
-            ("org/typo/master.yaml", APP_RECIPE),
-        ],
+        &[("org/broken/master.yaml", APP_RECIPE), ("org/typo/master.yaml", APP_RECIPE)],
     );
     let second = git.remove("org/recipes", "master", "org/app");
     let (code, body) = server.push("org/recipes", "master", &second).await;
     assert_eq!(code, 202, "{body}");
     let reload = server.wait_reload(&second).await;
     assert_eq!(reload["status"], "success", "{reload}");
-    let (_, log) = server
-        .get_text(&format!("/build/{}/log", reload["id"]))
-        .await;
+    let (_, log) = server.get_text(&format!("/build/{}/log", reload["id"])).await;
     assert!(log.contains("org/app is no longer tracked"), "{log}");
-    github
-        .wait_for(&second, "autobuilder/recipes", "success")
-        .await;
+    github.wait_for(&second, "autobuilder/recipes", "success").await;
 
     let (code, body) = server.push("org/app", "master", &app_sha).await;
     assert_eq!(code, 200);
-    assert!(
-        body["message"].as_str().unwrap().contains("no recipe"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("no recipe"), "{body}");
 
     // Another branch of the recipes repo is not loaded.
     let (_, body) = server.push("org/recipes", "dev", &second).await;
-    assert!(
-        body["message"].as_str().unwrap().contains("not loaded"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("not loaded"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_keeps_history_and_ends_interrupted_builds() {
     let git = GitHost::new();
     let slow = "buildscripts: [slow.sh]\nslow.sh: {artifact: x.tar.gz}\n";
-    git.commit(
-        "org/recipes",
-        "master",
-        &[
-            ("org/app/master.yaml", APP_RECIPE),
-            ("org/slow/master.yaml", slow),
-        ],
-    );
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", APP_RECIPE), ("org/slow/master.yaml", slow)]);
     let app_sha = commit_app(&git, "A");
-    let slow_sha = git.commit(
-        "org/slow",
-        "master",
-        &[("slow.sh", "#!/bin/sh\necho started\nsleep 600\n")],
-    );
+    let slow_sha = git.commit("org/slow", "master", &[("slow.sh", "#!/bin/sh\necho started\nsleep 600\n")]);
     let github = FakeGithub::start().await;
     let mut server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
 
@@ -447,22 +288,15 @@ async fn a_restart_keeps_history_and_ends_interrupted_builds() {
     let (_, log_before) = server.get_text(&format!("/build/{done}/log")).await;
 
     let interrupted = server.push_builds("org/slow", "master", &slow_sha).await[0];
-    wait_until("the slow build to start its container", || {
-        (!containers_of(interrupted).is_empty()).then_some(())
-    })
-    .await;
+    wait_until("the slow build to start its container", || (!containers_of(interrupted).is_empty()).then_some(()))
+        .await;
     server.restart(); // SIGKILL, then start on the same data directory
 
     let build = server.wait_build(interrupted).await;
     assert_eq!(build["status"], "error");
     assert_eq!(build["error"], "interrupted by restart");
-    github
-        .wait_for(&slow_sha, "autobuilder/slow.sh", "error")
-        .await;
-    wait_until("the orphaned container to be removed", || {
-        containers_of(interrupted).is_empty().then_some(())
-    })
-    .await;
+    github.wait_for(&slow_sha, "autobuilder/slow.sh", "error").await;
+    wait_until("the orphaned container to be removed", || containers_of(interrupted).is_empty().then_some(())).await;
 
     let (_, history) = server.get_json("/build/history?repository=org/app").await;
     assert_eq!(history[0]["id"], done);
@@ -474,17 +308,11 @@ async fn a_restart_keeps_history_and_ends_interrupted_builds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hub_store_uploads_flists_and_a_failing_hub_fails_the_build() {
     let git = GitHost::new();
-    git.commit(
-        "org/recipes",
-        "master",
-        &[("org/app/master.yaml", APP_RECIPE)],
-    );
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", APP_RECIPE)]);
     let sha = commit_app(&git, "A");
     let hub = FakeHub::start().await;
-    let extra = format!(
-        "[artifacts]\nkind = \"hub\"\n[artifacts.hub]\nurl = \"{}\"\ntoken = \"{HUB_TOKEN}\"\n",
-        hub.url
-    );
+    let extra =
+        format!("[artifacts]\nkind = \"hub\"\n[artifacts.hub]\nurl = \"{}\"\ntoken = \"{HUB_TOKEN}\"\n", hub.url);
     let server = Server::start(|dir| test_config(dir, &git, None, &extra));
 
     let id = server.push_builds("org/app", "master", &sha).await[0];
@@ -494,46 +322,25 @@ async fn hub_store_uploads_flists_and_a_failing_hub_fails_the_build() {
     assert_eq!(build["artifact"], flist.as_str());
     let uploads = hub.state.uploads.lock().unwrap().clone();
     assert_eq!(uploads.len(), 1);
-    assert_eq!(
-        uploads[0].0,
-        format!("org-app-master-{}.tar.gz", &sha[..10])
-    );
-    assert_eq!(
-        build["artifact_sha256"],
-        hex::encode(Sha256::digest(&uploads[0].1)).as_str()
-    );
-    assert_eq!(
-        hub.state.links.lock().unwrap().clone(),
-        vec![("org-app-master.flist".to_string(), flist)]
-    );
+    assert_eq!(uploads[0].0, format!("org-app-master-{}.tar.gz", &sha[..10]));
+    assert_eq!(build["artifact_sha256"], hex::encode(Sha256::digest(&uploads[0].1)).as_str());
+    assert_eq!(hub.state.links.lock().unwrap().clone(), vec![("org-app-master.flist".to_string(), flist)]);
 
-    hub.state
-        .down
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    hub.state.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let id = server.push_builds("org/app", "master", &sha).await[0];
     let build = server.wait_build(id).await;
     assert_eq!(build["status"], "error", "{build}");
     let reason = build["error"].as_str().unwrap();
-    assert!(
-        reason.contains("hub upload failed") && reason.contains("hub in maintenance"),
-        "{reason}"
-    );
+    assert!(reason.contains("hub upload failed") && reason.contains("hub in maintenance"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_github_never_fails_a_build() {
     let git = GitHost::new();
-    git.commit(
-        "org/recipes",
-        "master",
-        &[("org/app/master.yaml", APP_RECIPE)],
-    );
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", APP_RECIPE)]);
     let sha = commit_app(&git, "A");
     let github = FakeGithub::start().await;
-    github
-        .state
-        .down
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    github.state.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
 
     let id = server.push_builds("org/app", "master", &sha).await[0];
@@ -551,38 +358,19 @@ fn check_command_prints_every_problem() {
     };
     write("org/app/master.yaml", APP_RECIPE);
     write(".git/config", "ignored");
-    let run = || {
-        Command::new(env!("CARGO_BIN_EXE_autobuilder"))
-            .arg("check")
-            .arg(dir.path())
-            .output()
-            .unwrap()
-    };
+    let run = || Command::new(env!("CARGO_BIN_EXE_autobuilder")).arg("check").arg(dir.path()).output().unwrap();
 
     let out = run();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 recipes, 0 problems"));
 
-    write(
-        "org/bad/master.yaml",
-        "buildscripts: [a.sh]\na.sh: {artifact: ../../etc/passwd}\n",
-    );
+    write("org/bad/master.yaml", "buildscripts: [a.sh]\na.sh: {artifact: ../../etc/passwd}\n");
     write("org/empty/dev.yml", "");
     let out = run();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(
-        text.contains("org/bad/master.yaml") && text.contains("plain file name"),
-        "{text}"
-    );
-    assert!(
-        text.contains("org/empty/dev.yml") && text.contains("empty"),
-        "{text}"
-    );
+    assert!(text.contains("org/bad/master.yaml") && text.contains("plain file name"), "{text}");
+    assert!(text.contains("org/empty/dev.yml") && text.contains("empty"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -591,30 +379,15 @@ async fn an_unreachable_recipes_repository_is_reported_and_recovers_on_push() {
     let app_sha = commit_app(&git, "A");
     let server = Server::start(|dir| test_config(dir, &git, None, ""));
 
-    let (_, history) = server
-        .get_json("/build/history?repository=org/recipes")
-        .await;
+    let (_, history) = server.get_json("/build/history?repository=org/recipes").await;
     assert_eq!(history[0]["kind"], "reload");
     assert_eq!(history[0]["status"], "error", "{history}");
-    assert!(
-        history[0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("cannot fetch org/recipes"),
-        "{history}"
-    );
+    assert!(history[0]["error"].as_str().unwrap().contains("cannot fetch org/recipes"), "{history}");
     let (code, body) = server.push("org/app", "master", &app_sha).await;
     assert_eq!(code, 503, "{body}");
-    assert!(
-        body["error"].as_str().unwrap().contains("not loaded"),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap().contains("not loaded"), "{body}");
 
-    let sha = git.commit(
-        "org/recipes",
-        "master",
-        &[("org/app/master.yaml", APP_RECIPE)],
-    );
+    let sha = git.commit("org/recipes", "master", &[("org/app/master.yaml", APP_RECIPE)]);
     let (code, _) = server.push("org/recipes", "master", &sha).await;
     assert_eq!(code, 202);
     assert_eq!(server.wait_reload(&sha).await["status"], "success");

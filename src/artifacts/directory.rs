@@ -28,9 +28,7 @@ impl DirectoryStore {
             .await
             .expect("copying does not panic")
             .map_err(|e| format!("cannot store the artifact in {}: {e}", self.root.display()))?;
-        let sha256 = sha256_file(&self.root.join(&names.versioned))
-            .await
-            .map_err(|e| e.to_string())?;
+        let sha256 = sha256_file(&self.root.join(&names.versioned)).await.map_err(|e| e.to_string())?;
         Ok(Published {
             name: names.versioned.clone(),
             url: Some(format!("{}/{}", self.base_url, names.versioned)),
@@ -43,13 +41,7 @@ impl DirectoryStore {
 /// readers never see a partial file and concurrent publishes of one name never collide.
 fn copy_and_link(root: &Path, file: &Path, names: &ArtifactNames) -> std::io::Result<()> {
     static UNIQUE: AtomicU64 = AtomicU64::new(0);
-    let unique = || {
-        format!(
-            "{}-{}",
-            std::process::id(),
-            UNIQUE.fetch_add(1, Ordering::Relaxed)
-        )
-    };
+    let unique = || format!("{}-{}", std::process::id(), UNIQUE.fetch_add(1, Ordering::Relaxed));
     std::fs::create_dir_all(root)?;
     let partial = root.join(format!(".{}.{}.partial", names.versioned, unique()));
     std::fs::copy(file, &partial)?;
@@ -67,43 +59,25 @@ mod tests {
     async fn publishes_and_moves_the_link() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirectoryStore::new(dir.path().join("store"), "http://x/artifacts".into());
-        let names = |v: &str| ArtifactNames {
-            versioned: format!("a-{v}.tar.gz"),
-            moving: "a.tar.gz".into(),
-        };
+        let names = |v: &str| ArtifactNames { versioned: format!("a-{v}.tar.gz"), moving: "a.tar.gz".into() };
         for (version, content) in [("1", "one"), ("2", "two")] {
             let source = dir.path().join("source");
             std::fs::write(&source, content).unwrap();
             let published = store.publish(&source, &names(version)).await.unwrap();
-            assert_eq!(
-                published.url.as_deref(),
-                Some(format!("http://x/artifacts/a-{version}.tar.gz").as_str())
-            );
+            assert_eq!(published.url.as_deref(), Some(format!("http://x/artifacts/a-{version}.tar.gz").as_str()));
             assert_eq!(published.sha256.len(), 64);
         }
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("store/a.tar.gz")).unwrap(),
-            "two"
-        );
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("store/a-1.tar.gz")).unwrap(),
-            "one"
-        );
+        assert_eq!(std::fs::read_to_string(dir.path().join("store/a.tar.gz")).unwrap(), "two");
+        assert_eq!(std::fs::read_to_string(dir.path().join("store/a-1.tar.gz")).unwrap(), "one");
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn concurrent_publishes_of_one_name_all_succeed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = std::sync::Arc::new(DirectoryStore::new(
-            dir.path().join("store"),
-            "http://x".into(),
-        ));
+        let store = std::sync::Arc::new(DirectoryStore::new(dir.path().join("store"), "http://x".into()));
         let source = dir.path().join("source");
         std::fs::write(&source, "same").unwrap();
-        let names = ArtifactNames {
-            versioned: "a-1.tar.gz".into(),
-            moving: "a.tar.gz".into(),
-        };
+        let names = ArtifactNames { versioned: "a-1.tar.gz".into(), moving: "a.tar.gz".into() };
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (store, source, names) = (store.clone(), source.clone(), names.clone());
@@ -113,14 +87,8 @@ mod tests {
         for task in tasks {
             task.await.unwrap().unwrap();
         }
-        let left: Vec<_> = std::fs::read_dir(dir.path().join("store"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(
-            left.len(),
-            2,
-            "only the artifact and its link remain: {left:?}"
-        );
+        let left: Vec<_> =
+            std::fs::read_dir(dir.path().join("store")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 2, "only the artifact and its link remain: {left:?}");
     }
 }

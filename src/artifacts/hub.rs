@@ -29,37 +29,18 @@ struct Reply {
 
 impl HubStore {
     pub fn new(config: &HubConfig) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()?;
-        Ok(Self {
-            client,
-            url: config.url.trim_end_matches('/').to_string(),
-            token: config.token.expose().to_string(),
-        })
+        let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;
+        Ok(Self { client, url: config.url.trim_end_matches('/').to_string(), token: config.token.expose().to_string() })
     }
 
     pub async fn publish(&self, file: &Path, names: &ArtifactNames) -> Result<Published, String> {
-        let sha256 = sha256_file(file)
-            .await
-            .map_err(|e| format!("cannot read the artifact: {e}"))?;
-        let body = tokio::fs::read(file)
-            .await
-            .map_err(|e| format!("cannot read the artifact: {e}"))?;
+        let sha256 = sha256_file(file).await.map_err(|e| format!("cannot read the artifact: {e}"))?;
+        let body = tokio::fs::read(file).await.map_err(|e| format!("cannot read the artifact: {e}"))?;
         let upload_name = format!("{}.tar.gz", names.versioned.trim_end_matches(".tar.gz"));
-        let form = Form::new().part(
-            "file",
-            Part::bytes(body)
-                .file_name(upload_name)
-                .mime_str("application/gzip")
-                .expect("valid mime"),
-        );
+        let form = Form::new()
+            .part("file", Part::bytes(body).file_name(upload_name).mime_str("application/gzip").expect("valid mime"));
         let reply = self
-            .call(
-                self.client
-                    .post(format!("{}/api/flist/me/upload", self.url))
-                    .multipart(form),
-            )
+            .call(self.client.post(format!("{}/api/flist/me/upload", self.url)).multipart(form))
             .await
             .map_err(|e| format!("hub upload failed: {e}"))?;
         let flist = reply
@@ -70,45 +51,23 @@ impl HubStore {
             .map(str::to_string)
             .unwrap_or_else(|| format!("{}.flist", names.versioned.trim_end_matches(".tar.gz")));
         let link = format!("{}.flist", names.moving.trim_end_matches(".tar.gz"));
-        self.call(
-            self.client
-                .get(format!("{}/api/flist/me/{flist}/link/{link}", self.url)),
-        )
-        .await
-        .map_err(|e| format!("hub link {link} -> {flist} failed: {e}"))?;
-        Ok(Published {
-            name: flist,
-            url: None,
-            sha256,
-        })
+        self.call(self.client.get(format!("{}/api/flist/me/{flist}/link/{link}", self.url)))
+            .await
+            .map_err(|e| format!("hub link {link} -> {flist} failed: {e}"))?;
+        Ok(Published { name: flist, url: None, sha256 })
     }
 
     /// Sends a request with the bearer token; any reply but a 2xx with `status: success` is an error
     /// carrying the hub's own message.
     async fn call(&self, request: reqwest::RequestBuilder) -> Result<Reply, String> {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| format!("hub unreachable: {e}"))?;
+        let response = request.bearer_auth(&self.token).send().await.map_err(|e| format!("hub unreachable: {e}"))?;
         let code = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| format!("hub reply unreadable: {e}"))?;
+        let text = response.text().await.map_err(|e| format!("hub reply unreadable: {e}"))?;
         let reply: Option<Reply> = serde_json::from_str(&text).ok();
         match reply {
-            Some(reply) if code.is_success() && reply.status.as_deref() == Some("success") => {
-                Ok(reply)
-            }
-            Some(Reply {
-                message: Some(message),
-                ..
-            }) => Err(format!("{code}: {message}")),
-            _ => Err(format!(
-                "{code}: {}",
-                text.chars().take(200).collect::<String>()
-            )),
+            Some(reply) if code.is_success() && reply.status.as_deref() == Some("success") => Ok(reply),
+            Some(Reply { message: Some(message), .. }) => Err(format!("{code}: {message}")),
+            _ => Err(format!("{code}: {}", text.chars().take(200).collect::<String>())),
         }
     }
 }

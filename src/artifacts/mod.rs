@@ -22,13 +22,7 @@ pub struct ArtifactNames {
 }
 
 impl ArtifactNames {
-    pub fn new(
-        repo: &RepoName,
-        tag: Option<&str>,
-        branch: &Branch,
-        sha: &CommitSha,
-        artifact_file: &str,
-    ) -> Self {
+    pub fn new(repo: &RepoName, tag: Option<&str>, branch: &Branch, sha: &CommitSha, artifact_file: &str) -> Self {
         let mut base = format!("{}-{}", repo.org(), repo.name());
         if let Some(tag) = tag {
             base.push('-');
@@ -38,10 +32,7 @@ impl ArtifactNames {
         base.push_str(branch.as_str());
         let base = base.replace('/', "-");
         let ext = extension(artifact_file);
-        Self {
-            versioned: format!("{base}-{}{ext}", sha.short()),
-            moving: format!("{base}{ext}"),
-        }
+        Self { versioned: format!("{base}-{}{ext}", sha.short()), moving: format!("{base}{ext}") }
     }
 }
 
@@ -78,27 +69,18 @@ pub enum ArtifactStore {
 
 impl ArtifactStore {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let directory = DirectoryStore::new(
-            absolute(&config.artifacts.directory)?,
-            format!("{}/artifacts", config.public_url),
-        );
+        let directory =
+            DirectoryStore::new(absolute(&config.artifacts.directory)?, format!("{}/artifacts", config.public_url));
         Ok(match config.artifacts.kind {
             ArtifactsKind::Directory => Self::Directory(directory),
-            ArtifactsKind::Hub => Self::Hub {
-                hub: HubStore::new(&config.artifacts.hub)?,
-                binaries: directory,
-            },
+            ArtifactsKind::Hub => Self::Hub { hub: HubStore::new(&config.artifacts.hub)?, binaries: directory },
         })
     }
 
     /// The directory served under `/artifacts/`.
     pub fn directory(&self) -> &Path {
         match self {
-            Self::Directory(directory)
-            | Self::Hub {
-                binaries: directory,
-                ..
-            } => directory.root(),
+            Self::Directory(directory) | Self::Hub { binaries: directory, .. } => directory.root(),
         }
     }
 
@@ -110,25 +92,16 @@ impl ArtifactStore {
         format: ArtifactFormat,
     ) -> Result<Published, String> {
         match (self, format) {
-            (Self::Directory(directory), _)
-            | (
-                Self::Hub {
-                    binaries: directory,
-                    ..
-                },
-                ArtifactFormat::Binary,
-            ) => directory.publish(file, names).await,
+            (Self::Directory(directory), _) | (Self::Hub { binaries: directory, .. }, ArtifactFormat::Binary) => {
+                directory.publish(file, names).await
+            }
             (Self::Hub { hub, .. }, ArtifactFormat::Flist) => hub.publish(file, names).await,
         }
     }
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    Ok(if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(path)
-    })
+    Ok(if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) })
 }
 
 /// SHA-256 of a file, in hex.
@@ -137,11 +110,7 @@ pub async fn sha256_file(file: &Path) -> std::io::Result<String> {
     let file = file.to_path_buf();
     tokio::task::spawn_blocking(move || {
         use std::io::Read;
-        let (mut hasher, mut file, mut buffer) = (
-            Sha256::new(),
-            std::fs::File::open(file)?,
-            vec![0; 256 * 1024],
-        );
+        let (mut hasher, mut file, mut buffer) = (Sha256::new(), std::fs::File::open(file)?, vec![0; 256 * 1024]);
         loop {
             match file.read(&mut buffer)? {
                 0 => return Ok(hex::encode(hasher.finalize())),
@@ -173,21 +142,12 @@ mod tests {
         assert_eq!(n.versioned, "threefoldtech-0-core-master-0123456789.tar.gz");
         assert_eq!(n.moving, "threefoldtech-0-core-master.tar.gz");
         let n = names(Some("special-tag"), "feature/x", "result.tar.gz");
-        assert_eq!(
-            n.versioned,
-            "threefoldtech-0-core-special-tag-feature-x-0123456789.tar.gz"
-        );
+        assert_eq!(n.versioned, "threefoldtech-0-core-special-tag-feature-x-0123456789.tar.gz");
         let n = names(None, "master", "kernel.efi");
         assert_eq!(
             (n.versioned.as_str(), n.moving.as_str()),
-            (
-                "threefoldtech-0-core-master-0123456789.efi",
-                "threefoldtech-0-core-master.efi"
-            )
+            ("threefoldtech-0-core-master-0123456789.efi", "threefoldtech-0-core-master.efi")
         );
-        assert_eq!(
-            names(None, "master", "tool").moving,
-            "threefoldtech-0-core-master"
-        );
+        assert_eq!(names(None, "master", "tool").moving, "threefoldtech-0-core-master");
     }
 }

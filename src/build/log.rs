@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 
+use crate::bus::{Bus, Event};
 use crate::model::BuildId;
 
 /// A line longer than this is cut into several, so one endless line cannot eat the memory.
@@ -18,28 +19,27 @@ pub fn log_path(logs_dir: &Path, id: BuildId) -> PathBuf {
 }
 
 /// Appends lines to one build's log file. Lines are buffered in memory and written out by
-/// [`BuildLog::write_pending`], which the executor calls after every chunk of output.
+/// [`BuildLog::write_pending`], which the executor calls after every chunk of output; once
+/// written, they are published on the bus, numbered from 1.
 pub struct BuildLog {
+    id: BuildId,
     file: tokio::fs::File,
+    bus: Bus,
     pending: Vec<u8>,
     lines: u64,
+    published: u64,
 }
 
 impl BuildLog {
-    pub async fn create(logs_dir: &Path, id: BuildId) -> std::io::Result<Self> {
+    pub async fn create(logs_dir: &Path, id: BuildId, bus: Bus) -> std::io::Result<Self> {
         tokio::fs::create_dir_all(logs_dir).await?;
         let file = tokio::fs::File::create(log_path(logs_dir, id)).await?;
-        Ok(Self {
-            file,
-            pending: Vec::with_capacity(64 * 1024),
-            lines: 0,
-        })
+        Ok(Self { id, file, bus, pending: Vec::with_capacity(64 * 1024), lines: 0, published: 0 })
     }
 
     /// Appends one line (without its newline), decoding invalid UTF-8 lossily.
     pub fn line(&mut self, bytes: &[u8]) {
-        self.pending
-            .extend_from_slice(String::from_utf8_lossy(bytes).as_bytes());
+        self.pending.extend_from_slice(String::from_utf8_lossy(bytes).as_bytes());
         self.pending.push(b'\n');
         self.lines += 1;
     }
@@ -54,12 +54,15 @@ impl BuildLog {
         self.lines
     }
 
-    /// Writes the buffered lines to the file.
+    /// Writes the buffered lines to the file, then publishes them.
     pub async fn write_pending(&mut self) -> std::io::Result<()> {
-        if !self.pending.is_empty() {
-            self.file.write_all(&self.pending).await?;
-            self.pending.clear();
+        if self.pending.is_empty() {
+            return Ok(());
         }
+        self.file.write_all(&self.pending).await?;
+        let text = String::from_utf8(std::mem::take(&mut self.pending)).expect("lines are decoded lossily");
+        self.bus.publish(Event::Lines { id: self.id, seq: self.published + 1, text });
+        self.published = self.lines;
         Ok(())
     }
 
@@ -113,10 +116,7 @@ fn strip_cr(line: &[u8]) -> &[u8] {
 /// The largest cut at or below `max` that does not split a UTF-8 character (when the data is UTF-8).
 fn utf8_boundary(bytes: &[u8], max: usize) -> usize {
     let mut cut = max.min(bytes.len());
-    while cut > max.saturating_sub(3)
-        && cut < bytes.len()
-        && (bytes[cut] & 0b1100_0000) == 0b1000_0000
-    {
+    while cut > max.saturating_sub(3) && cut < bytes.len() && (bytes[cut] & 0b1100_0000) == 0b1000_0000 {
         cut -= 1;
     }
     cut
@@ -130,9 +130,7 @@ mod tests {
         let mut splitter = LineSplitter::default();
         let mut lines = Vec::new();
         for chunk in chunks {
-            splitter.feed(chunk, |l| {
-                lines.push(String::from_utf8_lossy(l).into_owned())
-            });
+            splitter.feed(chunk, |l| lines.push(String::from_utf8_lossy(l).into_owned()));
         }
         splitter.finish(|l| lines.push(String::from_utf8_lossy(l).into_owned()));
         lines
@@ -152,10 +150,7 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_kept_lossily() {
-        assert_eq!(
-            split(&[b"ok \xff\xfe end\n"]),
-            vec!["ok \u{fffd}\u{fffd} end"]
-        );
+        assert_eq!(split(&[b"ok \xff\xfe end\n"]), vec!["ok \u{fffd}\u{fffd} end"]);
     }
 
     #[test]

@@ -92,21 +92,11 @@ pub struct Job {
 }
 
 /// Records one queued build per build script of `recipe`, posts `pending`, and starts them.
-pub async fn enqueue(
-    app: &Arc<App>,
-    recipe: &Recipe,
-    source: Source,
-) -> anyhow::Result<Vec<BuildId>> {
+pub async fn enqueue(app: &Arc<App>, recipe: &Recipe, source: Source) -> anyhow::Result<Vec<BuildId>> {
     let mut ids = Vec::new();
     for script in &recipe.scripts {
-        let job = Job {
-            source: source.clone(),
-            script: script.clone(),
-        };
-        let baseimage = script
-            .baseimage
-            .clone()
-            .unwrap_or_else(|| app.config.docker.default_image.clone());
+        let job = Job { source: source.clone(), script: script.clone() };
+        let baseimage = script.baseimage.clone().unwrap_or_else(|| app.config.docker.default_image.clone());
         let id = app
             .store
             .insert(&NewBuild {
@@ -121,13 +111,8 @@ pub async fn enqueue(
                 author: job.source.author.clone(),
             })
             .await?;
-        app.statuses.report(status_of(
-            app,
-            &job,
-            id,
-            BuildStatus::Queued,
-            "queued".into(),
-        ));
+        app.statuses.report(status_of(app, &job, id, BuildStatus::Queued, "queued".into()));
+        app.announce(id).await;
         ids.push(id);
         let app = app.clone();
         tokio::spawn(async move { run(&app, id, job).await });
@@ -137,34 +122,27 @@ pub async fn enqueue(
 
 /// Waits for a build slot, runs the build, records and reports how it ended.
 async fn run(app: &Arc<App>, id: BuildId, job: Job) {
-    let _slot = app
-        .slots
-        .acquire()
-        .await
-        .expect("the build slots are never closed");
+    let _slot = app.slots.acquire().await.expect("the build slots are never closed");
     let outcome = match app.store.mark_running(id).await {
-        Ok(()) => execute(app, id, &job).await,
+        Ok(()) => {
+            app.announce(id).await;
+            execute(app, id, &job).await
+        }
         Err(e) => Outcome::failed(BuildStatus::Error, format!("history database failed: {e}")),
     };
     if let Err(e) = app.store.finish(id, &outcome).await {
         tracing::error!(build = %id, "cannot record the end of the build: {e:#}");
     }
+    app.announce(id).await;
     let description = match outcome.status {
         BuildStatus::Success => format!("built {}", outcome.artifact.as_deref().unwrap_or("")),
         _ => outcome.error.clone().unwrap_or_default(),
     };
     tracing::info!(build = %id, repo = %job.source.repository, branch = %job.source.branch, status = %outcome.status, "{description}");
-    app.statuses
-        .report(status_of(app, &job, id, outcome.status, description));
+    app.statuses.report(status_of(app, &job, id, outcome.status, description));
 }
 
-fn status_of(
-    app: &App,
-    job: &Job,
-    id: BuildId,
-    status: BuildStatus,
-    description: String,
-) -> CommitStatus {
+fn status_of(app: &App, job: &Job, id: BuildId, status: BuildStatus, description: String) -> CommitStatus {
     CommitStatus {
         repository: job.source.repository.clone(),
         commit: job.source.commit.clone(),
@@ -177,18 +155,14 @@ fn status_of(
 
 /// Runs one build and returns how it ended; the log gets every step and the reason of the end.
 async fn execute(app: &Arc<App>, id: BuildId, job: &Job) -> Outcome {
-    let mut log = match BuildLog::create(&app.config.logs_dir(), id).await {
+    let mut log = match BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await {
         Ok(log) => log,
         Err(e) => {
-            return Outcome::failed(
-                BuildStatus::Error,
-                format!("cannot create the build log: {e}"),
-            );
+            return Outcome::failed(BuildStatus::Error, format!("cannot create the build log: {e}"));
         }
     };
-    let workspace = tempfile::Builder::new()
-        .prefix(&format!("{}{id}-", app.temp_prefix()))
-        .tempdir_in(&app.config.tmp_directory);
+    let workspace =
+        tempfile::Builder::new().prefix(&format!("{}{id}-", app.temp_prefix())).tempdir_in(&app.config.tmp_directory);
     let result = match workspace {
         Ok(workspace) => {
             let result = steps(app, id, job, workspace.path().to_path_buf(), &mut log).await;
@@ -203,10 +177,7 @@ async fn execute(app: &Arc<App>, id: BuildId, job: &Job) -> Outcome {
     };
     let outcome = match result {
         Ok(published) => {
-            log.note(&format!(
-                "published {} (sha256 {})",
-                published.name, published.sha256
-            ));
+            log.note(&format!("published {} (sha256 {})", published.name, published.sha256));
             Outcome {
                 status: BuildStatus::Success,
                 error: None,
@@ -238,29 +209,16 @@ async fn steps(
     std::fs::create_dir_all(&archives)
         .map_err(|e| BuildError::Internal(format!("cannot create {}: {e}", archives.display())))?;
 
-    log.note(&format!(
-        "fetching {} {} at {}",
-        job.source.repository, job.source.branch, job.source.commit
-    ));
+    log.note(&format!("fetching {} {} at {}", job.source.repository, job.source.branch, job.source.commit));
     log.write_pending().await.map_err(BuildError::log)?;
     let url = app.config.clone_url(&job.source.repository);
-    let (branch, commit, checkout_dir) = (
-        job.source.branch.clone(),
-        job.source.commit.clone(),
-        source.clone(),
-    );
-    tokio::task::spawn_blocking(move || {
-        crate::git::checkout_commit(&url, &branch, &commit, &checkout_dir)
-    })
-    .await
-    .expect("checkout does not panic")
-    .map_err(|e| BuildError::Checkout(format!("{e:#}")))?;
+    let (branch, commit, checkout_dir) = (job.source.branch.clone(), job.source.commit.clone(), source.clone());
+    tokio::task::spawn_blocking(move || crate::git::checkout_commit(&url, &branch, &commit, &checkout_dir))
+        .await
+        .expect("checkout does not panic")
+        .map_err(|e| BuildError::Checkout(format!("{e:#}")))?;
 
-    let image = job
-        .script
-        .baseimage
-        .as_deref()
-        .unwrap_or(&app.config.docker.default_image);
+    let image = job.script.baseimage.as_deref().unwrap_or(&app.config.docker.default_image);
     app.docker.ensure_image(image, log).await?;
     let mount = format!("/{}", job.source.repository.name());
     log.note(&format!("running {} in {image}", job.script.script));
@@ -279,10 +237,7 @@ async fn steps(
         ],
         labels: HashMap::from([
             ("autobuilder.project".into(), job.source.project.clone()),
-            (
-                "autobuilder.repository".into(),
-                job.source.repository.to_string(),
-            ),
+            ("autobuilder.repository".into(), job.source.repository.to_string()),
             ("autobuilder.branch".into(), job.source.branch.to_string()),
             ("autobuilder.commit".into(), job.source.commit.to_string()),
         ]),
@@ -308,8 +263,5 @@ async fn steps(
         &job.source.commit,
         &job.script.artifact,
     );
-    app.artifacts
-        .publish(&artifact, &names, job.script.format)
-        .await
-        .map_err(BuildError::Upload)
+    app.artifacts.publish(&artifact, &names, job.script.format).await.map_err(BuildError::Upload)
 }

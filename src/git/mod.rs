@@ -12,14 +12,8 @@ use crate::recipes::{MAX_RECIPE_BYTES, is_recipe_path};
 
 /// Fetches `branch` from `url` into a new repository at `dest` and checks out exactly `sha`,
 /// whatever the branch head is by now. `dest` keeps its `.git`, so scripts may run git commands.
-pub fn checkout_commit(
-    url: &str,
-    branch: &Branch,
-    sha: &CommitSha,
-    dest: &Path,
-) -> anyhow::Result<()> {
-    let repo = Repository::init(dest)
-        .with_context(|| format!("cannot create a repository in {}", dest.display()))?;
+pub fn checkout_commit(url: &str, branch: &Branch, sha: &CommitSha, dest: &Path) -> anyhow::Result<()> {
+    let repo = Repository::init(dest).with_context(|| format!("cannot create a repository in {}", dest.display()))?;
     let oid = Oid::from_str(sha.as_str())?;
     let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
     fetch(&repo, url, &[refspec.as_str()])?;
@@ -29,10 +23,7 @@ pub fn checkout_commit(
         let _ = fetch(&repo, url, &[sha.as_str()]);
     }
     let commit = repo.find_commit(oid).map_err(|_| {
-        anyhow::anyhow!(
-            "commit {sha} is not on branch {branch} of {} (force-pushed away?)",
-            redact_url(url)
-        )
+        anyhow::anyhow!("commit {sha} is not on branch {branch} of {} (force-pushed away?)", redact_url(url))
     })?;
     repo.remote("origin", url)?;
     repo.set_head_detached(commit.id())?;
@@ -55,8 +46,7 @@ impl RecipesMirror<'_> {
                 if self.path.exists() {
                     std::fs::remove_dir_all(self.path)?;
                 }
-                Repository::init_bare(self.path)
-                    .with_context(|| format!("cannot create {}", self.path.display()))?
+                Repository::init_bare(self.path).with_context(|| format!("cannot create {}", self.path.display()))?
             }
         };
         let tracking = format!("refs/remotes/origin/{branch}");
@@ -64,16 +54,12 @@ impl RecipesMirror<'_> {
         fetch(&repo, self.url, &[refspec.as_str()])?;
         let oid = match sha {
             Some(sha) => Oid::from_str(sha.as_str())?,
-            None => repo.refname_to_id(&tracking).with_context(|| {
-                format!("branch {branch} not found in {}", redact_url(self.url))
-            })?,
+            None => repo
+                .refname_to_id(&tracking)
+                .with_context(|| format!("branch {branch} not found in {}", redact_url(self.url)))?,
         };
-        repo.find_commit(oid).with_context(|| {
-            format!(
-                "commit {oid} is not on branch {branch} of {}",
-                redact_url(self.url)
-            )
-        })?;
+        repo.find_commit(oid)
+            .with_context(|| format!("commit {oid} is not on branch {branch} of {}", redact_url(self.url)))?;
         CommitSha::parse(&oid.to_string())
     }
 
@@ -94,10 +80,7 @@ impl RecipesMirror<'_> {
             match entry.to_object(&repo).and_then(|o| o.peel_to_blob()) {
                 Ok(blob) => {
                     let content = blob.content();
-                    files.push((
-                        path,
-                        content[..content.len().min(MAX_RECIPE_BYTES + 1)].to_vec(),
-                    ));
+                    files.push((path, content[..content.len().min(MAX_RECIPE_BYTES + 1)].to_vec()));
                     git2::TreeWalkResult::Ok
                 }
                 Err(e) => {
@@ -139,10 +122,7 @@ mod tests {
 
     #[test]
     fn credentials_never_show() {
-        assert_eq!(
-            redact_url("https://x:tok@github.com/a/b.git"),
-            "https://***@github.com/a/b.git"
-        );
+        assert_eq!(redact_url("https://x:tok@github.com/a/b.git"), "https://***@github.com/a/b.git");
         assert_eq!(redact_url("file:///tmp/a/b.git"), "file:///tmp/a/b.git");
     }
 }

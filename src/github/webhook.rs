@@ -126,9 +126,7 @@ mod tests {
             "repository": {"full_name": "org/repo"},
             "head_commit": {"message": "fix it", "author": {"name": "Ada"}}
         });
-        let Event::Push(push) = parse_event("push", body.to_string().as_bytes()).unwrap() else {
-            panic!()
-        };
+        let Event::Push(push) = parse_event("push", body.to_string().as_bytes()).unwrap() else { panic!() };
         assert_eq!(push.branch().unwrap().unwrap().as_str(), "feature/x");
         assert_eq!(push.message.as_deref(), Some("fix it"));
         assert_eq!(push.author.as_deref(), Some("Ada"));
@@ -137,9 +135,7 @@ mod tests {
             "ref": "refs/tags/v1", "after": "0123456789abcdef0123456789abcdef01234567",
             "repository": {"full_name": "org/repo"}, "head_commit": null
         });
-        let Event::Push(push) = parse_event("push", tag.to_string().as_bytes()).unwrap() else {
-            panic!()
-        };
+        let Event::Push(push) = parse_event("push", tag.to_string().as_bytes()).unwrap() else { panic!() };
         assert!(push.branch().is_none());
     }
 
@@ -154,9 +150,6 @@ mod tests {
         ] {
             assert!(parse_event("push", body.as_bytes()).is_err(), "{body}");
         }
-        assert!(matches!(
-            parse_event("issues", b"{}").unwrap(),
-            Event::Other(_)
-        ));
+        assert!(matches!(parse_event("issues", b"{}").unwrap(), Event::Other(_)));
     }
 }

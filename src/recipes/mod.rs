@@ -81,10 +81,7 @@ impl RecipeSet {
                     if let Some(other) = set.recipes.get(&key) {
                         set.problems.push(RecipeProblem {
                             file,
-                            reason: format!(
-                                "{} already declares {} branch {}",
-                                other.file, key.0, key.1
-                            ),
+                            reason: format!("{} already declares {} branch {}", other.file, key.0, key.1),
                         });
                     } else {
                         set.recipes.insert(key, recipe);
@@ -113,11 +110,7 @@ impl RecipeSet {
     pub fn parse_dir(root: &Path) -> std::io::Result<Self> {
         let mut files = Vec::new();
         collect_files(root, root, &mut files)?;
-        Ok(Self::parse(
-            files
-                .iter()
-                .map(|(path, content)| (path.clone(), content.as_slice())),
-        ))
+        Ok(Self::parse(files.iter().map(|(path, content)| (path.clone(), content.as_slice()))))
     }
 }
 
@@ -132,17 +125,11 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> s
         if file_type.is_dir() {
             collect_files(root, &path, out)?;
         } else if file_type.is_file() {
-            let relative = path
-                .strip_prefix(root)
-                .expect("under root")
-                .to_string_lossy()
-                .replace('\\', "/");
+            let relative = path.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
             if is_recipe_path(&relative) {
                 // Read one byte past the limit, so that parse_file can refuse an oversized file.
                 let mut content = Vec::new();
-                std::fs::File::open(&path)?
-                    .take(MAX_RECIPE_BYTES as u64 + 1)
-                    .read_to_end(&mut content)?;
+                std::fs::File::open(&path)?.take(MAX_RECIPE_BYTES as u64 + 1).read_to_end(&mut content)?;
                 out.push((relative, content));
             }
         }
@@ -152,8 +139,7 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> s
 
 /// Whether a repository path is a recipe file: `.yaml`/`.yml`, not under a hidden folder.
 pub fn is_recipe_path(path: &str) -> bool {
-    (path.ends_with(".yaml") || path.ends_with(".yml"))
-        && !path.split('/').any(|part| part.starts_with('.'))
+    (path.ends_with(".yaml") || path.ends_with(".yml")) && !path.split('/').any(|part| part.starts_with('.'))
 }
 
 /// The raw YAML shape: `buildscripts` plus one mapping per script path.
@@ -190,9 +176,7 @@ pub fn parse_file(file: &str, content: &[u8]) -> Result<Recipe, String> {
     }
     for key in raw.scripts.keys() {
         if !raw.buildscripts.contains(key) {
-            return Err(format!(
-                "`{key}` has settings but is not listed in `buildscripts`"
-            ));
+            return Err(format!("`{key}` has settings but is not listed in `buildscripts`"));
         }
     }
     let mut scripts = Vec::new();
@@ -201,11 +185,11 @@ pub fn parse_file(file: &str, content: &[u8]) -> Result<Recipe, String> {
             return Err(format!("`{script}` is listed twice in `buildscripts`"));
         }
         check_relative_path(script).map_err(|why| format!("build script `{script}`: {why}"))?;
-        let settings = raw.scripts.get(script).ok_or_else(|| {
-            format!("build script `{script}` has no settings: it needs at least `artifact`")
-        })?;
-        scripts
-            .push(validate_script(script, settings).map_err(|why| format!("`{script}`: {why}"))?);
+        let settings = raw
+            .scripts
+            .get(script)
+            .ok_or_else(|| format!("build script `{script}` has no settings: it needs at least `artifact`"))?;
+        scripts.push(validate_script(script, settings).map_err(|why| format!("`{script}`: {why}"))?);
     }
     let mut names: BTreeMap<(Option<&str>, ArtifactFormat), &str> = BTreeMap::new();
     for script in &scripts {
@@ -216,19 +200,11 @@ pub fn parse_file(file: &str, content: &[u8]) -> Result<Recipe, String> {
             ));
         }
     }
-    Ok(Recipe {
-        repository,
-        branch,
-        file: file.to_string(),
-        scripts,
-    })
+    Ok(Recipe { repository, branch, file: file.to_string(), scripts })
 }
 
 fn validate_script(script: &str, raw: &RawScript) -> Result<BuildScript, String> {
-    let artifact = raw
-        .artifact
-        .clone()
-        .ok_or("`artifact` is missing: name the file the script produces")?;
+    let artifact = raw.artifact.clone().ok_or("`artifact` is missing: name the file the script produces")?;
     if artifact.is_empty()
         || artifact == "."
         || artifact == ".."
@@ -238,22 +214,17 @@ fn validate_script(script: &str, raw: &RawScript) -> Result<BuildScript, String>
     {
         return Err(format!("artifact {artifact:?} must be a plain file name"));
     }
-    let archives = raw
-        .archives
-        .clone()
-        .unwrap_or_else(|| "/tmp/archives".into());
-    let inside = archives.strip_prefix('/').ok_or_else(|| {
-        format!("archives {archives:?} must be an absolute path in the container")
-    })?;
+    let archives = raw.archives.clone().unwrap_or_else(|| "/tmp/archives".into());
+    let inside = archives
+        .strip_prefix('/')
+        .ok_or_else(|| format!("archives {archives:?} must be an absolute path in the container"))?;
     check_relative_path(inside).map_err(|why| format!("archives {archives:?}: {why}"))?;
     if archives.contains([':', ',']) {
         return Err(format!("archives {archives:?} must not hold ':' or ','"));
     }
     let format = raw.format.unwrap_or_default();
     if format == ArtifactFormat::Flist && !artifact.ends_with(".tar.gz") {
-        return Err(format!(
-            "artifact {artifact:?} must end in .tar.gz for format flist (or set `format: binary`)"
-        ));
+        return Err(format!("artifact {artifact:?} must end in .tar.gz for format flist (or set `format: binary`)"));
     }
     if let Some(image) = &raw.baseimage
         && (image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()))
@@ -261,14 +232,9 @@ fn validate_script(script: &str, raw: &RawScript) -> Result<BuildScript, String>
         return Err(format!("baseimage {image:?} is not an image name"));
     }
     if let Some(tag) = &raw.tag
-        && (tag.is_empty()
-            || !tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        && (tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(format!(
-            "tag {tag:?} may only hold letters, digits, '-', '_' and '.'"
-        ));
+        return Err(format!("tag {tag:?} may only hold letters, digits, '-', '_' and '.'"));
     }
     Ok(BuildScript {
         script: script.to_string(),
@@ -282,10 +248,7 @@ fn validate_script(script: &str, raw: &RawScript) -> Result<BuildScript, String>
 
 /// `org/repo/branch/with/slashes.yaml` -> (`org/repo`, `branch/with/slashes`).
 fn target_of(file: &str) -> Result<(RepoName, Branch), String> {
-    let stem = file
-        .strip_suffix(".yaml")
-        .or_else(|| file.strip_suffix(".yml"))
-        .ok_or("not a .yaml file")?;
+    let stem = file.strip_suffix(".yaml").or_else(|| file.strip_suffix(".yml")).ok_or("not a .yaml file")?;
     let mut parts = stem.splitn(3, '/');
     let (Some(org), Some(repo), Some(branch)) = (parts.next(), parts.next(), parts.next()) else {
         return Err("a recipe file must be at <org>/<repo>/<branch>.yaml".into());
@@ -358,51 +321,18 @@ autobuild/build-2.sh:
             ("", "empty"),
             ("buildscripts: []", "empty"),
             ("buildscripts: [a.sh]", "no settings"),
-            (
-                "buildscripts: [a.sh]\na.sh: {archives: /x}",
-                "`artifact` is missing",
-            ),
-            (
-                "buildscripts: [a.sh]\na.sh: {artifact: ../x.tar.gz}",
-                "plain file name",
-            ),
-            (
-                "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, archives: /a/../b}",
-                "`..`",
-            ),
-            (
-                "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, archives: rel}",
-                "absolute",
-            ),
-            (
-                "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, archives: '/a:/etc'}",
-                "':'",
-            ),
-            (
-                "buildscripts: [../a.sh]\n../a.sh: {artifact: x.tar.gz}",
-                "`..`",
-            ),
-            (
-                "buildscripts: [/a.sh]\n/a.sh: {artifact: x.tar.gz}",
-                "relative",
-            ),
-            (
-                "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, artefact: y}",
-                "artefact",
-            ),
+            ("buildscripts: [a.sh]\na.sh: {archives: /x}", "`artifact` is missing"),
+            ("buildscripts: [a.sh]\na.sh: {artifact: ../x.tar.gz}", "plain file name"),
+            ("buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, archives: /a/../b}", "`..`"),
+            ("buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, archives: rel}", "absolute"),
+            ("buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, archives: '/a:/etc'}", "':'"),
+            ("buildscripts: [../a.sh]\n../a.sh: {artifact: x.tar.gz}", "`..`"),
+            ("buildscripts: [/a.sh]\n/a.sh: {artifact: x.tar.gz}", "relative"),
+            ("buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, artefact: y}", "artefact"),
             ("buildscripts: [a.sh]\na.sh: {artifact: x.zip}", ".tar.gz"),
-            (
-                "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz}\nb.sh: {artifact: y.tar.gz}",
-                "not listed",
-            ),
-            (
-                "buildscripts: [a.sh, b.sh]\na.sh: {artifact: x.tar.gz}\nb.sh: {artifact: y.tar.gz}",
-                "same name",
-            ),
-            (
-                "buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, tag: 'a/b'}",
-                "tag",
-            ),
+            ("buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz}\nb.sh: {artifact: y.tar.gz}", "not listed"),
+            ("buildscripts: [a.sh, b.sh]\na.sh: {artifact: x.tar.gz}\nb.sh: {artifact: y.tar.gz}", "same name"),
+            ("buildscripts: [a.sh]\na.sh: {artifact: x.tar.gz, tag: 'a/b'}", "tag"),
             ("buildscripts: [a.sh\n", ""),
         ];
         for (text, expected) in cases {
@@ -414,22 +344,14 @@ autobuild/build-2.sh:
 
     #[test]
     fn binary_format_takes_any_file() {
-        let recipe = parse(
-            "o/r/master.yml",
-            "buildscripts: [b.sh]\nb.sh: {artifact: tool, format: binary}",
-        )
-        .unwrap();
+        let recipe = parse("o/r/master.yml", "buildscripts: [b.sh]\nb.sh: {artifact: tool, format: binary}").unwrap();
         assert_eq!(recipe.scripts[0].format, ArtifactFormat::Binary);
         assert_eq!(recipe.scripts[0].archives, "/tmp/archives");
     }
 
     #[test]
     fn file_locations() {
-        assert!(
-            parse("org/master.yaml", GOOD)
-                .unwrap_err()
-                .contains("<org>/<repo>/<branch>.yaml")
-        );
+        assert!(parse("org/master.yaml", GOOD).unwrap_err().contains("<org>/<repo>/<branch>.yaml"));
         assert!(parse("org/repo/bad..branch.yaml", GOOD).is_err());
         assert!(is_recipe_path("o/r/master.yaml"));
         assert!(!is_recipe_path("o/r/README.md"));
@@ -440,30 +362,15 @@ autobuild/build-2.sh:
     fn a_broken_file_does_not_stop_the_others() {
         let set = RecipeSet::parse([
             ("org/a/master.yaml".to_string(), GOOD.as_bytes()),
-            (
-                "org/b/master.yaml".to_string(),
-                b"buildscripts: [".as_slice(),
-            ),
+            ("org/b/master.yaml".to_string(), b"buildscripts: [".as_slice()),
             ("org/c/dev.yml".to_string(), GOOD.as_bytes()),
             ("README.md".to_string(), b"hello".as_slice()),
         ]);
         assert_eq!(set.recipes.len(), 2);
         assert_eq!(set.problems.len(), 1);
         assert_eq!(set.problems[0].file, "org/b/master.yaml");
-        assert!(
-            set.get(
-                &RepoName::parse("org/c").unwrap(),
-                &Branch::parse("dev").unwrap()
-            )
-            .is_some()
-        );
-        assert!(
-            set.get(
-                &RepoName::parse("org/c").unwrap(),
-                &Branch::parse("master").unwrap()
-            )
-            .is_none()
-        );
+        assert!(set.get(&RepoName::parse("org/c").unwrap(), &Branch::parse("dev").unwrap()).is_some());
+        assert!(set.get(&RepoName::parse("org/c").unwrap(), &Branch::parse("master").unwrap()).is_none());
     }
 
     #[test]

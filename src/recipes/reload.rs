@@ -26,50 +26,28 @@ pub struct Recipes {
 impl Recipes {
     /// The recipes of `project`, if any were ever loaded.
     pub fn get(&self, project: &str) -> Option<Arc<RecipeSet>> {
-        self.sets
-            .read()
-            .expect("not poisoned")
-            .get(project)
-            .cloned()
+        self.sets.read().expect("not poisoned").get(project).cloned()
     }
 
     fn replace(&self, project: &str, set: RecipeSet) -> Option<Arc<RecipeSet>> {
-        self.sets
-            .write()
-            .expect("not poisoned")
-            .insert(project.to_string(), Arc::new(set))
+        self.sets.write().expect("not poisoned").insert(project.to_string(), Arc::new(set))
     }
 }
 
 /// Fetches the project's recipes repository at `sha` (or its branch head), parses it, swaps the
 /// loaded recipes, and records the reload. A failed fetch keeps the recipes loaded before.
-pub async fn reload(
-    app: &Arc<App>,
-    project: &str,
-    sha: Option<CommitSha>,
-) -> anyhow::Result<BuildId> {
+pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> anyhow::Result<BuildId> {
     let _one_at_a_time = app.recipes.reloading.lock().await;
-    let settings = app
-        .config
-        .projects
-        .get(project)
-        .ok_or_else(|| anyhow::anyhow!("unknown project {project}"))?;
+    let settings = app.config.projects.get(project).ok_or_else(|| anyhow::anyhow!("unknown project {project}"))?;
     let repository = RepoName::parse(&settings.recipes)?;
     let branch = Branch::parse(&settings.branch)?;
-    let mirror_path = app
-        .config
-        .data_dir
-        .join("recipes")
-        .join(format!("{project}.git"));
+    let mirror_path = app.config.data_dir.join("recipes").join(format!("{project}.git"));
     let url = app.config.clone_url(&repository);
 
     let fetched = {
         let (branch, sha) = (branch.clone(), sha.clone());
         tokio::task::spawn_blocking(move || {
-            let mirror = RecipesMirror {
-                path: &mirror_path,
-                url: &url,
-            };
+            let mirror = RecipesMirror { path: &mirror_path, url: &url };
             let commit = mirror.fetch(&branch, sha.as_ref())?;
             let files = mirror.recipe_files(&commit)?;
             Ok::<_, anyhow::Error>((commit, files))
@@ -80,11 +58,7 @@ pub async fn reload(
     let mut lines = Vec::new();
     let (commit, outcome) = match fetched {
         Ok((commit, files)) => {
-            let set = RecipeSet::parse(
-                files
-                    .iter()
-                    .map(|(path, content)| (path.clone(), content.as_slice())),
-            );
+            let set = RecipeSet::parse(files.iter().map(|(path, content)| (path.clone(), content.as_slice())));
             let outcome = describe(&set, &mut lines, &repository, &commit);
             let previous = app.recipes.replace(project, set);
             let now = app.recipes.get(project).expect("just stored");
@@ -119,12 +93,13 @@ pub async fn reload(
             author: None,
         })
         .await?;
-    let mut log = crate::build::log::BuildLog::create(&app.config.logs_dir(), id).await?;
+    let mut log = crate::build::log::BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await?;
     for line in &lines {
         log.line(line.as_bytes());
     }
     log.close().await?;
     app.store.finish(id, &outcome).await?;
+    app.announce(id).await;
     tracing::info!(project, status = %outcome.status, "recipes reloaded: {}", outcome.error.as_deref().unwrap_or("all files loaded"));
 
     if let Some(commit) = commit {
@@ -145,12 +120,7 @@ pub async fn reload(
 }
 
 /// Writes what `set` tracks and every problem into `lines`; a broken file makes it a `failure`.
-fn describe(
-    set: &RecipeSet,
-    lines: &mut Vec<String>,
-    repository: &RepoName,
-    commit: &CommitSha,
-) -> Outcome {
+fn describe(set: &RecipeSet, lines: &mut Vec<String>, repository: &RepoName, commit: &CommitSha) -> Outcome {
     lines.push(format!(
         "{} recipes for {} repositories loaded from {repository} at {}",
         set.recipes.len(),
@@ -178,18 +148,10 @@ fn describe(
             artifact_url: None,
             artifact_sha256: None,
         },
-        [only] => Outcome::failed(
-            BuildStatus::Failure,
-            format!("{}: {}", only.file, only.reason),
-        ),
+        [only] => Outcome::failed(BuildStatus::Failure, format!("{}: {}", only.file, only.reason)),
         [first, rest @ ..] => Outcome::failed(
             BuildStatus::Failure,
-            format!(
-                "{} broken files; {}: {}",
-                rest.len() + 1,
-                first.file,
-                first.reason
-            ),
+            format!("{} broken files; {}: {}", rest.len() + 1, first.file, first.reason),
         ),
     }
 }

@@ -35,7 +35,10 @@ pub async fn history(
     let status = match query.status.as_deref() {
         None | Some("") => None,
         Some(text) => Some(BuildStatus::parse(text).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("unknown status {text:?}: use queued, running, success, failure, error or cancelled"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown status {text:?}: use queued, running, success, failure, error or cancelled"),
+            )
         })?),
     };
     let filter = HistoryFilter {
@@ -47,27 +50,18 @@ pub async fn history(
     Ok(Json(app.store.history(&filter).await?))
 }
 
-pub async fn build(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-) -> Result<Json<Build>, ApiError> {
+pub async fn build(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Build>, ApiError> {
     Ok(Json(find(&app, &id).await?))
 }
 
 /// The full log of one build, as text.
-pub async fn log(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn log(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let build = find(&app, &id).await?;
     text_log(&app, build.id).await
 }
 
 /// `/build/logs/<org>/<repo>/<branch>`: the log of the newest build of that branch.
-pub async fn branch_log(
-    State(app): State<Arc<App>>,
-    Path(path): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn branch_log(State(app): State<Arc<App>>, Path(path): Path<String>) -> Result<Response, ApiError> {
     let mut parts = path.splitn(3, '/');
     let (Some(org), Some(repo), Some(branch)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(ApiError::not_found("use /build/logs/<org>/<repo>/<branch>"));
@@ -78,21 +72,18 @@ pub async fn branch_log(
         branch: Some(branch.to_string()),
         status: None,
     };
-    let build = app.store.history(&filter).await?.pop().ok_or_else(|| {
-        ApiError::not_found(format!("no build of {org}/{repo} branch {branch} yet"))
-    })?;
+    let build = app
+        .store
+        .history(&filter)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::not_found(format!("no build of {org}/{repo} branch {branch} yet")))?;
     text_log(&app, build.id).await
 }
 
 pub(super) async fn find(app: &App, id: &str) -> Result<Build, ApiError> {
-    let id = id
-        .parse()
-        .map(BuildId)
-        .map_err(|_| ApiError::not_found(format!("{id:?} is not a build id")))?;
-    app.store
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))
+    let id = id.parse().map(BuildId).map_err(|_| ApiError::not_found(format!("{id:?} is not a build id")))?;
+    app.store.get(id).await?.ok_or_else(|| ApiError::not_found(format!("no build {id}")))
 }
 
 async fn text_log(app: &App, id: BuildId) -> Result<Response, ApiError> {

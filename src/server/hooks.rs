@@ -27,11 +27,7 @@ pub async fn receive(
         .get(&project)
         .ok_or_else(|| ApiError::not_found(format!("no project {project:?} is configured")))?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if !verify_signature(
-        settings.webhook_secret.expose().as_bytes(),
-        &body,
-        header("x-hub-signature-256"),
-    ) {
+    if !verify_signature(settings.webhook_secret.expose().as_bytes(), &body, header("x-hub-signature-256")) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong X-Hub-Signature-256: the webhook secret must equal the project's webhook_secret",
@@ -39,53 +35,35 @@ pub async fn receive(
     }
     let event_name = header("x-github-event")
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header"))?;
-    let event = parse_event(event_name, &body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("malformed {event_name} payload: {e}"),
-        )
-    })?;
+    let event = parse_event(event_name, &body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed {event_name} payload: {e}")))?;
     match event {
         Event::Ping => Ok((StatusCode::OK, Json(json!({ "message": "pong" })))),
-        Event::Other(name) => Ok(accepted(
-            StatusCode::ACCEPTED,
-            format!("event {name} ignored: only push is acted on"),
-        )),
+        Event::Other(name) => {
+            Ok(accepted(StatusCode::ACCEPTED, format!("event {name} ignored: only push is acted on")))
+        }
         Event::Push(push) => on_push(&app, &project, push).await,
     }
 }
 
-async fn on_push(
-    app: &Arc<App>,
-    project: &str,
-    push: Push,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn on_push(app: &Arc<App>, project: &str, push: Push) -> Result<(StatusCode, Json<Value>), ApiError> {
     let settings = &app.config.projects[project];
     let branch = match push.branch() {
         None => {
             return Ok(accepted(
                 StatusCode::OK,
-                format!(
-                    "{} is not a branch: tags and other refs start no build",
-                    push.git_ref
-                ),
+                format!("{} is not a branch: tags and other refs start no build", push.git_ref),
             ));
         }
         Some(Err(e)) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("refused ref {:?}: {e}", push.git_ref),
-            ));
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("refused ref {:?}: {e}", push.git_ref)));
         }
         Some(Ok(branch)) => branch,
     };
     if push.deleted || push.after.is_zero() {
         return Ok(accepted(
             StatusCode::OK,
-            format!(
-                "branch {branch} of {} was deleted: nothing to build",
-                push.repository
-            ),
+            format!("branch {branch} of {} was deleted: nothing to build", push.repository),
         ));
     }
 
@@ -93,10 +71,7 @@ async fn on_push(
         if branch.as_str() != settings.branch {
             return Ok(accepted(
                 StatusCode::OK,
-                format!(
-                    "branch {branch} of the recipes repository is not loaded (project loads {})",
-                    settings.branch
-                ),
+                format!("branch {branch} of the recipes repository is not loaded (project loads {})", settings.branch),
             ));
         }
         let (app, project, sha) = (app.clone(), project.to_string(), push.after.clone());
@@ -105,10 +80,7 @@ async fn on_push(
                 tracing::error!(project, "recipes reload failed: {e:#}");
             }
         });
-        return Ok(accepted(
-            StatusCode::ACCEPTED,
-            format!("reloading recipes at {}", push.after.short()),
-        ));
+        return Ok(accepted(StatusCode::ACCEPTED, format!("reloading recipes at {}", push.after.short())));
     }
 
     let Some(recipes) = app.recipes.get(project) else {
@@ -124,10 +96,7 @@ async fn on_push(
     let Some(recipe) = recipes.get(&push.repository, &branch).cloned() else {
         return Ok(accepted(
             StatusCode::OK,
-            format!(
-                "no recipe for {} branch {branch}: nothing to build",
-                push.repository
-            ),
+            format!("no recipe for {} branch {branch}: nothing to build", push.repository),
         ));
     };
     let source = Source {

@@ -14,18 +14,21 @@ use axum::routing::{get, post};
 use tower_http::services::ServeDir;
 
 use crate::app::App;
+use crate::live::Live;
 
 /// Largest webhook body accepted: GitHub caps payloads at 25 MB.
 pub const MAX_HOOK_BODY: usize = 26 * 1024 * 1024;
 
+/// All routes of `serve`. Without Redis, the live websocket (`/live`) is served here too.
 pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
     let pages = pages::Pages::new()?;
     let artifacts = ServeDir::new(app.artifacts.directory());
+    let live = match app.config.redis.url.as_str() {
+        "" => crate::live::router(Arc::new(Live { bus: app.bus.clone(), logs_dir: app.config.logs_dir() })),
+        _ => Router::new(),
+    };
     Ok(Router::new()
-        .route(
-            "/build/{project}/hook",
-            post(hooks::receive).layer(DefaultBodyLimit::max(MAX_HOOK_BODY)),
-        )
+        .route("/build/{project}/hook", post(hooks::receive).layer(DefaultBodyLimit::max(MAX_HOOK_BODY)))
         .route("/build/status", get(api::status))
         .route("/build/history", get(api::history))
         .route("/build/logs/{*path}", get(api::branch_log))
@@ -34,7 +37,8 @@ pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .merge(pages.router())
         .route("/", get(|| async { Redirect::to("/monitor") }))
         .nest_service("/artifacts", artifacts)
-        .with_state(app))
+        .with_state(app)
+        .merge(live))
 }
 
 /// An error answer: a status code and a JSON body `{"error": "..."}` that says what to do.
@@ -52,10 +56,7 @@ impl ApiError {
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> Self {
         tracing::error!("request failed: {error:#}");
-        Self(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error; the server log has the details".into(),
-        )
+        Self(StatusCode::INTERNAL_SERVER_ERROR, "internal error; the server log has the details".into())
     }
 }
 

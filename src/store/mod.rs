@@ -5,9 +5,7 @@ use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqliteConnection};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -69,13 +67,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn failed(status: BuildStatus, error: impl Into<String>) -> Self {
-        Self {
-            status,
-            error: Some(error.into()),
-            artifact: None,
-            artifact_url: None,
-            artifact_sha256: None,
-        }
+        Self { status, error: Some(error.into()), artifact: None, artifact_url: None, artifact_sha256: None }
     }
 }
 
@@ -96,8 +88,7 @@ pub struct Store {
 impl Store {
     /// Opens (creating when missing) `<data_dir>/autobuilder.sqlite` and brings its schema up to date.
     pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
         let path = data_dir.join("autobuilder.sqlite");
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(&path)
@@ -165,19 +156,15 @@ impl Store {
     }
 
     pub async fn get(&self, id: BuildId) -> anyhow::Result<Option<Build>> {
-        let row = sqlx::query("SELECT * FROM builds WHERE id = ?")
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT * FROM builds WHERE id = ?").bind(id.0).fetch_optional(&self.pool).await?;
         row.map(|r| to_build(&r)).transpose()
     }
 
     /// Builds queued or running, oldest first.
     pub async fn active(&self) -> anyhow::Result<Vec<Build>> {
-        let rows =
-            sqlx::query("SELECT * FROM builds WHERE status IN ('queued', 'running') ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query("SELECT * FROM builds WHERE status IN ('queued', 'running') ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(to_build).collect()
     }
 
@@ -201,28 +188,20 @@ impl Store {
     pub async fn interrupt_unfinished(&self, reason: &str) -> anyhow::Result<Vec<Build>> {
         let unfinished = self.active().await?;
         for build in &unfinished {
-            self.finish(build.id, &Outcome::failed(BuildStatus::Error, reason))
-                .await?;
+            self.finish(build.id, &Outcome::failed(BuildStatus::Error, reason)).await?;
         }
         Ok(unfinished)
     }
 }
 
 async fn migrate(conn: &mut SqliteConnection) -> anyhow::Result<()> {
-    let applied: i64 = sqlx::query_scalar("PRAGMA user_version")
-        .fetch_one(&mut *conn)
-        .await?;
+    let applied: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *conn).await?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
         sqlx::raw_sql(sqlx::AssertSqlSafe(*migration))
             .execute(&mut *conn)
             .await
             .context("database migration failed")?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "PRAGMA user_version = {}",
-            index + 1
-        )))
-        .execute(&mut *conn)
-        .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {}", index + 1))).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -232,19 +211,14 @@ fn to_build(row: &SqliteRow) -> anyhow::Result<Build> {
     let kind: String = row.try_get("kind")?;
     Ok(Build {
         id: BuildId(row.try_get("id")?),
-        kind: if kind == "reload" {
-            BuildKind::Reload
-        } else {
-            BuildKind::Build
-        },
+        kind: if kind == "reload" { BuildKind::Reload } else { BuildKind::Build },
         project: row.try_get("project")?,
         repository: row.try_get("repository")?,
         branch: row.try_get("branch")?,
         commit: row.try_get("commit_sha")?,
         script: row.try_get("script")?,
         baseimage: row.try_get("baseimage")?,
-        status: BuildStatus::parse(&status)
-            .with_context(|| format!("unknown status {status:?} in the database"))?,
+        status: BuildStatus::parse(&status).with_context(|| format!("unknown status {status:?} in the database"))?,
         message: row.try_get("message")?,
         author: row.try_get("author")?,
         created: format_ms(row.try_get("created")?),
@@ -258,9 +232,7 @@ fn to_build(row: &SqliteRow) -> anyhow::Result<Build> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn format_ms(ms: i64) -> String {
@@ -295,44 +267,26 @@ mod tests {
         let a = store.insert(&new_build("o/a", "master")).await.unwrap();
         let b = store.insert(&new_build("o/b", "dev")).await.unwrap();
         store.mark_running(a).await.unwrap();
-        store
-            .finish(a, &Outcome::failed(BuildStatus::Failure, "script exited 1"))
-            .await
-            .unwrap();
+        store.finish(a, &Outcome::failed(BuildStatus::Failure, "script exited 1")).await.unwrap();
         drop(store);
 
         let store = Store::open(dir.path()).await.unwrap();
         let all = store.history(&HistoryFilter::default()).await.unwrap();
         assert_eq!(all.iter().map(|b| b.id).collect::<Vec<_>>(), vec![b, a]);
-        let failed = store
-            .history(&HistoryFilter {
-                status: Some(BuildStatus::Failure),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let failed =
+            store.history(&HistoryFilter { status: Some(BuildStatus::Failure), ..Default::default() }).await.unwrap();
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].error.as_deref(), Some("script exited 1"));
         assert!(failed[0].started.is_some() && failed[0].ended.is_some());
         let dev = store
-            .history(&HistoryFilter {
-                branch: Some("dev".into()),
-                limit: Some(5),
-                ..Default::default()
-            })
+            .history(&HistoryFilter { branch: Some("dev".into()), limit: Some(5), ..Default::default() })
             .await
             .unwrap();
         assert_eq!(dev[0].id, b);
 
-        let interrupted = store
-            .interrupt_unfinished("interrupted by restart")
-            .await
-            .unwrap();
+        let interrupted = store.interrupt_unfinished("interrupted by restart").await.unwrap();
         assert_eq!(interrupted.len(), 1);
-        assert_eq!(
-            store.get(b).await.unwrap().unwrap().status,
-            BuildStatus::Error
-        );
+        assert_eq!(store.get(b).await.unwrap().unwrap().status, BuildStatus::Error);
         assert!(store.active().await.unwrap().is_empty());
     }
 }

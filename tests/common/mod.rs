@@ -24,10 +24,7 @@ pub const WAIT: Duration = Duration::from_secs(120);
 pub fn ensure_test_image() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let present = Command::new("docker")
-            .args(["image", "inspect", TEST_IMAGE])
-            .output()
-            .expect("docker CLI");
+        let present = Command::new("docker").args(["image", "inspect", TEST_IMAGE]).output().expect("docker CLI");
         if present.status.success() {
             return;
         }
@@ -41,21 +38,12 @@ pub fn ensure_test_image() {
         std::fs::create_dir_all(root.path().join("tmp")).unwrap();
         std::fs::copy(busybox, bin.join("busybox")).unwrap();
         let list = Command::new(busybox).arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout)
-            .lines()
-            .filter(|a| *a != "busybox")
-        {
+        for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| *a != "busybox") {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
-        let tar = format!(
-            "tar -C {} -c . | docker import - {TEST_IMAGE}",
-            root.path().display()
-        );
+        let tar = format!("tar -C {} -c . | docker import - {TEST_IMAGE}", root.path().display());
         let status = Command::new("sh").args(["-c", &tar]).status().unwrap();
-        assert!(
-            status.success(),
-            "docker import of the busybox image failed"
-        );
+        assert!(status.success(), "docker import of the busybox image failed");
     });
 }
 
@@ -66,9 +54,7 @@ pub struct GitHost {
 
 impl GitHost {
     pub fn new() -> Self {
-        Self {
-            root: tempfile::tempdir().unwrap(),
-        }
+        Self { root: tempfile::tempdir().unwrap() }
     }
 
     pub fn clone_url(&self) -> String {
@@ -89,16 +75,7 @@ impl GitHost {
             std::fs::write(&file, content).unwrap();
         }
         git(&dir, &["add", "-A"]);
-        git(
-            &dir,
-            &[
-                "commit",
-                "-q",
-                "--allow-empty",
-                "-m",
-                &format!("update {repo}"),
-            ],
-        );
+        git(&dir, &["commit", "-q", "--allow-empty", "-m", &format!("update {repo}")]);
         git(&dir, &["rev-parse", "HEAD"]).trim().to_string()
     }
 
@@ -122,11 +99,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -169,33 +142,20 @@ pub struct FakeGithub {
 impl FakeGithub {
     pub async fn start() -> Self {
         let state = Arc::new(FakeGithubState::default());
-        let router = Router::new()
-            .route("/repos/{owner}/{repo}/statuses/{sha}", post(post_status))
-            .with_state(state.clone());
-        Self {
-            url: serve(router).await,
-            state,
-        }
+        let router =
+            Router::new().route("/repos/{owner}/{repo}/statuses/{sha}", post(post_status)).with_state(state.clone());
+        Self { url: serve(router).await, state }
     }
 
     pub fn statuses_for(&self, sha: &str) -> Vec<PostedStatus> {
-        self.state
-            .statuses
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.sha == sha)
-            .cloned()
-            .collect()
+        self.state.statuses.lock().unwrap().iter().filter(|s| s.sha == sha).cloned().collect()
     }
 
     /// Waits until `sha` has a status in `context` whose state is `state`.
     pub async fn wait_for(&self, sha: &str, context: &str, state: &str) -> Vec<PostedStatus> {
         wait_until(&format!("status {state} for {context} on {sha}"), || {
             let all = self.statuses_for(sha);
-            all.iter()
-                .any(|s| s.context == context && s.state == state)
-                .then_some(all)
+            all.iter().any(|s| s.context == context && s.state == state).then_some(all)
         })
         .await
     }
@@ -208,27 +168,13 @@ async fn post_status(
     Json(body): Json<Value>,
 ) -> (StatusCode, Json<Value>) {
     if state.down.load(std::sync::atomic::Ordering::SeqCst) {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"message": "Server Error"})),
-        );
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"message": "Server Error"})));
     }
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !auth.ends_with("test-token") {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"message": "Bad credentials"})),
-        );
+        return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"})));
     }
-    let field = |name: &str| {
-        body.get(name)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let field = |name: &str| body.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
     state.statuses.lock().unwrap().push(PostedStatus {
         repo: format!("{owner}/{repo}"),
         sha,
@@ -264,10 +210,7 @@ impl FakeHub {
             .route("/api/flist/me/upload", post(hub_upload))
             .route("/api/flist/me/{source}/link/{link}", get(hub_link))
             .with_state(state.clone());
-        Self {
-            url: serve(router).await,
-            state,
-        }
+        Self { url: serve(router).await, state }
     }
 }
 
@@ -278,10 +221,7 @@ fn hub_refusal(state: &FakeHubState, headers: &HeaderMap) -> Option<(StatusCode,
             Json(json!({"status": "error", "message": "hub in maintenance"})),
         ));
     }
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !auth.eq_ignore_ascii_case(&format!("bearer {HUB_TOKEN}")) {
         return Some((
             StatusCode::UNAUTHORIZED,
@@ -311,16 +251,10 @@ async fn hub_upload(
             let bytes = field.bytes().await.unwrap().to_vec();
             let flist = format!("{}.flist", name.trim_end_matches(".tar.gz"));
             state.uploads.lock().unwrap().push((name, bytes));
-            return (
-                StatusCode::OK,
-                Json(json!({"status": "success", "payload": {"name": flist}})),
-            );
+            return (StatusCode::OK, Json(json!({"status": "success", "payload": {"name": flist}})));
         }
     }
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({"status": "error", "message": "file not found"})),
-    )
+    (StatusCode::BAD_REQUEST, Json(json!({"status": "error", "message": "file not found"})))
 }
 
 async fn hub_link(
@@ -368,11 +302,7 @@ pub const SECRET: &str = "test-secret";
 /// The configuration of a test server: `extra` is appended (more tables, e.g. `[artifacts]`).
 pub fn test_config(dir: &Path, git: &GitHost, github_url: Option<&str>, extra: &str) -> String {
     let tmp = dir.join("tmp");
-    let token = if github_url.is_some() {
-        "test-token"
-    } else {
-        ""
-    };
+    let token = if github_url.is_some() { "test-token" } else { "" };
     format!(
         r#"
 listen = "127.0.0.1:0"
@@ -412,13 +342,7 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config(dir.path())).unwrap();
-        let mut server = Self {
-            dir,
-            url: String::new(),
-            config_path,
-            child: None,
-            http: reqwest::Client::new(),
-        };
+        let mut server = Self { dir, url: String::new(), config_path, child: None, http: reqwest::Client::new() };
         server.spawn();
         server
     }
@@ -444,9 +368,7 @@ impl Server {
                 }
             }
         });
-        self.url = rx
-            .recv_timeout(WAIT)
-            .expect("the server did not start listening");
+        self.url = rx.recv_timeout(WAIT).expect("the server did not start listening");
         self.child = Some(child);
     }
 
@@ -476,13 +398,7 @@ impl Server {
     }
 
     /// Sends a webhook delivery signed with `secret`.
-    pub async fn deliver(
-        &self,
-        project: &str,
-        event: &str,
-        body: &[u8],
-        secret: Option<&str>,
-    ) -> (u16, Value) {
+    pub async fn deliver(&self, project: &str, event: &str, body: &[u8], secret: Option<&str>) -> (u16, Value) {
         let mut request = self
             .http
             .post(format!("{}/build/{project}/hook", self.url))
@@ -491,59 +407,38 @@ impl Server {
             .header("content-type", "application/json")
             .body(body.to_vec());
         if let Some(secret) = secret {
-            request = request.header(
-                "x-hub-signature-256",
-                autobuilder::github::webhook::sign(secret.as_bytes(), body),
-            );
+            request =
+                request.header("x-hub-signature-256", autobuilder::github::webhook::sign(secret.as_bytes(), body));
         }
         let response = request.send().await.unwrap();
         let code = response.status().as_u16();
         let text = response.text().await.unwrap();
-        (
-            code,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// Delivers a signed push of `sha` to `repo` `branch`; returns the answer.
     pub async fn push(&self, repo: &str, branch: &str, sha: &str) -> (u16, Value) {
         let body = push_payload(repo, &format!("refs/heads/{branch}"), sha);
-        self.deliver("demo", "push", body.to_string().as_bytes(), Some(SECRET))
-            .await
+        self.deliver("demo", "push", body.to_string().as_bytes(), Some(SECRET)).await
     }
 
     /// Pushes and returns the ids of the builds it queued (expects at least one).
     pub async fn push_builds(&self, repo: &str, branch: &str, sha: &str) -> Vec<i64> {
         let (code, body) = self.push(repo, branch, sha).await;
         assert_eq!(code, 202, "{body}");
-        let ids: Vec<i64> = body["builds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_i64().unwrap())
-            .collect();
+        let ids: Vec<i64> = body["builds"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
         assert!(!ids.is_empty(), "{body}");
         ids
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
+        let response = self.http.get(format!("{}{path}", self.url)).send().await.unwrap();
         let code = response.status().as_u16();
         (code, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get_text(&self, path: &str) -> (u16, String) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
+        let response = self.http.get(format!("{}{path}", self.url)).send().await.unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
@@ -565,15 +460,8 @@ impl Server {
     pub async fn wait_reload(&self, sha: &str) -> Value {
         let start = Instant::now();
         loop {
-            let (_, history) = self
-                .get_json("/build/history?repository=org/recipes&limit=50")
-                .await;
-            if let Some(reload) = history
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|b| b["commit"] == sha)
-            {
+            let (_, history) = self.get_json("/build/history?repository=org/recipes&limit=50").await;
+            if let Some(reload) = history.as_array().unwrap().iter().find(|b| b["commit"] == sha) {
                 return reload.clone();
             }
             assert!(start.elapsed() < WAIT, "no reload of the recipes at {sha}");
