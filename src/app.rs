@@ -113,7 +113,7 @@ impl App {
     /// Publishes the current record of build `id` on the bus.
     pub async fn announce(&self, id: BuildId) {
         match self.store.get(id).await {
-            Ok(Some(build)) => self.bus.publish(Event::Build { build }),
+            Ok(Some(build)) => self.bus.publish(Event::Build { build: Box::new(build) }),
             Ok(None) => {}
             Err(e) => tracing::warn!(build = %id, "cannot read the build to announce it: {e:#}"),
         }

@@ -25,7 +25,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Event {
     /// A build (or recipes reload) was queued, started or ended: its whole record.
-    Build { build: Build },
+    Build { build: Box<Build> },
     /// Lines appended to a build's log: `seq` is the number of the first (1-based), `text` the
     /// lines exactly as in the log file, each ending with a newline.
     Lines { id: BuildId, seq: u64, text: String },
