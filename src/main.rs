@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use autobuilder::app::App;
 use autobuilder::bus::Bus;
-use autobuilder::live::Live;
 use autobuilder::config::Config;
+use autobuilder::live::Live;
 use autobuilder::recipes::RecipeSet;
 use clap::{Parser, Subcommand};
 
@@ -90,7 +90,9 @@ fn live(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     init_logging();
     let config = Config::load(config_path.as_deref())?;
     if config.redis.url.is_empty() {
-        anyhow::bail!("autobuilder live needs [redis] url (AUTOBUILDER_REDIS_URL); without Redis, serve carries /live itself");
+        anyhow::bail!(
+            "autobuilder live needs [redis] url (AUTOBUILDER_REDIS_URL); without Redis, serve carries /live itself"
+        );
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

@@ -400,6 +400,10 @@ function buildPage() {
     artifact.replaceChildren(
       build.artifact_url ? el("a", { href: build.artifact_url, text: build.artifact }) : el("span", { text: build.artifact || "" }),
     );
+    for (const node of [reason, artifact]) {
+      node.hidden = !node.textContent;
+      document.querySelector(`dt[data-for="${node.id}"]`).hidden = node.hidden;
+    }
     tickDurations(builds);
   }
 

@@ -32,6 +32,8 @@ use crate::model::BuildId;
 
 /// A ping goes out this often; a client silent for three of them is dropped.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// A client that does not take a frame within this time is dropped (it reconnects and catches up).
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most bytes of log text in one `lines` message sent from a file.
 const CATCH_UP_CHUNK: usize = 256 * 1024;
 /// Most lines a `tail` subscription may ask for.
@@ -205,8 +207,12 @@ impl Session {
         Ok(())
     }
 
+    /// Sends one frame; a client that has not taken it within [`SEND_TIMEOUT`] is dropped.
     async fn send_text(&mut self, text: String) -> Result<(), Gone> {
-        self.socket.send(Message::Text(Utf8Bytes::from(text))).await.map_err(|_| Gone)
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(Utf8Bytes::from(text)))).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Gone),
+        }
     }
 }
 

@@ -387,9 +387,18 @@ impl Server {
 
     /// Resident memory of the server process, in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmRSS:")
+    }
+
+    /// The largest resident memory the server process has had, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmHWM:")
+    }
+
+    fn proc_status_kib(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().expect("running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
@@ -493,4 +502,257 @@ fn rand_id() -> u128 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(Instant::now().elapsed().as_nanos());
     hasher.finish() as u128
+}
+
+/// A real `redis-server` on a free loopback port; can be stopped and started again on that port.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = Self { port, child: None };
+        server.resume();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub fn resume(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: apt-get install redis-server");
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(start.elapsed() < WAIT, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server: every connection to it breaks.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The real `autobuilder live` on a test server's configuration.
+pub struct LiveServer {
+    pub url: String,
+    child: Child,
+}
+
+impl LiveServer {
+    pub fn start(server: &Server) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_autobuilder"))
+            .args(["live", "--config"])
+            .arg(&server.config_path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("[live] {line}");
+                if let Some(at) = line.find("listening on ws://") {
+                    let _ = tx.send(line[at + "listening on ".len()..].trim().to_string());
+                }
+            }
+        });
+        let url = rx.recv_timeout(WAIT).expect("autobuilder live did not start listening");
+        Self { url, child }
+    }
+}
+
+impl Drop for LiveServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A websocket client of `/live` that checks every `lines` message continues exactly where the
+/// previous one ended, and keeps the text.
+pub struct LiveClient {
+    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    /// Next line number expected per build, and the text received so far.
+    pub received: std::collections::HashMap<i64, (u64, String)>,
+    pub resyncs: usize,
+}
+
+impl LiveClient {
+    pub async fn connect(url: &str) -> Self {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        Self { socket, received: Default::default(), resyncs: 0 }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        use futures_util::SinkExt;
+        self.socket.send(tokio_tungstenite::tungstenite::Message::text(message.to_string())).await.unwrap();
+    }
+
+    /// Subscribes to build `id` from the next line this client lacks.
+    pub async fn subscribe(&mut self, id: i64) {
+        let from = self.received.entry(id).or_insert((1, String::new())).0;
+        self.send(json!({"type": "subscribe", "id": id, "from": from})).await;
+    }
+
+    /// The next JSON message; `lines` are checked and recorded.
+    pub async fn next(&mut self) -> Value {
+        use futures_util::StreamExt;
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("no websocket message in time")
+                .expect("websocket closed")
+                .expect("websocket failed");
+            let tokio_tungstenite::tungstenite::Message::Text(text) = message else { continue };
+            let value: Value = serde_json::from_str(&text).unwrap();
+            match value["type"].as_str() {
+                Some("lines") => {
+                    let id = value["id"].as_i64().unwrap();
+                    let seq = value["seq"].as_u64().unwrap();
+                    let text = value["text"].as_str().unwrap();
+                    let entry = self.received.entry(id).or_insert((1, String::new()));
+                    assert_eq!(seq, entry.0, "lines of build {id} out of order or repeated");
+                    assert!(text.ends_with('\n'));
+                    entry.0 += text.matches('\n').count() as u64;
+                    entry.1.push_str(text);
+                }
+                Some("resync") => self.resyncs += 1,
+                _ => {}
+            }
+            return value;
+        }
+    }
+
+    /// Reads messages until build `id` is announced with a final status; returns that record.
+    pub async fn until_finished(&mut self, id: i64) -> Value {
+        loop {
+            let message = self.next().await;
+            if message["type"] == "build"
+                && message["build"]["id"] == id
+                && !matches!(message["build"]["status"].as_str(), Some("queued" | "running"))
+            {
+                return message["build"].clone();
+            }
+        }
+    }
+
+    /// Reads messages until build `id` has at least `lines` lines.
+    pub async fn until_lines(&mut self, id: i64, lines: u64) {
+        while self.received.get(&id).is_none_or(|(next, _)| *next <= lines) {
+            self.next().await;
+        }
+    }
+
+    pub fn text(&self, id: i64) -> &str {
+        self.received.get(&id).map_or("", |(_, text)| text.as_str())
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}
+
+/// Headless Chromium driven over WebDriver (Debian's chromium + chromium-driver).
+pub struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+impl Browser {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("chromedriver not found: apt-get install chromium chromium-driver");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let start = Instant::now();
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(start.elapsed() < WAIT, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let binary = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists());
+        let capabilities = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": binary,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"]
+        }}}});
+        let response: Value =
+            http.post(format!("{base}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
+        let session =
+            response["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {response}")).to_string();
+        Self { driver, base, session, http }
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.command("url", json!({"url": url})).await;
+    }
+
+    /// Runs `script` (a function body) in the page and returns its result.
+    pub async fn eval(&self, script: &str) -> Value {
+        self.command("execute/sync", json!({"script": script, "args": []})).await
+    }
+
+    /// Waits until `script` returns something truthy; returns it.
+    pub async fn wait_for(&self, what: &str, script: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let value = self.eval(script).await;
+            if !(value.is_null() || value == false || value == 0 || value == "") {
+                return value;
+            }
+            assert!(start.elapsed() < WAIT, "timed out waiting in the browser for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Saves a PNG screenshot of the page.
+    pub async fn screenshot(&self, path: &Path) {
+        use base64::Engine;
+        let url = format!("{}/session/{}/screenshot", self.base, self.session);
+        let response: Value = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        let png = base64::engine::general_purpose::STANDARD.decode(response["value"].as_str().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+
+    async fn command(&self, name: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}/{name}", self.base, self.session);
+        let response: Value = self.http.post(url).json(&body).send().await.unwrap().json().await.unwrap();
+        if let Some(error) = response["value"].get("error") {
+            panic!("webdriver {name}: {error}: {}", response["value"]["message"]);
+        }
+        response["value"].clone()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
 }

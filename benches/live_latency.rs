@@ -1,0 +1,147 @@
+//! `cargo bench --bench live_latency`: how long a line takes from a build container's stdout to a
+//! websocket client of `/live` (embedded, no Redis), and a 1,000,000-line build watched by a client:
+//! its time beside `docker run` and the server's peak memory. Prints figures; asserts no speed.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Prints `stamp <sec> <usec>` from the kernel clock (busybox adjtimex: date has no %N), then
+/// `filler` plain lines, then sleeps `pause_us`; `rounds` times.
+fn stamping_script(rounds: u32, filler: u32, pause_us: u32) -> String {
+    format!(
+        r#"#!/bin/sh
+i=0
+while [ $i -lt {rounds} ]; do
+  set -- $(adjtimex | sed -n 's/.*tv_sec: *//p;s/.*tv_usec: *//p')
+  echo "stamp $1 $2"
+  j=0; while [ $j -lt {filler} ]; do echo "filler $i $j"; j=$((j+1)); done
+  usleep {pause_us}
+  i=$((i+1))
+done
+tar -czf /tmp/archives/out.tar.gz /etc/hostname
+"#
+    )
+}
+
+const MILLION: &str = "#!/bin/sh\nseq 1 1000000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
+
+fn main() {
+    tokio::runtime::Runtime::new().unwrap().block_on(run());
+}
+
+async fn run() {
+    let git = GitHost::new();
+    let cases = [
+        ("slow", stamping_script(200, 0, 50_000)),
+        ("fast", stamping_script(500, 9, 8_000)),
+        ("million", MILLION.to_string()),
+    ];
+    let mut recipes = Vec::new();
+    for (name, script) in &cases {
+        git.commit(&format!("bench/{name}"), "master", &[("build.sh", script)]);
+        recipes.push(format!("bench/{name}/master.yaml"));
+    }
+    let recipe = "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz}\n";
+    let files: Vec<(&str, &str)> = recipes.iter().map(|p| (p.as_str(), recipe)).collect();
+    git.commit("org/recipes", "master", &files);
+    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let ws = format!("{}/live", server.url.replace("http://", "ws://"));
+    println!("autobuilder live benchmark, {} cores, embedded bus", std::thread::available_parallelism().unwrap());
+
+    for name in ["slow", "fast"] {
+        let (rate, p50, p99, count) = latency(&server, &ws, &git, name).await;
+        println!(
+            "line latency, container stdout -> websocket, {rate:>5.0} lines/s: p50 {:.2} ms, p99 {:.2} ms ({count} stamped lines)",
+            p50 * 1e3,
+            p99 * 1e3
+        );
+    }
+
+    let peak_before = server.peak_rss_kib();
+    let sha = git.commit("bench/million", "master", &[]);
+    let (mut socket, _) = tokio_tungstenite::connect_async(&ws).await.unwrap();
+    let start = Instant::now();
+    let id = server.push_builds("bench/million", "master", &sha).await[0];
+    socket.send(Message::text(json!({"type": "subscribe", "id": id, "tail": 1000}).to_string())).await.unwrap();
+    let mut received = 0u64;
+    loop {
+        let Some(Ok(Message::Text(text))) = socket.next().await else { continue };
+        let message: Value = serde_json::from_str(&text).unwrap();
+        if message["type"] == "lines" {
+            received += message["text"].as_str().unwrap().matches('\n').count() as u64;
+        }
+        if message["type"] == "build" && message["build"]["id"] == id && message["build"]["status"] == "success" {
+            break;
+        }
+    }
+    let ours = start.elapsed();
+    let docker = docker_run("seq 1 1000000", "json-file");
+    let docker_none = docker_run("seq 1 1000000", "none");
+    println!(
+        "1,000,000 lines watched over /live: webhook -> success {:.3} s (docker run {:.3} s json-file, {:.3} s log driver none); the client got {received} lines",
+        ours.as_secs_f64(),
+        docker.as_secs_f64(),
+        docker_none.as_secs_f64()
+    );
+    println!(
+        "server peak RSS: {:.1} MB before, {:.1} MB after the 1,000,000-line build (now {:.1} MB)",
+        peak_before as f64 / 1024.0,
+        server.peak_rss_kib() as f64 / 1024.0,
+        server.rss_kib() as f64 / 1024.0
+    );
+}
+
+/// Runs the `name` script once, watching it over the websocket; returns (lines/s, p50 s, p99 s, n).
+async fn latency(server: &Server, ws: &str, git: &GitHost, name: &str) -> (f64, f64, f64, usize) {
+    let sha = git.commit(&format!("bench/{name}"), "master", &[]);
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws).await.unwrap();
+    let id = server.push_builds(&format!("bench/{name}"), "master", &sha).await[0];
+    socket.send(Message::text(json!({"type": "subscribe", "id": id, "from": 1}).to_string())).await.unwrap();
+    let mut latencies = Vec::new();
+    let (mut first, mut last, mut lines) = (None, Instant::now(), 0u64);
+    loop {
+        let Some(Ok(Message::Text(text))) = socket.next().await else { continue };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let message: Value = serde_json::from_str(&text).unwrap();
+        if message["type"] == "lines" {
+            for line in message["text"].as_str().unwrap().lines() {
+                lines += 1;
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+                let mut parts = line.split_whitespace();
+                if parts.next() == Some("stamp") {
+                    let sec: f64 = parts.next().unwrap().parse().unwrap();
+                    let usec: f64 = parts.next().unwrap().parse().unwrap();
+                    latencies.push(now - (sec + usec / 1e6));
+                }
+            }
+        }
+        if message["type"] == "build" && message["build"]["id"] == id && message["build"]["status"] == "success" {
+            break;
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let rate = lines as f64 / (last - first.unwrap()).as_secs_f64().max(1e-9);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    (rate, at(0.5), at(0.99), latencies.len())
+}
+
+fn docker_run(script: &str, log_driver: &str) -> Duration {
+    let start = Instant::now();
+    let status = Command::new("docker")
+        .args(["run", "--rm", "--network", "none", "--log-driver", log_driver, TEST_IMAGE, "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap()
+        .status;
+    assert!(status.success());
+    start.elapsed()
+}
