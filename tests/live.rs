@@ -85,13 +85,16 @@ async fn a_redis_outage_stops_no_build_and_loses_no_line() {
     let extra = format!("[redis]\nurl = \"{}\"\n[live]\nlisten = \"127.0.0.1:0\"\n", redis.url());
     let server = Server::start(|dir| test_config(dir, &git, None, &extra));
     let live = LiveServer::start(&server);
+    let other_live = LiveServer::start(&server); // several live servers may run at once
     let (code, _) = server.get_text("/live").await;
     assert_eq!(code, 404, "with Redis configured, serve leaves /live to autobuilder live");
 
     let mut client = LiveClient::connect(&live.url).await;
+    let mut other = LiveClient::connect(&other_live.url).await;
     assert_eq!(client.next().await["type"], "hello");
     let id = server.push_builds("org/app", "master", &sha).await[0];
     client.subscribe(id).await;
+    other.subscribe(id).await;
     client.until_lines(id, 60).await;
 
     redis.stop();
@@ -108,6 +111,8 @@ async fn a_redis_outage_stops_no_build_and_loses_no_line() {
     client.until_lines(id, log.lines().count() as u64).await;
     assert_eq!(client.text(id), log, "the lines received differ from the raw log");
     assert!(client.resyncs >= 1, "the client was not told to resync after the outage");
+    other.until_lines(id, log.lines().count() as u64).await;
+    assert_eq!(other.text(id), log, "the second live server's client differs from the raw log");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -143,6 +148,23 @@ async fn a_million_lines_complete_and_a_late_client_opens_on_the_tail() {
     client.until_lines(id, total).await;
     let tail: Vec<&str> = log.lines().skip(total as usize - 10).collect();
     assert_eq!(client.text(id).lines().collect::<Vec<_>>(), tail);
+
+    // The page opens on the tail and keeps a window of lines, not a million DOM nodes.
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/monitor/build/{id}", server.url)).await;
+    let window = browser
+        .wait_for(
+            "the tail of the log",
+            &format!(
+                "const lines = document.querySelectorAll('#log .line');
+                 const last = lines[lines.length - 1];
+                 return last && Number(last.dataset.seq) === {total}
+                   ? [lines.length, Number(lines[0].dataset.seq), document.querySelector('#earlier span').textContent]
+                   : null;"
+            ),
+        )
+        .await;
+    assert_eq!(window, json!([5000, total - 4999, (total - 5000).to_string()]));
 }
 
 #[tokio::test(flavor = "multi_thread")]
