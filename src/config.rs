@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::model::RepoName;
+use crate::recipes::ScriptLimits;
 
 /// Prefix of the environment variables that override configuration keys.
 /// `AUTOBUILDER_GITHUB_TOKEN` sets `[github] token`, `AUTOBUILDER_PROJECTS_DEMO_WEBHOOK_SECRET` sets
@@ -28,6 +29,10 @@ pub struct Config {
     /// Scratch space for sources and artifacts of running builds. Must be the same path on the
     /// Docker host, because it is bind-mounted into build containers.
     pub tmp_directory: PathBuf,
+    /// Bearer token of the admin API (cancel, rebuild, deliveries). Empty: the admin API answers 403.
+    pub admin_token: Secret,
+    /// Format of autobuilder's own log lines: `text` or `json`.
+    pub log_format: LogFormat,
     pub git: GitConfig,
     pub github: GithubConfig,
     pub docker: DockerConfig,
@@ -35,8 +40,16 @@ pub struct Config {
     pub artifacts: ArtifactsConfig,
     pub redis: RedisConfig,
     pub live: LiveConfig,
+    pub retention: RetentionConfig,
     /// One table per `/build/<name>/hook`.
     pub projects: BTreeMap<String, ProjectConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +57,10 @@ pub struct Config {
 pub struct GitConfig {
     /// Where repositories are fetched from; `{repo}` is replaced by `org/name`.
     pub clone_url: String,
+    /// Further attempts after a failed fetch.
+    pub retries: u32,
+    /// Seconds before the first retry; doubled for each next one.
+    pub retry_delay_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,10 +86,22 @@ pub struct DockerConfig {
 pub struct BuildsConfig {
     /// Builds running at once; the others wait as `queued`. 0 means the number of cores.
     pub concurrency: usize,
-    /// A build still running after this many minutes is stopped and ends as `error`.
+    /// A build still running after this many minutes is stopped and ends as `failure`.
     pub timeout_minutes: u64,
     /// Memory limit of a build container, e.g. `512m`, `4g`.
     pub memory: String,
+    /// CPUs a build container may use (e.g. 1.5); 0 is no limit.
+    pub cpus: f64,
+    /// Most processes and threads in a build container; 0 is no limit.
+    pub pids: i64,
+    /// The most a recipe may ask for with its own `timeout_minutes`, `memory`, `cpus`, `pids`
+    /// (0 for cpus and pids: no cap).
+    pub max_timeout_minutes: u64,
+    pub max_memory: String,
+    pub max_cpus: f64,
+    pub max_pids: i64,
+    /// On cancel, seconds between SIGTERM and SIGKILL.
+    pub cancel_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +119,20 @@ pub struct ArtifactsConfig {
     pub kind: ArtifactsKind,
     /// Directory store location; also where `format: binary` artifacts go when `kind = "hub"`.
     pub directory: PathBuf,
+    /// Further attempts after a failed upload.
+    pub retries: u32,
+    /// Seconds before the first retry; doubled for each next one.
+    pub retry_delay_seconds: u64,
     pub hub: HubConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Forget finished builds (history and logs) and deliveries older than this many days; 0 keeps them.
+    pub days: u64,
+    /// Keep at most this many history entries (the newest); 0 keeps them all.
+    pub builds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,6 +178,20 @@ pub struct ProjectConfig {
     pub branch: String,
     /// Secret shared with the GitHub webhooks of this project.
     pub webhook_secret: Secret,
+    /// Builds of this project running at once (within `[builds] concurrency`); 0: no own limit.
+    #[serde(default)]
+    pub concurrency: usize,
+    /// Whether a newer push to a branch also cancels that branch's running builds (queued ones
+    /// always are).
+    #[serde(default = "yes")]
+    pub supersede_running: bool,
+    /// Environment variables given to this project's builds; their values are masked in logs.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A string that never shows in logs or `Debug` output.
@@ -172,6 +228,8 @@ impl Default for Config {
             public_url: "http://127.0.0.1:5560".into(),
             data_dir: "./data".into(),
             tmp_directory: "/tmp/autobuilder".into(),
+            admin_token: Secret::default(),
+            log_format: LogFormat::Text,
             git: GitConfig::default(),
             github: GithubConfig::default(),
             docker: DockerConfig::default(),
@@ -179,6 +237,7 @@ impl Default for Config {
             artifacts: ArtifactsConfig::default(),
             redis: RedisConfig::default(),
             live: LiveConfig::default(),
+            retention: RetentionConfig::default(),
             projects: BTreeMap::new(),
         }
     }
@@ -186,7 +245,7 @@ impl Default for Config {
 
 impl Default for GitConfig {
     fn default() -> Self {
-        Self { clone_url: "https://github.com/{repo}.git".into() }
+        Self { clone_url: "https://github.com/{repo}.git".into(), retries: 2, retry_delay_seconds: 2 }
     }
 }
 
@@ -204,13 +263,30 @@ impl Default for DockerConfig {
 
 impl Default for BuildsConfig {
     fn default() -> Self {
-        Self { concurrency: 0, timeout_minutes: 60, memory: "4g".into() }
+        Self {
+            concurrency: 0,
+            timeout_minutes: 60,
+            memory: "4g".into(),
+            cpus: 0.0,
+            pids: 4096,
+            max_timeout_minutes: 240,
+            max_memory: "16g".into(),
+            max_cpus: 0.0,
+            max_pids: 32768,
+            cancel_grace_seconds: 10,
+        }
     }
 }
 
 impl Default for ArtifactsConfig {
     fn default() -> Self {
-        Self { kind: ArtifactsKind::Directory, directory: "./artifacts".into(), hub: HubConfig::default() }
+        Self {
+            kind: ArtifactsKind::Directory,
+            directory: "./artifacts".into(),
+            retries: 3,
+            retry_delay_seconds: 5,
+            hub: HubConfig::default(),
+        }
     }
 }
 
@@ -291,6 +367,10 @@ impl Config {
             bail!("[builds] timeout_minutes must be at least 1");
         }
         parse_memory(&self.builds.memory).context("[builds] memory")?;
+        parse_memory(&self.builds.max_memory).context("[builds] max_memory")?;
+        if self.builds.cpus < 0.0 || self.builds.max_cpus < 0.0 || self.builds.pids < 0 || self.builds.max_pids < 0 {
+            bail!("[builds] cpus, max_cpus, pids and max_pids cannot be negative");
+        }
         if self.artifacts.kind == ArtifactsKind::Hub && self.artifacts.hub.token.is_empty() {
             bail!("[artifacts] kind = \"hub\" needs [artifacts.hub] token (or AUTOBUILDER_ARTIFACTS_HUB_TOKEN)");
         }
@@ -316,11 +396,6 @@ impl Config {
         self.listen.parse().expect("validated at load")
     }
 
-    /// Memory limit of build containers in bytes (validated at load).
-    pub fn memory_bytes(&self) -> i64 {
-        parse_memory(&self.builds.memory).expect("validated at load")
-    }
-
     /// Directory of the full build logs.
     pub fn logs_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
@@ -329,6 +404,43 @@ impl Config {
     /// The clone URL of a repository.
     pub fn clone_url(&self, repo: &RepoName) -> String {
         self.git.clone_url.replace("{repo}", repo.as_str())
+    }
+}
+
+/// The limits of one build: `[builds]` defaults, overridden by the recipe within the caps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BuildLimits {
+    pub timeout: std::time::Duration,
+    pub container: crate::docker::Limits,
+}
+
+impl BuildsConfig {
+    /// Resolves what a recipe asks for; asking above a cap is an error naming the cap.
+    pub fn limits(&self, asked: &ScriptLimits) -> Result<BuildLimits, String> {
+        let minutes = asked.timeout_minutes.unwrap_or(self.timeout_minutes);
+        if minutes > self.max_timeout_minutes {
+            return Err(format!(
+                "timeout_minutes {minutes} is above [builds] max_timeout_minutes = {}",
+                self.max_timeout_minutes
+            ));
+        }
+        let memory_text = asked.memory.as_deref().unwrap_or(&self.memory);
+        let memory = parse_memory(memory_text).map_err(|e| format!("memory: {e:#}"))?;
+        if memory > parse_memory(&self.max_memory).map_err(|e| e.to_string())? {
+            return Err(format!("memory {memory_text} is above [builds] max_memory = {}", self.max_memory));
+        }
+        let cpus = asked.cpus.unwrap_or(self.cpus);
+        if self.max_cpus > 0.0 && (cpus > self.max_cpus || cpus == 0.0) {
+            return Err(format!("cpus {cpus} is above [builds] max_cpus = {}", self.max_cpus));
+        }
+        let pids = asked.pids.unwrap_or(self.pids);
+        if self.max_pids > 0 && (pids > self.max_pids || pids == 0) {
+            return Err(format!("pids {pids} is above [builds] max_pids = {}", self.max_pids));
+        }
+        Ok(BuildLimits {
+            timeout: std::time::Duration::from_secs(minutes * 60),
+            container: crate::docker::Limits { memory, nano_cpus: (cpus * 1e9) as i64, pids },
+        })
     }
 }
 
@@ -409,7 +521,8 @@ mod tests {
         assert_eq!(config.projects["demo"].branch, "master");
         assert_eq!(config.builds.timeout_minutes, 60);
         assert!(config.builds.concurrency >= 1);
-        assert_eq!(config.memory_bytes(), 4 << 30);
+        let limits = config.builds.limits(&ScriptLimits::default()).unwrap();
+        assert_eq!((limits.container.memory, limits.container.pids), (4 << 30, 4096));
     }
 
     #[test]
@@ -462,6 +575,23 @@ mod tests {
         let config = Config::from_toml_and_env(&format!("{sample}\n{SAMPLE}"), env(&[])).unwrap();
         let defaults = Config::from_toml_and_env(SAMPLE, env(&[])).unwrap();
         assert_eq!(toml::to_string(&config).unwrap(), toml::to_string(&defaults).unwrap());
+    }
+
+    #[test]
+    fn recipes_ask_for_limits_within_the_caps() {
+        let config = Config::from_toml_and_env(SAMPLE, env(&[])).unwrap();
+        let asked =
+            ScriptLimits { timeout_minutes: Some(5), memory: Some("1g".into()), cpus: Some(1.5), pids: Some(100) };
+        let limits = config.builds.limits(&asked).unwrap();
+        assert_eq!(limits.timeout.as_secs(), 300);
+        assert_eq!(
+            (limits.container.memory, limits.container.nano_cpus, limits.container.pids),
+            (1 << 30, 1_500_000_000, 100)
+        );
+        let greedy = ScriptLimits { memory: Some("64g".into()), ..Default::default() };
+        assert!(config.builds.limits(&greedy).unwrap_err().contains("max_memory"));
+        let slow = ScriptLimits { timeout_minutes: Some(10_000), ..Default::default() };
+        assert!(config.builds.limits(&slow).unwrap_err().contains("max_timeout_minutes"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod docker;
 pub mod git;
 pub mod github;
 pub mod live;
+pub mod metrics;
 pub mod model;
 pub mod recipes;
 pub mod server;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use autobuilder::app::App;
 use autobuilder::bus::Bus;
-use autobuilder::config::Config;
+use autobuilder::config::{Config, LogFormat};
 use autobuilder::live::Live;
 use autobuilder::recipes::RecipeSet;
 use clap::{Parser, Subcommand};
@@ -58,37 +58,73 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,octocrab=warn".into()),
-        )
-        .init();
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,octocrab=warn".into());
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
 }
 
 fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    init_logging();
-    rustls::crypto::ring::default_provider().install_default().ok();
     let config = Config::load(config_path.as_deref())?;
+    init_logging(config.log_format);
+    rustls::crypto::ring::default_provider().install_default().ok();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let app = App::build(config).await?;
         app.load_recipes().await;
+        autobuilder::build::resume(&app).await.context("cannot take over the builds of the previous run")?;
+        autobuilder::server::hooks::act_on_unprocessed(&app).await?;
+        prune(&app).await;
+        tokio::spawn(retention(app.clone()));
         let listener = tokio::net::TcpListener::bind(app.config.listen_addr())
             .await
             .with_context(|| format!("cannot listen on {}", app.config.listen))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
         let router = autobuilder::server::router(app)?;
         axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
-        tracing::info!("stopped taking requests; unfinished builds end as 'interrupted by restart' at the next start");
+        tracing::info!(
+            "stopped taking webhooks; running builds are handed over to the next start, which re-attaches them"
+        );
         Ok(ExitCode::SUCCESS)
     })
 }
 
+/// Forgets old history and logs per `[retention]`: once before serving, then hourly.
+async fn retention(app: Arc<App>) {
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+    hourly.tick().await; // the first tick is now: that pass ran before serving
+    loop {
+        hourly.tick().await;
+        prune(&app).await;
+    }
+}
+
+async fn prune(app: &App) {
+    let retention = &app.config.retention;
+    if retention.days == 0 && retention.builds == 0 {
+        return;
+    }
+    let max_age = (retention.days > 0).then(|| retention.days as i64 * 24 * 3600 * 1000);
+    let max_count = (retention.builds > 0).then_some(retention.builds as i64);
+    match app.store.prune(max_age, max_count).await {
+        Ok(pruned) => {
+            for id in &pruned {
+                let _ = tokio::fs::remove_file(autobuilder::build::log::log_path(&app.config.logs_dir(), *id)).await;
+            }
+            if !pruned.is_empty() {
+                tracing::info!("retention: forgot {} builds and their logs", pruned.len());
+            }
+        }
+        Err(e) => tracing::warn!("retention failed: {e:#}"),
+    }
+}
+
 fn live(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    init_logging();
     let config = Config::load(config_path.as_deref())?;
+    init_logging(config.log_format);
     if config.redis.url.is_empty() {
         anyhow::bail!(
             "autobuilder live needs [redis] url (AUTOBUILDER_REDIS_URL); without Redis, serve carries /live itself"

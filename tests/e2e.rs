@@ -29,14 +29,6 @@ fn commit_app(git: &GitHost, version: &str) -> String {
     git.commit("org/app", "master", &refs)
 }
 
-fn containers_of(build: i64) -> String {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=autobuilder.build={build}")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_push_builds_the_pushed_commit_publishes_and_reports() {
     let git = GitHost::new();
@@ -103,7 +95,7 @@ async fn a_push_builds_the_pushed_commit_publishes_and_reports() {
     assert!(page.contains("data-page=\"monitor\"") && page.contains("/static/monitor.js"), "{page}");
 
     // Nothing left behind: container and temp directories.
-    wait_until("the build container to be removed", || containers_of(ids[0]).is_empty().then_some(())).await;
+    wait_until("the build container to be removed", || server.containers_of(ids[0]).is_empty().then_some(())).await;
     let tmp = server.dir.path().join("tmp");
     wait_until("temp dirs to be removed", || (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())).await;
 }
@@ -274,7 +266,7 @@ async fn recipes_reload_reports_broken_files_and_forgets_removed_repos() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_restart_keeps_history_and_ends_interrupted_builds() {
+async fn a_restart_keeps_history_and_ends_builds_whose_container_is_gone() {
     let git = GitHost::new();
     let slow = "buildscripts: [slow.sh]\nslow.sh: {artifact: x.tar.gz}\n";
     git.commit("org/recipes", "master", &[("org/app/master.yaml", APP_RECIPE), ("org/slow/master.yaml", slow)]);
@@ -288,15 +280,21 @@ async fn a_restart_keeps_history_and_ends_interrupted_builds() {
     let (_, log_before) = server.get_text(&format!("/build/{done}/log")).await;
 
     let interrupted = server.push_builds("org/slow", "master", &slow_sha).await[0];
-    wait_until("the slow build to start its container", || (!containers_of(interrupted).is_empty()).then_some(()))
-        .await;
-    server.restart(); // SIGKILL, then start on the same data directory
+    wait_until("the slow build to start its container", || {
+        (!server.containers_of(interrupted).is_empty()).then_some(())
+    })
+    .await;
+    server.kill(); // SIGKILL: nothing gets to clean up
+    let removed = Command::new("docker").args(["rm", "-f", &server.containers_of(interrupted)]).output().unwrap();
+    assert!(removed.status.success());
+    server.restart(); // on the same data directory
 
     let build = server.wait_build(interrupted).await;
     assert_eq!(build["status"], "error");
     assert_eq!(build["error"], "interrupted by restart");
     github.wait_for(&slow_sha, "autobuilder/slow.sh", "error").await;
-    wait_until("the orphaned container to be removed", || containers_of(interrupted).is_empty().then_some(())).await;
+    wait_until("the orphaned container to be removed", || server.containers_of(interrupted).is_empty().then_some(()))
+        .await;
 
     let (_, history) = server.get_json("/build/history?repository=org/app").await;
     assert_eq!(history[0]["id"], done);

@@ -28,18 +28,65 @@ pub struct BuildLog {
     pending: Vec<u8>,
     lines: u64,
     published: u64,
+    /// Secret values replaced by `***` in every line.
+    masks: Vec<String>,
 }
+
+/// What a masked secret shows as.
+pub const MASK: &str = "***";
+/// Lines of a multi-line secret shorter than this are not masked on their own (they would mask
+/// ordinary text like `}`); the whole value always is.
+const MIN_MASKED_PART: usize = 6;
 
 impl BuildLog {
     pub async fn create(logs_dir: &Path, id: BuildId, bus: Bus) -> std::io::Result<Self> {
         tokio::fs::create_dir_all(logs_dir).await?;
         let file = tokio::fs::File::create(log_path(logs_dir, id)).await?;
-        Ok(Self { id, file, bus, pending: Vec::with_capacity(64 * 1024), lines: 0, published: 0 })
+        Ok(Self { id, file, bus, pending: Vec::with_capacity(64 * 1024), lines: 0, published: 0, masks: Vec::new() })
+    }
+
+    /// Opens the log of a build to append to it (after a restart), numbering on from its end.
+    pub async fn reopen(logs_dir: &Path, id: BuildId, bus: Bus) -> std::io::Result<Self> {
+        let path = log_path(logs_dir, id);
+        let existing = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
+        if existing.last().is_some_and(|&b| b != b'\n') {
+            file.write_all(b"\n").await?; // end a line cut by the crash
+        }
+        let lines = existing.iter().filter(|&&b| b == b'\n').count() as u64
+            + u64::from(existing.last().is_some_and(|&b| b != b'\n'));
+        Ok(Self { id, file, bus, pending: Vec::with_capacity(64 * 1024), lines, published: lines, masks: Vec::new() })
+    }
+
+    /// Masks these secret values (and each long enough line of a multi-line one) in every line.
+    pub fn masking(mut self, secrets: Vec<String>) -> Self {
+        for secret in secrets {
+            if secret.contains('\n') {
+                self.masks
+                    .extend(secret.lines().map(str::trim).filter(|l| l.len() >= MIN_MASKED_PART).map(String::from));
+            }
+            if !secret.is_empty() {
+                self.masks.push(secret);
+            }
+        }
+        // Longest first, so that a secret holding another is masked whole.
+        self.masks.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        self
     }
 
     /// Appends one line (without its newline), decoding invalid UTF-8 lossily.
     pub fn line(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(String::from_utf8_lossy(bytes).as_bytes());
+        let mut text = String::from_utf8_lossy(bytes);
+        for mask in &self.masks {
+            if text.contains(mask.as_str()) {
+                text = text.replace(mask.as_str(), MASK).into();
+            }
+        }
+        self.pending.extend_from_slice(text.as_bytes());
         self.pending.push(b'\n');
         self.lines += 1;
     }
@@ -151,6 +198,35 @@ mod tests {
     #[test]
     fn invalid_utf8_is_kept_lossily() {
         assert_eq!(split(&[b"ok \xff\xfe end\n"]), vec!["ok \u{fffd}\u{fffd} end"]);
+    }
+
+    #[tokio::test]
+    async fn secrets_are_masked_whole_and_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "-----BEGIN KEY-----\nMIIEpAIBAAKCAQEA7\n-----END KEY-----".to_string();
+        let mut log = BuildLog::create(dir.path(), BuildId(1), Bus::in_process())
+            .await
+            .unwrap()
+            .masking(vec!["hunter22".into(), key]);
+        let mut splitter = LineSplitter::default();
+        // The secret arrives cut across two chunks of output.
+        for chunk in [b"token=hun".as_slice(), b"ter22 ok\n", b"MIIEpAIBAAKCAQEA7\n"] {
+            splitter.feed(chunk, |line| log.line(line));
+        }
+        log.close().await.unwrap();
+        let text = std::fs::read_to_string(log_path(dir.path(), BuildId(1))).unwrap();
+        assert_eq!(text, "token=*** ok\n***\n");
+    }
+
+    #[tokio::test]
+    async fn a_reopened_log_numbers_on() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(log_path(dir.path(), BuildId(2)), "one\ntwo\ncut").unwrap();
+        let mut log = BuildLog::reopen(dir.path(), BuildId(2), Bus::in_process()).await.unwrap();
+        assert_eq!(log.lines(), 3);
+        log.line(b"four");
+        log.close().await.unwrap();
+        assert_eq!(std::fs::read_to_string(log_path(dir.path(), BuildId(2))).unwrap(), "one\ntwo\ncut\nfour\n");
     }
 
     #[test]

@@ -1,25 +1,29 @@
 //! Builds: queued from a push, run one container per build script, artifact published, result
 //! recorded and reported. Every path ends in a final status; containers and temp dirs always go.
+//! Builds can be cancelled (by an admin, or superseded by a newer push) and survive a restart.
 
 pub mod log;
+mod recover;
+mod run;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+pub use recover::resume;
 
 use crate::app::App;
-use crate::artifacts::ArtifactNames;
-use crate::docker::ContainerSpec;
 use crate::github::status::CommitStatus;
-use crate::model::{Branch, BuildId, BuildKind, BuildStatus, CommitSha, RepoName};
+use crate::model::{Branch, Build, BuildId, BuildKind, BuildStatus, CommitSha, RepoName};
 use crate::recipes::{BuildScript, Recipe};
-use crate::store::{NewBuild, Outcome};
-use log::BuildLog;
+use crate::store::NewBuild;
 
 /// Why a build did not succeed. `status()` tells the commit's fault (`failure`) from the
 /// infrastructure's (`error`); `Display` is the one-line reason users see.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BuildError {
     #[error("{0}")]
     Checkout(String),
@@ -27,7 +31,7 @@ pub enum BuildError {
     ImagePull { image: String, reason: String },
     #[error("{0}")]
     Docker(String),
-    #[error("script exited {0}")]
+    #[error("script exited {}{}", .0, signal_note(*.0))]
     ScriptFailed(i64),
     #[error("script ran out of memory (limit {} MiB)", .0 >> 20)]
     OutOfMemory(i64),
@@ -38,7 +42,19 @@ pub enum BuildError {
     #[error("{0}")]
     Upload(String),
     #[error("{0}")]
+    Limits(String),
+    #[error("{0}")]
+    Cancelled(String),
+    #[error("{0}")]
     Internal(String),
+}
+
+fn signal_note(code: i64) -> String {
+    match code {
+        137 => " (killed: SIGKILL)".into(),
+        143 => " (terminated: SIGTERM)".into(),
+        _ => String::new(),
+    }
 }
 
 impl BuildError {
@@ -53,17 +69,21 @@ impl BuildError {
             BuildError::Timeout(_) => "Timeout",
             BuildError::ArtifactMissing { .. } => "ArtifactMissing",
             BuildError::Upload(_) => "Upload",
+            BuildError::Limits(_) => "Limits",
+            BuildError::Cancelled(_) => "Cancelled",
             BuildError::Internal(_) => "Internal",
         }
     }
 
-    /// `failure` when the commit is to blame (script, limits, missing artifact), `error` otherwise.
+    /// `failure` when the commit is to blame (script, limits, missing artifact), `cancelled` when
+    /// someone or something asked, `error` otherwise.
     pub fn status(&self) -> BuildStatus {
         match self {
             BuildError::ScriptFailed(_)
             | BuildError::OutOfMemory(_)
             | BuildError::Timeout(_)
             | BuildError::ArtifactMissing { .. } => BuildStatus::Failure,
+            BuildError::Cancelled(_) => BuildStatus::Cancelled,
             _ => BuildStatus::Error,
         }
     }
@@ -91,55 +111,153 @@ pub struct Job {
     pub script: BuildScript,
 }
 
+impl Job {
+    /// The job of a stored build, from its record and the recipe settings stored with it.
+    fn of(build: &Build, settings: &str) -> anyhow::Result<Self> {
+        Ok(Job {
+            source: Source {
+                project: build.project.clone(),
+                repository: RepoName::parse(&build.repository)?,
+                branch: Branch::parse(&build.branch)?,
+                commit: CommitSha::parse(&build.commit)?,
+                message: build.message.clone(),
+                author: build.author.clone(),
+            },
+            script: serde_json::from_str(settings).context("unreadable recipe settings")?,
+        })
+    }
+}
+
+/// A request to stop a build, with the first reason given.
+#[derive(Default)]
+pub struct Cancel {
+    token: CancellationToken,
+    reason: Mutex<Option<String>>,
+}
+
+impl Cancel {
+    /// Asks the build to stop; the first reason is the one recorded.
+    pub fn cancel(&self, reason: &str) {
+        self.reason.lock().expect("not poisoned").get_or_insert_with(|| reason.to_string());
+        self.token.cancel();
+    }
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+    pub fn reason(&self) -> String {
+        self.reason.lock().expect("not poisoned").clone().unwrap_or_else(|| "cancelled".into())
+    }
+}
+
+/// A build that is queued or running in this process.
+pub struct ActiveBuild {
+    pub job: Job,
+    pub cancel: Cancel,
+    running: AtomicBool,
+}
+
+/// The builds this process is responsible for, to cancel or supersede them.
+#[derive(Default)]
+pub struct ActiveBuilds {
+    builds: Mutex<HashMap<BuildId, Arc<ActiveBuild>>>,
+}
+
+impl ActiveBuilds {
+    fn insert(&self, id: BuildId, job: Job) -> Arc<ActiveBuild> {
+        let active = Arc::new(ActiveBuild { job, cancel: Cancel::default(), running: AtomicBool::new(false) });
+        self.builds.lock().expect("not poisoned").insert(id, active.clone());
+        active
+    }
+
+    fn remove(&self, id: BuildId) {
+        self.builds.lock().expect("not poisoned").remove(&id);
+    }
+
+    /// Asks build `id` to stop; false when it is not queued or running here.
+    pub fn cancel(&self, id: BuildId, reason: &str) -> bool {
+        let active = self.builds.lock().expect("not poisoned").get(&id).cloned();
+        active.map(|a| a.cancel.cancel(reason)).is_some()
+    }
+
+    /// (queued, running) builds, for the metrics.
+    pub fn counts(&self) -> (usize, usize) {
+        let builds = self.builds.lock().expect("not poisoned");
+        let running = builds.values().filter(|b| b.running.load(Ordering::Relaxed)).count();
+        (builds.len() - running, running)
+    }
+
+    fn of_branch(&self, source: &Source) -> Vec<(BuildId, Arc<ActiveBuild>)> {
+        let builds = self.builds.lock().expect("not poisoned");
+        builds
+            .iter()
+            .filter(|(_, b)| {
+                let s = &b.job.source;
+                s.project == source.project && s.repository == source.repository && s.branch == source.branch
+            })
+            .map(|(id, b)| (*id, b.clone()))
+            .collect()
+    }
+}
+
 /// Records one queued build per build script of `recipe`, posts `pending`, and starts them.
-pub async fn enqueue(app: &Arc<App>, recipe: &Recipe, source: Source) -> anyhow::Result<Vec<BuildId>> {
+/// With `supersede`, the branch's queued builds (and running ones, per project setting) end
+/// `cancelled`: "superseded by <sha10>".
+pub async fn enqueue(app: &Arc<App>, recipe: &Recipe, source: Source, supersede: bool) -> anyhow::Result<Vec<BuildId>> {
+    if supersede {
+        let running_too = app.config.projects.get(&source.project).is_none_or(|p| p.supersede_running);
+        for (id, active) in app.active.of_branch(&source) {
+            if running_too || !active.running.load(Ordering::Relaxed) {
+                tracing::info!(build = %id, "superseded by {}", source.commit.short());
+                active.cancel.cancel(&format!("superseded by {}", source.commit.short()));
+            }
+        }
+    }
     let mut ids = Vec::new();
     for script in &recipe.scripts {
-        let job = Job { source: source.clone(), script: script.clone() };
-        let baseimage = script.baseimage.clone().unwrap_or_else(|| app.config.docker.default_image.clone());
-        let id = app
-            .store
-            .insert(&NewBuild {
-                kind: BuildKind::Build,
-                project: job.source.project.clone(),
-                repository: job.source.repository.to_string(),
-                branch: job.source.branch.to_string(),
-                commit: job.source.commit.to_string(),
-                script: script.script.clone(),
-                baseimage: Some(baseimage),
-                message: job.source.message.clone(),
-                author: job.source.author.clone(),
-            })
-            .await?;
-        app.statuses.report(status_of(app, &job, id, BuildStatus::Queued, "queued".into()));
-        app.announce(id).await;
-        ids.push(id);
-        let app = app.clone();
-        tokio::spawn(async move { run(&app, id, job).await });
+        ids.push(queue(app, Job { source: source.clone(), script: script.clone() }).await?);
     }
     Ok(ids)
 }
 
-/// Waits for a build slot, runs the build, records and reports how it ended.
-async fn run(app: &Arc<App>, id: BuildId, job: Job) {
-    let _slot = app.slots.acquire().await.expect("the build slots are never closed");
-    let outcome = match app.store.mark_running(id).await {
-        Ok(()) => {
-            app.announce(id).await;
-            execute(app, id, &job).await
-        }
-        Err(e) => Outcome::failed(BuildStatus::Error, format!("history database failed: {e}")),
-    };
-    if let Err(e) = app.store.finish(id, &outcome).await {
-        tracing::error!(build = %id, "cannot record the end of the build: {e:#}");
-    }
+/// Queues build `id` again: same commit and recipe settings, as a new build.
+pub async fn rebuild(app: &Arc<App>, id: BuildId) -> anyhow::Result<Option<BuildId>> {
+    let Some(build) = app.store.get(id).await? else { return Ok(None) };
+    let settings = app.store.settings(id).await?.context("this entry has no recipe settings (a recipes reload?)")?;
+    Ok(Some(queue(app, Job::of(&build, &settings)?).await?))
+}
+
+async fn queue(app: &Arc<App>, job: Job) -> anyhow::Result<BuildId> {
+    let baseimage = job.script.baseimage.clone().unwrap_or_else(|| app.config.docker.default_image.clone());
+    let source = &job.source;
+    let id = app
+        .store
+        .insert(&NewBuild {
+            kind: BuildKind::Build,
+            project: source.project.clone(),
+            repository: source.repository.to_string(),
+            branch: source.branch.to_string(),
+            commit: source.commit.to_string(),
+            script: job.script.script.clone(),
+            baseimage: Some(baseimage),
+            message: source.message.clone(),
+            author: source.author.clone(),
+            settings: Some(serde_json::to_string(&job.script)?),
+        })
+        .await?;
+    app.statuses.report(status_of(app, &job, id, BuildStatus::Queued, "queued".into()));
     app.announce(id).await;
-    let description = match outcome.status {
-        BuildStatus::Success => format!("built {}", outcome.artifact.as_deref().unwrap_or("")),
-        _ => outcome.error.clone().unwrap_or_default(),
-    };
-    tracing::info!(build = %id, repo = %job.source.repository, branch = %job.source.branch, status = %outcome.status, "{description}");
-    app.statuses.report(status_of(app, &job, id, outcome.status, description));
+    start(app, id, job);
+    Ok(id)
+}
+
+/// Registers a queued build and runs it when a slot frees up.
+fn start(app: &Arc<App>, id: BuildId, job: Job) {
+    let active = app.active.insert(id, job);
+    let app = app.clone();
+    tokio::spawn(async move { run::run(&app, id, active).await });
 }
 
 fn status_of(app: &App, job: &Job, id: BuildId, status: BuildStatus, description: String) -> CommitStatus {
@@ -151,117 +269,4 @@ fn status_of(app: &App, job: &Job, id: BuildId, status: BuildStatus, description
         description,
         target_url: app.build_url(id),
     }
-}
-
-/// Runs one build and returns how it ended; the log gets every step and the reason of the end.
-async fn execute(app: &Arc<App>, id: BuildId, job: &Job) -> Outcome {
-    let mut log = match BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await {
-        Ok(log) => log,
-        Err(e) => {
-            return Outcome::failed(BuildStatus::Error, format!("cannot create the build log: {e}"));
-        }
-    };
-    let workspace =
-        tempfile::Builder::new().prefix(&format!("{}{id}-", app.temp_prefix())).tempdir_in(&app.config.tmp_directory);
-    let result = match workspace {
-        Ok(workspace) => {
-            let result = steps(app, id, job, workspace.path().to_path_buf(), &mut log).await;
-            // Removed off the async threads: a source tree can be large.
-            tokio::task::spawn_blocking(move || workspace.close());
-            result
-        }
-        Err(e) => Err(BuildError::Internal(format!(
-            "cannot create a directory in tmp_directory {}: {e}",
-            app.config.tmp_directory.display()
-        ))),
-    };
-    let outcome = match result {
-        Ok(published) => {
-            log.note(&format!("published {} (sha256 {})", published.name, published.sha256));
-            Outcome {
-                status: BuildStatus::Success,
-                error: None,
-                artifact: Some(published.name),
-                artifact_url: published.url,
-                artifact_sha256: Some(published.sha256),
-            }
-        }
-        Err(e) => {
-            log.note(&format!("{}: {e}", e.status()));
-            tracing::debug!(build = %id, kind = e.kind(), "build did not succeed: {e}");
-            Outcome::failed(e.status(), e.to_string())
-        }
-    };
-    if let Err(e) = log.close().await {
-        tracing::warn!(build = %id, "cannot finish the build log: {e}");
-    }
-    outcome
-}
-
-async fn steps(
-    app: &Arc<App>,
-    id: BuildId,
-    job: &Job,
-    workspace: PathBuf,
-    log: &mut BuildLog,
-) -> Result<crate::artifacts::Published, BuildError> {
-    let (source, archives) = (workspace.join("src"), workspace.join("archives"));
-    std::fs::create_dir_all(&archives)
-        .map_err(|e| BuildError::Internal(format!("cannot create {}: {e}", archives.display())))?;
-
-    log.note(&format!("fetching {} {} at {}", job.source.repository, job.source.branch, job.source.commit));
-    log.write_pending().await.map_err(BuildError::log)?;
-    let url = app.config.clone_url(&job.source.repository);
-    let (branch, commit, checkout_dir) = (job.source.branch.clone(), job.source.commit.clone(), source.clone());
-    tokio::task::spawn_blocking(move || crate::git::checkout_commit(&url, &branch, &commit, &checkout_dir))
-        .await
-        .expect("checkout does not panic")
-        .map_err(|e| BuildError::Checkout(format!("{e:#}")))?;
-
-    let image = job.script.baseimage.as_deref().unwrap_or(&app.config.docker.default_image);
-    app.docker.ensure_image(image, log).await?;
-    let mount = format!("/{}", job.source.repository.name());
-    log.note(&format!("running {} in {image}", job.script.script));
-    log.write_pending().await.map_err(BuildError::log)?;
-    let spec = ContainerSpec {
-        build: id,
-        image,
-        source: (&source, mount.clone()),
-        archives: (&archives, job.script.archives.clone()),
-        script: format!("{mount}/{}", job.script.script),
-        env: vec![
-            format!("AUTOBUILDER_BUILD_ID={id}"),
-            format!("AUTOBUILDER_REPOSITORY={}", job.source.repository),
-            format!("AUTOBUILDER_BRANCH={}", job.source.branch),
-            format!("AUTOBUILDER_COMMIT={}", job.source.commit),
-        ],
-        labels: HashMap::from([
-            ("autobuilder.project".into(), job.source.project.clone()),
-            ("autobuilder.repository".into(), job.source.repository.to_string()),
-            ("autobuilder.branch".into(), job.source.branch.to_string()),
-            ("autobuilder.commit".into(), job.source.commit.to_string()),
-        ]),
-    };
-    let timeout = Duration::from_secs(app.config.builds.timeout_minutes * 60);
-    let code = app.docker.run(spec, log, timeout).await?;
-    if code != 0 {
-        return Err(BuildError::ScriptFailed(code));
-    }
-
-    let artifact = archives.join(&job.script.artifact);
-    // Not followed: a symlink made in the container would point at a file of the host.
-    if !std::fs::symlink_metadata(&artifact).is_ok_and(|m| m.is_file()) {
-        return Err(BuildError::ArtifactMissing {
-            artifact: job.script.artifact.clone(),
-            archives: job.script.archives.clone(),
-        });
-    }
-    let names = ArtifactNames::new(
-        &job.source.repository,
-        job.script.tag.as_deref(),
-        &job.source.branch,
-        &job.source.commit,
-        &job.script.artifact,
-    );
-    app.artifacts.publish(&artifact, &names, job.script.format).await.map_err(BuildError::Upload)
 }

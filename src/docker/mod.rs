@@ -14,12 +14,12 @@ use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
-    RemoveContainerOptions,
+    RemoveContainerOptions, StopContainerOptions,
 };
 use futures_util::StreamExt;
 
-use crate::build::BuildError;
 use crate::build::log::{BuildLog, LineSplitter};
+use crate::build::{BuildError, Cancel};
 use crate::model::BuildId;
 
 /// Label naming the autobuilder instance (its data directory) that made a container.
@@ -28,6 +28,17 @@ pub const LABEL_INSTANCE: &str = "autobuilder.instance";
 pub const LABEL_BUILD: &str = "autobuilder.build";
 /// How long an image pull may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Resource limits of one build container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of memory (and of memory + swap: no swap beyond it).
+    pub memory: i64,
+    /// CPUs in billionths (Docker's NanoCpus); 0 is no limit.
+    pub nano_cpus: i64,
+    /// Most processes and threads at once; 0 is no limit.
+    pub pids: i64,
+}
 
 /// What a build container runs.
 pub struct ContainerSpec<'a> {
@@ -41,6 +52,14 @@ pub struct ContainerSpec<'a> {
     pub script: String,
     pub env: Vec<String>,
     pub labels: HashMap<String, String>,
+    pub limits: Limits,
+}
+
+/// A container left by a previous process of this instance.
+pub struct Leftover {
+    pub id: String,
+    pub build: Option<BuildId>,
+    pub running: bool,
 }
 
 /// A connection to the Docker engine with the settings of build containers.
@@ -49,18 +68,23 @@ pub struct DockerEngine {
     docker: Docker,
     instance: String,
     network: String,
-    memory: i64,
 }
 
 impl DockerEngine {
     /// Connects (honouring `DOCKER_HOST`) and checks that the engine answers.
-    pub async fn connect(instance: String, network: String, memory: i64) -> anyhow::Result<Self> {
+    pub async fn connect(instance: String, network: String) -> anyhow::Result<Self> {
         let docker = Docker::connect_with_defaults()
             .context("cannot reach the Docker engine (is DOCKER_HOST or /var/run/docker.sock right?)")?
             .negotiate_version()
             .await
             .context("the Docker engine does not answer (is it running?)")?;
-        Ok(Self { docker, instance, network, memory })
+        Ok(Self { docker, instance, network })
+    }
+
+    /// Answers whether the engine responds.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.docker.ping().await?;
+        Ok(())
     }
 
     /// Makes sure `image` is on the host, pulling it when absent.
@@ -68,9 +92,7 @@ impl DockerEngine {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
-            Err(e) => {
-                return Err(BuildError::Docker(format!("cannot inspect image {image}: {e}")));
-            }
+            Err(e) => return Err(BuildError::Docker(format!("cannot inspect image {image}: {e}"))),
         }
         log.note(&format!("image {image} is not on this host: pulling it"));
         let options = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
@@ -88,9 +110,8 @@ impl DockerEngine {
         }
     }
 
-    /// Runs a build container to its end, writing its output to `log`; returns the exit code.
-    /// The container is removed in every case.
-    pub async fn run(&self, spec: ContainerSpec<'_>, log: &mut BuildLog, timeout: Duration) -> Result<i64, BuildError> {
+    /// Creates (does not start) a build container; returns its id.
+    pub async fn create(&self, spec: ContainerSpec<'_>) -> Result<String, BuildError> {
         let name = format!("autobuilder-{}-{}", self.instance, spec.build);
         let mut labels = spec.labels;
         labels.insert(LABEL_INSTANCE.into(), self.instance.clone());
@@ -115,25 +136,37 @@ impl DockerEngine {
                     format!("{}:{}", spec.source.0.display(), spec.source.1),
                     format!("{}:{}", spec.archives.0.display(), spec.archives.1),
                 ]),
-                memory: Some(self.memory),
-                memory_swap: Some(self.memory),
+                memory: Some(spec.limits.memory),
+                memory_swap: Some(spec.limits.memory),
+                nano_cpus: (spec.limits.nano_cpus > 0).then_some(spec.limits.nano_cpus),
+                pids_limit: (spec.limits.pids > 0).then_some(spec.limits.pids),
+                privileged: Some(false),
                 network_mode: Some(self.network.clone()),
                 log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
+        let options = CreateContainerOptions { name: Some(name), ..Default::default() };
         let created =
             self.docker.create_container(Some(options), body).await.map_err(|e| {
                 BuildError::Docker(format!("cannot create the build container: {}", docker_message(&e)))
             })?;
-        let outcome = self.attach_and_wait(&created.id, log, timeout).await;
-        self.remove_later(created.id);
-        outcome
+        Ok(created.id)
     }
 
-    async fn attach_and_wait(&self, id: &str, log: &mut BuildLog, timeout: Duration) -> Result<i64, BuildError> {
+    /// Attaches to container `id` (starting it when `start`), writes its output to `log` until it
+    /// ends, and returns its exit code. Past `timeout` it is killed; on `cancel` it is stopped
+    /// (SIGTERM, then SIGKILL after `grace`).
+    pub async fn attach_and_wait(
+        &self,
+        id: &str,
+        start: bool,
+        log: &mut BuildLog,
+        timeout: Duration,
+        cancel: &Cancel,
+        grace: Duration,
+    ) -> Result<i64, BuildError> {
         let attach =
             AttachContainerOptions { stream: true, stdout: true, stderr: true, logs: false, ..Default::default() };
         let mut output = self
@@ -142,10 +175,12 @@ impl DockerEngine {
             .await
             .map_err(|e| BuildError::Docker(format!("cannot attach to the build container: {}", docker_message(&e))))?
             .output;
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(|e| BuildError::Docker(format!("cannot start the build container: {}", docker_message(&e))))?;
+        if start {
+            self.docker
+                .start_container(id, None)
+                .await
+                .map_err(|e| BuildError::Docker(format!("cannot start the build container: {}", docker_message(&e))))?;
+        }
 
         let run = async {
             let (mut stdout, mut stderr) = (LineSplitter::default(), LineSplitter::default());
@@ -166,15 +201,46 @@ impl DockerEngine {
             stderr.finish(|line| log.line(line));
             self.exit_code(id).await
         };
-        match tokio::time::timeout(timeout, run).await {
-            Ok(result) => result,
-            Err(_) => {
-                let _ = self.docker.kill_container(id, None::<KillContainerOptions>).await;
-                Err(BuildError::Timeout(timeout.as_secs().div_ceil(60)))
+        tokio::select! {
+            result = tokio::time::timeout(timeout, run) => match result {
+                Ok(result) => result,
+                Err(_) => {
+                    let _ = self.docker.kill_container(id, None::<KillContainerOptions>).await;
+                    Err(BuildError::Timeout(timeout.as_secs().div_ceil(60)))
+                }
+            },
+            () = cancel.cancelled() => {
+                let options = StopContainerOptions { t: Some(grace.as_secs() as i32), signal: None };
+                let _ = self.docker.stop_container(id, Some(options)).await;
+                Err(BuildError::Cancelled(cancel.reason()))
             }
         }
     }
 
+    /// Waits for a container started by a previous process: attaches when it still runs, or
+    /// takes the exit code of one that has ended.
+    pub async fn resume_wait(
+        &self,
+        id: &str,
+        log: &mut BuildLog,
+        timeout: Duration,
+        cancel: &Cancel,
+        grace: Duration,
+    ) -> Result<i64, BuildError> {
+        let inspect =
+            self.docker.inspect_container(id, None).await.map_err(|e| {
+                BuildError::Docker(format!("cannot inspect the build container: {}", docker_message(&e)))
+            })?;
+        let state = inspect.state.unwrap_or_default();
+        let never_started = state.status.is_some_and(|s| s.to_string() == "created");
+        if state.running == Some(true) || never_started {
+            self.attach_and_wait(id, never_started, log, timeout, cancel, grace).await
+        } else {
+            self.exit_code(id).await
+        }
+    }
+
+    /// The exit code of an ended container; an out-of-memory kill is its own error.
     async fn exit_code(&self, id: &str) -> Result<i64, BuildError> {
         let code = match self.docker.wait_container(id, None).next().await {
             Some(Ok(response)) => response.status_code,
@@ -182,14 +248,15 @@ impl DockerEngine {
             Some(Err(e)) => {
                 return Err(BuildError::Docker(format!("lost the build container: {}", docker_message(&e))));
             }
-            None => {
-                return Err(BuildError::Docker("the Docker engine ended the wait without an exit code".into()));
-            }
+            None => return Err(BuildError::Docker("the Docker engine ended the wait without an exit code".into())),
         };
         if code != 0 {
             let inspect = self.docker.inspect_container(id, None).await.ok();
-            if inspect.and_then(|c| c.state).and_then(|s| s.oom_killed) == Some(true) {
-                return Err(BuildError::OutOfMemory(self.memory));
+            let state = inspect.and_then(|c| c.state);
+            if state.as_ref().and_then(|s| s.oom_killed) == Some(true) {
+                let limit = self.docker.inspect_container(id, None).await.ok();
+                let memory = limit.and_then(|c| c.host_config).and_then(|h| h.memory).unwrap_or(0);
+                return Err(BuildError::OutOfMemory(memory));
             }
         }
         Ok(code)
@@ -206,18 +273,19 @@ impl DockerEngine {
         });
     }
 
-    /// Removes every container this instance left behind (a previous process that died).
-    pub async fn remove_leftovers(&self) -> anyhow::Result<usize> {
+    /// Every container this instance made that still exists (left by a previous process).
+    pub async fn leftovers(&self) -> anyhow::Result<Vec<Leftover>> {
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_INSTANCE}={}", self.instance)])]);
         let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
-        let leftovers = self.docker.list_containers(Some(options)).await?;
-        for container in &leftovers {
-            if let Some(id) = &container.id {
-                let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-                self.docker.remove_container(id, Some(options)).await?;
-            }
-        }
-        Ok(leftovers.len())
+        let containers = self.docker.list_containers(Some(options)).await?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                let build = c.labels.as_ref()?.get(LABEL_BUILD)?.parse().ok().map(BuildId);
+                let running = c.state.as_ref().is_some_and(|s| s.to_string() == "running");
+                Some(Leftover { id: c.id?, build, running })
+            })
+            .collect())
     }
 }
 

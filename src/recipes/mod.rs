@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Component, Path};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{Branch, RepoName};
 
@@ -16,7 +16,7 @@ use crate::model::{Branch, RepoName};
 pub const MAX_RECIPE_BYTES: usize = 256 * 1024;
 
 /// How a build's artifact is published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ArtifactFormat {
     /// A `.tar.gz` that becomes a Zero-OS flist on the hub.
@@ -26,8 +26,18 @@ pub enum ArtifactFormat {
     Binary,
 }
 
+/// Limits a recipe asks for one build script; unset ones take `[builds]` defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptLimits {
+    pub timeout_minutes: Option<u64>,
+    pub memory: Option<String>,
+    pub cpus: Option<f64>,
+    pub pids: Option<i64>,
+}
+
 /// One build script of a recipe, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildScript {
     /// Path of the script inside the built repository, e.g. `autobuild/build.sh`.
     pub script: String,
@@ -40,10 +50,12 @@ pub struct BuildScript {
     /// Extra part of the artifact name, to tell several scripts' artifacts apart.
     pub tag: Option<String>,
     pub format: ArtifactFormat,
+    #[serde(default)]
+    pub limits: ScriptLimits,
 }
 
 /// The recipe of one branch of one repository: its build scripts, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Recipe {
     pub repository: RepoName,
     pub branch: Branch,
@@ -92,6 +104,25 @@ impl RecipeSet {
         }
         set.problems.sort_by(|a, b| a.file.cmp(&b.file));
         set
+    }
+
+    /// Moves the recipes that `check` refuses (one of their scripts) to the problems.
+    pub fn refuse(&mut self, check: impl Fn(&BuildScript) -> Result<(), String>) {
+        let refused: Vec<_> = self
+            .recipes
+            .iter()
+            .filter_map(|(key, recipe)| {
+                recipe
+                    .scripts
+                    .iter()
+                    .find_map(|s| check(s).err().map(|why| (key.clone(), format!("`{}`: {why}", s.script))))
+            })
+            .collect();
+        for (key, reason) in refused {
+            let recipe = self.recipes.remove(&key).expect("listed above");
+            self.problems.push(RecipeProblem { file: recipe.file, reason });
+        }
+        self.problems.sort_by(|a, b| a.file.cmp(&b.file));
     }
 
     /// The recipe of `repo` at `branch`, matched exactly (`feature/x` is not `x`).
@@ -158,6 +189,10 @@ struct RawScript {
     baseimage: Option<String>,
     tag: Option<String>,
     format: Option<ArtifactFormat>,
+    timeout_minutes: Option<u64>,
+    memory: Option<String>,
+    cpus: Option<f64>,
+    pids: Option<i64>,
 }
 
 /// Parses and validates one recipe file; the error is a one-line reason.
@@ -236,6 +271,19 @@ fn validate_script(script: &str, raw: &RawScript) -> Result<BuildScript, String>
     {
         return Err(format!("tag {tag:?} may only hold letters, digits, '-', '_' and '.'"));
     }
+    let limits = ScriptLimits {
+        timeout_minutes: raw.timeout_minutes,
+        memory: raw.memory.clone(),
+        cpus: raw.cpus,
+        pids: raw.pids,
+    };
+    if let Some(memory) = &limits.memory {
+        crate::config::parse_memory(memory).map_err(|e| format!("memory: {e:#}"))?;
+    }
+    if limits.timeout_minutes == Some(0) || limits.cpus.is_some_and(|c| c <= 0.0) || limits.pids.is_some_and(|p| p <= 0)
+    {
+        return Err("timeout_minutes, cpus and pids must be positive".into());
+    }
     Ok(BuildScript {
         script: script.to_string(),
         archives,
@@ -243,6 +291,7 @@ fn validate_script(script: &str, raw: &RawScript) -> Result<BuildScript, String>
         baseimage: raw.baseimage.clone(),
         tag: raw.tag.clone(),
         format,
+        limits,
     })
 }
 

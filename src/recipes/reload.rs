@@ -58,7 +58,8 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
     let mut lines = Vec::new();
     let (commit, outcome) = match fetched {
         Ok((commit, files)) => {
-            let set = RecipeSet::parse(files.iter().map(|(path, content)| (path.clone(), content.as_slice())));
+            let mut set = RecipeSet::parse(files.iter().map(|(path, content)| (path.clone(), content.as_slice())));
+            set.refuse(|script| app.config.builds.limits(&script.limits).map(drop));
             let outcome = describe(&set, &mut lines, &repository, &commit);
             let previous = app.recipes.replace(project, set);
             let now = app.recipes.get(project).expect("just stored");
@@ -91,6 +92,7 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
             baseimage: None,
             message: None,
             author: None,
+            settings: None,
         })
         .await?;
     let mut log = crate::build::log::BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await?;

@@ -1,7 +1,8 @@
-//! `POST /build/<project>/hook`: verify the signature, parse the event, answer at once; builds and
-//! reloads run after the answer.
+//! `POST /build/<project>/hook`: verify the signature, store the delivery, act on it, answer at
+//! once (builds and reloads run after the answer). A delivery seen before is not acted on again.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -13,7 +14,12 @@ use super::ApiError;
 use crate::app::App;
 use crate::build::{Source, enqueue};
 use crate::github::webhook::{Event, Push, parse_event, verify_signature};
+use crate::metrics::EventLabel;
 use crate::recipes::reload::reload;
+
+/// Headers kept with a stored delivery.
+const KEPT_HEADERS: &[&str] =
+    &["x-github-event", "x-github-delivery", "x-github-hook-id", "user-agent", "content-type"];
 
 pub async fn receive(
     State(app): State<Arc<App>>,
@@ -33,27 +39,75 @@ pub async fn receive(
             "missing or wrong X-Hub-Signature-256: the webhook secret must equal the project's webhook_secret",
         ));
     }
-    let event_name = header("x-github-event")
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header"))?;
-    let event = parse_event(event_name, &body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed {event_name} payload: {e}")))?;
-    match event {
-        Event::Ping => Ok((StatusCode::OK, Json(json!({ "message": "pong" })))),
-        Event::Other(name) => {
-            Ok(accepted(StatusCode::ACCEPTED, format!("event {name} ignored: only push is acted on")))
+    let event = header("x-github-event")
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header"))?
+        .to_string();
+    let delivery = match header("x-github-delivery") {
+        Some(id) if !id.is_empty() && id.len() <= 100 => id.to_string(),
+        _ => local_delivery_id(),
+    };
+    let kept: serde_json::Map<String, Value> =
+        KEPT_HEADERS.iter().filter_map(|name| Some((name.to_string(), Value::from(header(name)?)))).collect();
+    let new = app.store.record_delivery(&delivery, &project, &event, &Value::Object(kept).to_string(), &body).await?;
+    if !new {
+        let before = app.store.delivery(&delivery).await?.and_then(|(d, _)| d.outcome);
+        let message = format!("delivery {delivery} was received before: not acted on again");
+        return Ok((StatusCode::OK, Json(json!({ "message": message, "delivery": delivery, "before": before }))));
+    }
+    app.metrics.deliveries.get_or_create(&EventLabel { event: event.clone() }).inc();
+    Ok(act_and_record(&app, &delivery, &project, &event, &body).await)
+}
+
+/// Acts on a stored delivery and records what was done; the answer for GitHub (or an admin).
+pub async fn act_and_record(
+    app: &Arc<App>,
+    delivery: &str,
+    project: &str,
+    event: &str,
+    body: &[u8],
+) -> (StatusCode, Json<Value>) {
+    let (code, mut answer) = match act(app, project, event, body).await {
+        Ok(answer) => answer,
+        Err(error) => (error.0, json!({ "error": error.1 })),
+    };
+    answer["delivery"] = Value::from(delivery);
+    let outcome = json!({ "status": code.as_u16(), "answer": answer.clone() });
+    if let Err(e) = app.store.set_delivery_outcome(delivery, &outcome).await {
+        tracing::error!(delivery, "cannot record what was done with the delivery: {e:#}");
+    }
+    (code, Json(answer))
+}
+
+/// Acts on the deliveries a previous process stored but never acted on.
+pub async fn act_on_unprocessed(app: &Arc<App>) -> anyhow::Result<()> {
+    for id in app.store.unprocessed_deliveries().await? {
+        if let Some((delivery, payload)) = app.store.delivery(&id).await? {
+            tracing::info!(delivery = %id, "acting on a delivery stored before a restart");
+            let _ = act_and_record(app, &id, &delivery.project, &delivery.event, &payload).await;
         }
-        Event::Push(push) => on_push(&app, &project, push).await,
+    }
+    Ok(())
+}
+
+async fn act(app: &Arc<App>, project: &str, event: &str, body: &[u8]) -> Result<(StatusCode, Value), ApiError> {
+    if !app.config.projects.contains_key(project) {
+        return Err(ApiError::not_found(format!("no project {project:?} is configured")));
+    }
+    let event = parse_event(event, body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed {event} payload: {e}")))?;
+    match event {
+        Event::Ping => Ok((StatusCode::OK, json!({ "message": "pong" }))),
+        Event::Other(name) => Ok(said(StatusCode::ACCEPTED, format!("event {name} ignored: only push is acted on"))),
+        Event::Push(push) => on_push(app, project, push).await,
     }
 }
 
-async fn on_push(app: &Arc<App>, project: &str, push: Push) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn on_push(app: &Arc<App>, project: &str, push: Push) -> Result<(StatusCode, Value), ApiError> {
     let settings = &app.config.projects[project];
     let branch = match push.branch() {
         None => {
-            return Ok(accepted(
-                StatusCode::OK,
-                format!("{} is not a branch: tags and other refs start no build", push.git_ref),
-            ));
+            let message = format!("{} is not a branch: tags and other refs start no build", push.git_ref);
+            return Ok(said(StatusCode::OK, message));
         }
         Some(Err(e)) => {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("refused ref {:?}: {e}", push.git_ref)));
@@ -61,18 +115,15 @@ async fn on_push(app: &Arc<App>, project: &str, push: Push) -> Result<(StatusCod
         Some(Ok(branch)) => branch,
     };
     if push.deleted || push.after.is_zero() {
-        return Ok(accepted(
-            StatusCode::OK,
-            format!("branch {branch} of {} was deleted: nothing to build", push.repository),
-        ));
+        let message = format!("branch {branch} of {} was deleted: nothing to build", push.repository);
+        return Ok(said(StatusCode::OK, message));
     }
 
     if push.repository.as_str() == settings.recipes {
         if branch.as_str() != settings.branch {
-            return Ok(accepted(
-                StatusCode::OK,
-                format!("branch {branch} of the recipes repository is not loaded (project loads {})", settings.branch),
-            ));
+            let message =
+                format!("branch {branch} of the recipes repository is not loaded (project loads {})", settings.branch);
+            return Ok(said(StatusCode::OK, message));
         }
         let (app, project, sha) = (app.clone(), project.to_string(), push.after.clone());
         tokio::spawn(async move {
@@ -80,24 +131,21 @@ async fn on_push(app: &Arc<App>, project: &str, push: Push) -> Result<(StatusCod
                 tracing::error!(project, "recipes reload failed: {e:#}");
             }
         });
-        return Ok(accepted(StatusCode::ACCEPTED, format!("reloading recipes at {}", push.after.short())));
+        return Ok(said(StatusCode::ACCEPTED, format!("reloading recipes at {}", push.after.short())));
     }
 
     let Some(recipes) = app.recipes.get(project) else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "the recipes of project {project} are not loaded: see the last reload in \
-                 /build/history?repository={}",
+                "the recipes of project {project} are not loaded: see the last reload in /build/history?repository={}",
                 settings.recipes
             ),
         ));
     };
     let Some(recipe) = recipes.get(&push.repository, &branch).cloned() else {
-        return Ok(accepted(
-            StatusCode::OK,
-            format!("no recipe for {} branch {branch}: nothing to build", push.repository),
-        ));
+        let message = format!("no recipe for {} branch {branch}: nothing to build", push.repository);
+        return Ok(said(StatusCode::OK, message));
     };
     let source = Source {
         project: project.to_string(),
@@ -107,18 +155,19 @@ async fn on_push(app: &Arc<App>, project: &str, push: Push) -> Result<(StatusCod
         message: push.message,
         author: push.author,
     };
-    let ids = enqueue(app, &recipe, source).await?;
+    let ids = enqueue(app, &recipe, source, true).await?;
     let urls: Vec<String> = ids.iter().map(|id| app.build_url(*id)).collect();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "message": format!("{} builds queued for {} {branch} at {}", ids.len(), push.repository, push.after.short()),
-            "builds": ids,
-            "urls": urls,
-        })),
-    ))
+    let message = format!("{} builds queued for {} {branch} at {}", ids.len(), push.repository, push.after.short());
+    Ok((StatusCode::ACCEPTED, json!({ "message": message, "builds": ids, "urls": urls })))
 }
 
-fn accepted(code: StatusCode, message: String) -> (StatusCode, Json<Value>) {
-    (code, Json(json!({ "message": message, "builds": [] })))
+fn said(code: StatusCode, message: String) -> (StatusCode, Value) {
+    (code, json!({ "message": message, "builds": [] }))
+}
+
+/// An id for a delivery that came without `X-GitHub-Delivery` (not from GitHub itself).
+fn local_delivery_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("local-{nanos:x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }

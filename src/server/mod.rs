@@ -1,7 +1,9 @@
 //! HTTP: webhook intake, the build API, the monitor pages and the artifact downloads.
 
+mod admin;
 mod api;
-mod hooks;
+pub mod hooks;
+mod ops;
 mod pages;
 
 use std::sync::Arc;
@@ -34,6 +36,13 @@ pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .route("/build/logs/{*path}", get(api::branch_log))
         .route("/build/{id}", get(api::build))
         .route("/build/{id}/log", get(api::log))
+        .route("/build/{id}/cancel", post(admin::cancel))
+        .route("/build/{id}/rebuild", post(admin::rebuild))
+        .route("/deliveries", get(admin::deliveries))
+        .route("/deliveries/{id}/replay", post(admin::replay))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .merge(pages.router())
         .route("/", get(|| async { Redirect::to("/monitor") }))
         .nest_service("/artifacts", artifacts)

@@ -13,7 +13,8 @@ use time::format_description::well_known::Rfc3339;
 use crate::model::{Build, BuildId, BuildKind, BuildStatus};
 
 /// Schema changes, applied in order; `PRAGMA user_version` counts the applied ones.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE builds (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         kind TEXT NOT NULL,
@@ -36,7 +37,21 @@ const MIGRATIONS: &[&str] = &["
     );
     CREATE INDEX builds_by_status ON builds(status);
     CREATE INDEX builds_by_branch ON builds(repository, branch, id);
-"];
+",
+    "
+    ALTER TABLE builds ADD COLUMN settings TEXT;
+    CREATE TABLE deliveries (
+        id TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        event TEXT NOT NULL,
+        received INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        outcome TEXT
+    );
+    CREATE INDEX deliveries_by_time ON deliveries(received);
+",
+];
 
 /// Most entries one history request returns.
 pub const MAX_HISTORY: i64 = 1000;
@@ -53,6 +68,19 @@ pub struct NewBuild {
     pub baseimage: Option<String>,
     pub message: Option<String>,
     pub author: Option<String>,
+    /// The build script's recipe settings (JSON), so the build can run after a restart.
+    pub settings: Option<String>,
+}
+
+/// A webhook delivery as stored, without its payload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Delivery {
+    pub id: String,
+    pub project: String,
+    pub event: String,
+    pub received: String,
+    /// What was done with it (JSON: the answer's message and build ids); null until processed.
+    pub outcome: Option<serde_json::Value>,
 }
 
 /// How a build ended.
@@ -108,8 +136,8 @@ impl Store {
     pub async fn insert(&self, build: &NewBuild) -> anyhow::Result<BuildId> {
         let id = sqlx::query(
             "INSERT INTO builds (kind, project, repository, branch, commit_sha, script, baseimage, status,
-                                 message, author, created)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?) RETURNING id",
+                                 message, author, settings, created)
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?) RETURNING id",
         )
         .bind(build.kind.as_str())
         .bind(&build.project)
@@ -120,6 +148,7 @@ impl Store {
         .bind(&build.baseimage)
         .bind(&build.message)
         .bind(&build.author)
+        .bind(&build.settings)
         .bind(now_ms())
         .fetch_one(&self.pool)
         .await?
@@ -184,14 +213,123 @@ impl Store {
         rows.iter().map(to_build).collect()
     }
 
-    /// Ends every build a previous process left queued or running, with `reason`; returns them.
-    pub async fn interrupt_unfinished(&self, reason: &str) -> anyhow::Result<Vec<Build>> {
-        let unfinished = self.active().await?;
-        for build in &unfinished {
-            self.finish(build.id, &Outcome::failed(BuildStatus::Error, reason)).await?;
-        }
-        Ok(unfinished)
+    /// The recipe settings (JSON) stored with a build when it was queued.
+    pub async fn settings(&self, id: BuildId) -> anyhow::Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT settings FROM builds WHERE id = ?")
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten())
     }
+
+    /// How many builds (not reloads) are in each status.
+    pub async fn count_by_status(&self) -> anyhow::Result<Vec<(BuildStatus, i64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM builds WHERE kind = 'build' GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().filter_map(|(status, n)| Some((BuildStatus::parse(&status)?, n))).collect())
+    }
+
+    /// Forgets finished entries older than `max_age_ms` (when set) and beyond the newest
+    /// `max_count` (when set); returns their ids, so that their logs go too.
+    pub async fn prune(&self, max_age_ms: Option<i64>, max_count: Option<i64>) -> anyhow::Result<Vec<BuildId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM builds WHERE status NOT IN ('queued', 'running')
+               AND ((?1 IS NOT NULL AND created < ?1)
+                 OR (?2 IS NOT NULL AND id NOT IN (SELECT id FROM builds ORDER BY id DESC LIMIT ?2)))",
+        )
+        .bind(max_age_ms.map(|age| now_ms() - age))
+        .bind(max_count)
+        .fetch_all(&self.pool)
+        .await?;
+        for chunk in ids.chunks(500) {
+            let list = chunk.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM builds WHERE id IN ({list})")))
+                .execute(&self.pool)
+                .await?;
+        }
+        if let Some(age) = max_age_ms {
+            sqlx::query("DELETE FROM deliveries WHERE received < ?").bind(now_ms() - age).execute(&self.pool).await?;
+        }
+        Ok(ids.into_iter().map(BuildId).collect())
+    }
+
+    /// Answers whether the database responds.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Stores a delivery before it is acted on; false when its id was stored before (a redelivery).
+    pub async fn record_delivery(
+        &self,
+        id: &str,
+        project: &str,
+        event: &str,
+        headers: &str,
+        payload: &[u8],
+    ) -> anyhow::Result<bool> {
+        let result = sqlx::query(
+            "INSERT INTO deliveries (id, project, event, received, headers, payload) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT(id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(project)
+        .bind(event)
+        .bind(now_ms())
+        .bind(headers)
+        .bind(payload)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn set_delivery_outcome(&self, id: &str, outcome: &serde_json::Value) -> anyhow::Result<()> {
+        sqlx::query("UPDATE deliveries SET outcome = ? WHERE id = ?")
+            .bind(outcome.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deliveries, newest first.
+    pub async fn deliveries(&self, limit: i64) -> anyhow::Result<Vec<Delivery>> {
+        let rows = sqlx::query(
+            "SELECT id, project, event, received, outcome FROM deliveries ORDER BY received DESC, rowid DESC LIMIT ?",
+        )
+        .bind(limit.clamp(1, MAX_HISTORY))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(to_delivery).collect()
+    }
+
+    pub async fn delivery(&self, id: &str) -> anyhow::Result<Option<(Delivery, Vec<u8>)>> {
+        let row = sqlx::query("SELECT id, project, event, received, outcome, payload FROM deliveries WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok((to_delivery(&row)?, row.try_get("payload")?))).transpose()
+    }
+
+    /// Deliveries stored but never acted on (the process died in between), oldest first.
+    pub async fn unprocessed_deliveries(&self) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT id FROM deliveries WHERE outcome IS NULL ORDER BY received, rowid")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}
+
+fn to_delivery(row: &SqliteRow) -> anyhow::Result<Delivery> {
+    let outcome: Option<String> = row.try_get("outcome")?;
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        project: row.try_get("project")?,
+        event: row.try_get("event")?,
+        received: format_ms(row.try_get("received")?),
+        outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
+    })
 }
 
 async fn migrate(conn: &mut SqliteConnection) -> anyhow::Result<()> {
@@ -257,6 +395,7 @@ mod tests {
             baseimage: None,
             message: None,
             author: None,
+            settings: None,
         }
     }
 
@@ -284,9 +423,24 @@ mod tests {
             .unwrap();
         assert_eq!(dev[0].id, b);
 
-        let interrupted = store.interrupt_unfinished("interrupted by restart").await.unwrap();
-        assert_eq!(interrupted.len(), 1);
-        assert_eq!(store.get(b).await.unwrap().unwrap().status, BuildStatus::Error);
-        assert!(store.active().await.unwrap().is_empty());
+        assert_eq!(store.active().await.unwrap().iter().map(|b| b.id).collect::<Vec<_>>(), vec![b]);
+        let pruned = store.prune(None, Some(1)).await.unwrap();
+        assert_eq!(pruned, vec![a], "only finished entries beyond the newest one go");
+    }
+
+    #[tokio::test]
+    async fn deliveries_are_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        assert!(store.record_delivery("d1", "p", "push", "{}", b"payload").await.unwrap());
+        assert!(!store.record_delivery("d1", "p", "push", "{}", b"other").await.unwrap());
+        assert_eq!(store.unprocessed_deliveries().await.unwrap(), vec!["d1"]);
+        store.set_delivery_outcome("d1", &serde_json::json!({"message": "done"})).await.unwrap();
+        assert!(store.unprocessed_deliveries().await.unwrap().is_empty());
+        let (delivery, payload) = store.delivery("d1").await.unwrap().unwrap();
+        assert_eq!(
+            (delivery.outcome.unwrap()["message"].as_str(), payload.as_slice()),
+            (Some("done"), b"payload".as_slice())
+        );
     }
 }

@@ -298,6 +298,10 @@ pub struct Server {
 }
 
 pub const SECRET: &str = "test-secret";
+/// The admin token of test servers configured with [`ADMIN`].
+pub const ADMIN_TOKEN: &str = "admin-token";
+/// Configuration lines enabling the admin API.
+pub const ADMIN: &str = "admin_token = \"admin-token\"\n";
 
 /// The configuration of a test server: `extra` is appended (more tables, e.g. `[artifacts]`).
 pub fn test_config(dir: &Path, git: &GitHost, github_url: Option<&str>, extra: &str) -> String {
@@ -305,6 +309,7 @@ pub fn test_config(dir: &Path, git: &GitHost, github_url: Option<&str>, extra: &
     let token = if github_url.is_some() { "test-token" } else { "" };
     format!(
         r#"
+{top}
 listen = "127.0.0.1:0"
 public_url = "http://autobuilder.test"
 data_dir = "{data}"
@@ -326,6 +331,8 @@ branch = "master"
 webhook_secret = "{SECRET}"
 {extra}
 "#,
+        top = extra.lines().take_while(|l| !l.starts_with('[')).collect::<Vec<_>>().join("\n"),
+        extra = extra.lines().skip_while(|l| !l.starts_with('[')).collect::<Vec<_>>().join("\n"),
         data = dir.join("data").display(),
         tmp = tmp.display(),
         clone = git.clone_url(),
@@ -378,11 +385,69 @@ impl Server {
         self.spawn();
     }
 
+    /// Stops the server with SIGTERM (a graceful stop) and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again after [`Server::kill`] or [`Server::terminate`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// POSTs to an admin endpoint with `token` (None: no Authorization header).
+    pub async fn admin_post(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GETs an admin endpoint with `token`.
+    pub async fn admin_get(&self, path: &str, token: &str) -> (u16, Value) {
+        let response = self.http.get(format!("{}{path}", self.url)).bearer_auth(token).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until build `id` is `running`.
+    pub async fn wait_running(&self, id: i64) {
+        let start = Instant::now();
+        loop {
+            let (_, build) = self.get_json(&format!("/build/{id}")).await;
+            if build["status"] == "running" {
+                return;
+            }
+            assert!(start.elapsed() < WAIT && build["status"] == "queued", "build {id} is not running: {build}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The `autobuilder.instance` label of this server's containers (a hash of its data_dir).
+    pub fn instance(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let data_dir = self.dir.path().join("data").canonicalize().unwrap();
+        hex::encode(Sha256::digest(data_dir.to_string_lossy().as_bytes()))[..12].to_string()
+    }
+
+    /// Ids of this server's containers of build `id` (empty when there is none).
+    pub fn containers_of(&self, id: i64) -> String {
+        let (build, instance) =
+            (format!("label=autobuilder.build={id}"), format!("label=autobuilder.instance={}", self.instance()));
+        let out =
+            Command::new("docker").args(["ps", "-aq", "--filter", &build, "--filter", &instance]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Resident memory of the server process, in KiB (from /proc).
@@ -423,6 +488,22 @@ impl Server {
         let code = response.status().as_u16();
         let text = response.text().await.unwrap();
         (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Delivers a push with a chosen `X-GitHub-Delivery` id.
+    pub async fn push_as(&self, delivery: &str, repo: &str, branch: &str, sha: &str) -> (u16, Value) {
+        let body = push_payload(repo, &format!("refs/heads/{branch}"), sha).to_string();
+        let response = self
+            .http
+            .post(format!("{}/build/demo/hook", self.url))
+            .header("x-github-event", "push")
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", autobuilder::github::webhook::sign(SECRET.as_bytes(), body.as_bytes()))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
     }
 
     /// Delivers a signed push of `sha` to `repo` `branch`; returns the answer.
@@ -482,6 +563,15 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+        // Leave no container behind, whatever the test did.
+        let filter = format!("label=autobuilder.instance={}", self.instance());
+        if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
+            let ids = String::from_utf8_lossy(&out.stdout);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+            }
+        }
     }
 }
 

@@ -1,0 +1,102 @@
+//! After a restart (a crash, `kill -9`, or a graceful hand-over): builds a previous process left
+//! running are re-attached when their container still exists, and end as `error: interrupted by
+//! restart` when it does not; queued builds run; stray containers and temp dirs are removed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::run::{reattach, slots};
+use super::{Job, start};
+use crate::app::App;
+use crate::model::{BuildId, BuildKind, BuildStatus};
+use crate::store::Outcome;
+
+/// Reason recorded for builds a previous process left and that cannot go on.
+pub const INTERRUPTED: &str = "interrupted by restart";
+
+/// Takes over what a previous process left unfinished. Call once, after the recipes are loaded.
+pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
+    let mut containers: HashMap<BuildId, (String, bool)> = HashMap::new();
+    for leftover in app.docker.leftovers().await? {
+        match leftover.build {
+            Some(build) => {
+                containers.insert(build, (leftover.id, leftover.running));
+            }
+            None => app.docker.remove_later(leftover.id),
+        }
+    }
+    let mut workspaces: HashMap<BuildId, PathBuf> = HashMap::new();
+    let prefix = app.temp_prefix();
+    for entry in std::fs::read_dir(&app.config.tmp_directory)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let id = name.strip_prefix(&prefix).and_then(|rest| rest.split('-').next()).and_then(|n| n.parse().ok());
+        match id {
+            Some(id) => {
+                workspaces.insert(BuildId(id), entry.path());
+            }
+            None if name.starts_with(&prefix) => {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+            None => {}
+        }
+    }
+
+    let unfinished = app.store.active().await?;
+    // Running builds first, so that they take the slots before the queued ones.
+    for build in unfinished.iter().filter(|b| b.status == BuildStatus::Running) {
+        let job = job_of(app, build).await;
+        match (job, containers.remove(&build.id), workspaces.remove(&build.id)) {
+            (Some(job), Some((container, running)), Some(workspace)) => {
+                tracing::info!(build = %build.id, running, "re-attaching to the build container");
+                let active = app.active.insert(build.id, job);
+                let slots = slots(app, &active).await;
+                let (app, id) = (app.clone(), build.id);
+                tokio::spawn(async move { reattach(&app, id, active, slots, container, workspace).await });
+            }
+            (job, container, workspace) => {
+                tracing::warn!(build = %build.id, "build was {INTERRUPTED}: its container is gone");
+                interrupt(app, build, job).await;
+                if let Some((container, _)) = container {
+                    app.docker.remove_later(container);
+                }
+                if let Some(workspace) = workspace {
+                    let _ = std::fs::remove_dir_all(workspace);
+                }
+            }
+        }
+    }
+    for build in unfinished.iter().filter(|b| b.status == BuildStatus::Queued) {
+        match job_of(app, build).await {
+            Some(job) => start(app, build.id, job),
+            None => interrupt(app, build, None).await,
+        }
+    }
+    for (_, (container, _)) in containers {
+        app.docker.remove_later(container);
+    }
+    for (_, workspace) in workspaces {
+        let _ = std::fs::remove_dir_all(workspace);
+    }
+    Ok(())
+}
+
+/// The job of a stored build, or None for a reload or a build without readable settings.
+async fn job_of(app: &App, build: &crate::model::Build) -> Option<Job> {
+    if build.kind != BuildKind::Build {
+        return None;
+    }
+    let settings = app.store.settings(build.id).await.ok().flatten()?;
+    Job::of(build, &settings).ok()
+}
+
+/// Ends a build as `error: interrupted by restart` and posts that status.
+async fn interrupt(app: &Arc<App>, build: &crate::model::Build, job: Option<Job>) {
+    if let Err(e) = app.store.finish(build.id, &Outcome::failed(BuildStatus::Error, INTERRUPTED)).await {
+        tracing::error!(build = %build.id, "cannot record the end of the build: {e:#}");
+    }
+    app.announce(build.id).await;
+    if let Some(job) = job {
+        app.statuses.report(super::status_of(app, &job, build.id, BuildStatus::Error, INTERRUPTED.into()));
+    }
+}

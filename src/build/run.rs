@@ -1,0 +1,348 @@
+//! The life of one build: wait for a slot, check out, run the container, publish the artifact,
+//! record and report the end, clean up. Cancellation is honoured at every step.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::log::BuildLog;
+use super::{ActiveBuild, BuildError, Job, status_of};
+use crate::app::App;
+use crate::artifacts::{ArtifactNames, Published};
+use crate::docker::ContainerSpec;
+use crate::model::{BuildId, BuildStatus};
+use crate::store::Outcome;
+
+/// Slots a build holds while it runs: the global one and, when set, its project's.
+pub(super) struct Slots(#[allow(dead_code)] Vec<OwnedSemaphorePermit>);
+
+/// Waits for a slot (in queue order), unless the build is cancelled first.
+pub(super) async fn slots(app: &App, active: &ActiveBuild) -> Option<Slots> {
+    let wait = async {
+        let mut permits = Vec::new();
+        if let Some(project) = app.project_slots.get(&active.job.source.project) {
+            permits.push(project.clone().acquire_owned().await.expect("never closed"));
+        }
+        permits.push(app.slots.clone().acquire_owned().await.expect("never closed"));
+        Slots(permits)
+    };
+    tokio::select! {
+        slots = wait => Some(slots),
+        () = active.cancel.cancelled() => None,
+    }
+}
+
+/// Runs a queued build to its end.
+pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>) {
+    let Some(_slots) = slots(app, &active).await else {
+        let outcome = Outcome::failed(BuildStatus::Cancelled, active.cancel.reason());
+        return finish(app, id, &active, outcome, None, None).await;
+    };
+    if let Err(e) = app.store.mark_running(id).await {
+        let outcome = Outcome::failed(BuildStatus::Error, format!("history database failed: {e}"));
+        return finish(app, id, &active, outcome, None, None).await;
+    }
+    active.running.store(true, Ordering::Relaxed);
+    app.announce(id).await;
+    if let Ok(Some(build)) = app.store.get(id).await {
+        app.metrics.observe_start(&build);
+    }
+
+    let mut log = match BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await {
+        Ok(log) => log.masking(secrets_of(app, &active.job)),
+        Err(e) => {
+            let outcome = Outcome::failed(BuildStatus::Error, format!("cannot create the build log: {e}"));
+            return finish(app, id, &active, outcome, None, None).await;
+        }
+    };
+    let mut container = None;
+    let workspace = new_workspace(app, id);
+    let result = match &workspace {
+        Ok(workspace) => execute(app, id, &active, workspace, &mut log, &mut container).await,
+        Err(e) => Err(e.clone()),
+    };
+    let outcome = conclude(app, id, &active, result, log).await;
+    finish(app, id, &active, outcome, container, workspace.ok()).await;
+}
+
+/// Continues a build whose container outlived a restart of autobuilder.
+pub(super) async fn reattach(
+    app: &Arc<App>,
+    id: BuildId,
+    active: Arc<ActiveBuild>,
+    slots: Option<Slots>,
+    container: String,
+    workspace: PathBuf,
+) {
+    let _slots = slots;
+    active.running.store(true, Ordering::Relaxed);
+    let result = async {
+        let mut log = BuildLog::reopen(&app.config.logs_dir(), id, app.bus.clone())
+            .await
+            .map_err(BuildError::log)?
+            .masking(secrets_of(app, &active.job));
+        log.note("re-attached after a restart of autobuilder: output printed while it was down is not in this log");
+        let limits = app.config.builds.limits(&active.job.script.limits).map_err(BuildError::Limits)?;
+        let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
+        let code = app.docker.resume_wait(&container, &mut log, limits.timeout, &active.cancel, grace).await;
+        let result = match code {
+            Ok(0) => publish(app, id, &active.job, &workspace, &mut log).await,
+            Ok(code) => Err(BuildError::ScriptFailed(code)),
+            Err(e) => Err(e),
+        };
+        Ok::<_, BuildError>((result, log))
+    }
+    .await;
+    let outcome = match result {
+        Ok((result, log)) => conclude(app, id, &active, result, log).await,
+        Err(e) => Outcome::failed(e.status(), e.to_string()),
+    };
+    finish(app, id, &active, outcome, Some(container), Some(workspace)).await;
+}
+
+fn secrets_of(app: &App, job: &Job) -> Vec<String> {
+    let project = app.config.projects.get(&job.source.project);
+    project.map(|p| p.secrets.values().map(|s| s.expose().to_string()).collect()).unwrap_or_default()
+}
+
+/// A fresh directory for one build under `tmp_directory`, named so that recovery finds it.
+fn new_workspace(app: &App, id: BuildId) -> Result<PathBuf, BuildError> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{}{id}-", app.temp_prefix()))
+        .tempdir_in(&app.config.tmp_directory)
+        .map_err(|e| in_tmp_directory(app, "cannot create a build directory", &e.to_string()))?;
+    Ok(dir.keep())
+}
+
+/// A one-line reason for a failure writing under `tmp_directory`, saying so when it is full.
+fn in_tmp_directory(app: &App, what: &str, error: &str) -> BuildError {
+    let dir = app.config.tmp_directory.display();
+    if error.contains("No space left on device") || error.contains("os error 28") {
+        BuildError::Internal(format!("no space left in tmp_directory {dir}: {what}"))
+    } else {
+        BuildError::Internal(format!("{what} in tmp_directory {dir}: {error}"))
+    }
+}
+
+async fn execute(
+    app: &Arc<App>,
+    id: BuildId,
+    active: &ActiveBuild,
+    workspace: &Path,
+    log: &mut BuildLog,
+    container: &mut Option<String>,
+) -> Result<Published, BuildError> {
+    let job = &active.job;
+    let limits = app.config.builds.limits(&job.script.limits).map_err(BuildError::Limits)?;
+    let (source, archives) = (workspace.join("src"), workspace.join("archives"));
+    std::fs::create_dir_all(&archives)
+        .map_err(|e| in_tmp_directory(app, "cannot create the archives", &e.to_string()))?;
+
+    checkout(app, active, &source, log).await?;
+    let image = job.script.baseimage.as_deref().unwrap_or(&app.config.docker.default_image);
+    tokio::select! {
+        result = app.docker.ensure_image(image, log) => result?,
+        () = active.cancel.cancelled() => return Err(BuildError::Cancelled(active.cancel.reason())),
+    }
+    let mount = format!("/{}", job.source.repository.name());
+    log.note(&format!("running {} in {image}", job.script.script));
+    log.write_pending().await.map_err(BuildError::log)?;
+    let mut env = vec![
+        format!("AUTOBUILDER_BUILD_ID={id}"),
+        format!("AUTOBUILDER_REPOSITORY={}", job.source.repository),
+        format!("AUTOBUILDER_BRANCH={}", job.source.branch),
+        format!("AUTOBUILDER_COMMIT={}", job.source.commit),
+    ];
+    if let Some(project) = app.config.projects.get(&job.source.project) {
+        env.extend(project.secrets.iter().map(|(name, value)| format!("{name}={}", value.expose())));
+    }
+    let spec = ContainerSpec {
+        build: id,
+        image,
+        source: (&source, mount.clone()),
+        archives: (&archives, job.script.archives.clone()),
+        script: format!("{mount}/{}", job.script.script),
+        env,
+        labels: HashMap::from([
+            ("autobuilder.project".into(), job.source.project.clone()),
+            ("autobuilder.repository".into(), job.source.repository.to_string()),
+            ("autobuilder.branch".into(), job.source.branch.to_string()),
+            ("autobuilder.commit".into(), job.source.commit.to_string()),
+        ]),
+        limits: limits.container,
+    };
+    let id_of_container = app.docker.create(spec).await?;
+    *container = Some(id_of_container.clone());
+    let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
+    let code = app.docker.attach_and_wait(&id_of_container, true, log, limits.timeout, &active.cancel, grace).await?;
+    if code != 0 {
+        return Err(BuildError::ScriptFailed(code));
+    }
+    if active.cancel.is_cancelled() {
+        return Err(BuildError::Cancelled(active.cancel.reason()));
+    }
+    publish(app, id, job, workspace, log).await
+}
+
+/// Fetches the pushed commit, retrying a flaky remote (`[git] retries`, doubling delays).
+async fn checkout(app: &App, active: &ActiveBuild, source: &Path, log: &mut BuildLog) -> Result<(), BuildError> {
+    let job = &active.job;
+    let mut delay = Duration::from_secs(app.config.git.retry_delay_seconds);
+    for attempt in 0..=app.config.git.retries {
+        log.note(&format!("fetching {} {} at {}", job.source.repository, job.source.branch, job.source.commit));
+        log.write_pending().await.map_err(BuildError::log)?;
+        let url = app.config.clone_url(&job.source.repository);
+        let (branch, commit, dest) = (job.source.branch.clone(), job.source.commit.clone(), source.to_path_buf());
+        let result = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&dest);
+            crate::git::checkout_commit(&url, &branch, &commit, &dest)
+        })
+        .await
+        .expect("checkout does not panic");
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(e) => format!("{e:#}"),
+        };
+        if error.contains("No space left on device") {
+            return Err(in_tmp_directory(app, "cannot check out the source", &error));
+        }
+        if attempt == app.config.git.retries {
+            let tries = if attempt == 0 { String::new() } else { format!(" (after {} attempts)", attempt + 1) };
+            return Err(BuildError::Checkout(format!("{error}{tries}")));
+        }
+        log.note(&format!("{error}: trying again in {}s", delay.as_secs()));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = active.cancel.cancelled() => return Err(BuildError::Cancelled(active.cancel.reason())),
+        }
+        delay *= 2;
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Checks the artifact and publishes it, retrying a failing store (`[artifacts] retries`). When
+/// every attempt fails, the artifact is kept under `data_dir/unpublished/<id>/`.
+async fn publish(
+    app: &App,
+    id: BuildId,
+    job: &Job,
+    workspace: &Path,
+    log: &mut BuildLog,
+) -> Result<Published, BuildError> {
+    let artifact = workspace.join("archives").join(&job.script.artifact);
+    // Not followed: a symlink made in the container would point at a file of the host.
+    if !std::fs::symlink_metadata(&artifact).is_ok_and(|m| m.is_file()) {
+        return Err(BuildError::ArtifactMissing {
+            artifact: job.script.artifact.clone(),
+            archives: job.script.archives.clone(),
+        });
+    }
+    let names = ArtifactNames::new(
+        &job.source.repository,
+        job.script.tag.as_deref(),
+        &job.source.branch,
+        &job.source.commit,
+        &job.script.artifact,
+    );
+    let mut delay = Duration::from_secs(app.config.artifacts.retry_delay_seconds);
+    let mut attempt = 0;
+    loop {
+        match app.artifacts.publish(&artifact, &names, job.script.format).await {
+            Ok(published) => return Ok(published),
+            Err(reason) => {
+                app.metrics.upload_failures.inc();
+                if attempt == app.config.artifacts.retries {
+                    let kept = app.config.data_dir.join("unpublished").join(id.to_string());
+                    let keep = std::fs::create_dir_all(&kept)
+                        .and_then(|()| std::fs::copy(&artifact, kept.join(&names.versioned)).map(drop));
+                    let where_kept = match keep {
+                        Ok(()) => format!("; the artifact is kept in {}", kept.display()),
+                        Err(e) => format!("; the artifact could not be kept: {e}"),
+                    };
+                    let tries = if attempt == 0 { String::new() } else { format!(" (after {} attempts)", attempt + 1) };
+                    return Err(BuildError::Upload(format!("{reason}{tries}{where_kept}")));
+                }
+                log.note(&format!("{reason}: trying again in {}s", delay.as_secs()));
+                log.write_pending().await.map_err(BuildError::log)?;
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Writes the end into the log and turns the result into the recorded outcome.
+async fn conclude(
+    app: &App,
+    id: BuildId,
+    active: &ActiveBuild,
+    result: Result<Published, BuildError>,
+    mut log: BuildLog,
+) -> Outcome {
+    let result = match result {
+        Err(e) if active.cancel.is_cancelled() && !matches!(e, BuildError::Cancelled(_)) => {
+            Err(BuildError::Cancelled(active.cancel.reason()))
+        }
+        other => other,
+    };
+    let outcome = match result {
+        Ok(published) => {
+            log.note(&format!("published {} (sha256 {})", published.name, published.sha256));
+            Outcome {
+                status: BuildStatus::Success,
+                error: None,
+                artifact: Some(published.name),
+                artifact_url: published.url,
+                artifact_sha256: Some(published.sha256),
+            }
+        }
+        Err(e) => {
+            log.note(&format!("{}: {e}", e.status()));
+            tracing::debug!(build = %id, kind = e.kind(), "build did not succeed: {e}");
+            Outcome::failed(e.status(), e.to_string())
+        }
+    };
+    app.metrics.log_lines.inc_by(log.lines());
+    if let Err(e) = log.close().await {
+        tracing::warn!(build = %id, "cannot finish the build log: {e}");
+    }
+    outcome
+}
+
+/// Records and reports the end, then removes the container and the workspace.
+async fn finish(
+    app: &Arc<App>,
+    id: BuildId,
+    active: &ActiveBuild,
+    outcome: Outcome,
+    container: Option<String>,
+    workspace: Option<PathBuf>,
+) {
+    if let Err(e) = app.store.finish(id, &outcome).await {
+        tracing::error!(build = %id, "cannot record the end of the build: {e:#}");
+    }
+    app.active.remove(id);
+    app.announce(id).await;
+    if let Ok(Some(build)) = app.store.get(id).await {
+        app.metrics.observe_end(&build);
+    }
+    let job = &active.job;
+    let description = match outcome.status {
+        BuildStatus::Success => format!("built {}", outcome.artifact.as_deref().unwrap_or("")),
+        _ => outcome.error.clone().unwrap_or_default(),
+    };
+    tracing::info!(build = %id, repo = %job.source.repository, branch = %job.source.branch, status = %outcome.status, "{description}");
+    app.statuses.report(status_of(app, job, id, outcome.status, description));
+    if let Some(container) = container {
+        app.docker.remove_later(container);
+    }
+    if let Some(workspace) = workspace {
+        // Build containers write as root; remove off the async threads.
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workspace));
+    }
+}

@@ -1,0 +1,103 @@
+//! The admin API, behind `Authorization: Bearer <admin_token>`: cancel and rebuild builds, list and
+//! replay webhook deliveries. With no `admin_token` configured it answers 403.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::Json;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::api::find;
+use crate::app::App;
+use crate::store::Delivery;
+
+/// Proof that the request carries the admin token.
+pub struct Admin;
+
+impl FromRequestParts<Arc<App>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let expected = app.config.admin_token.expose();
+        if expected.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "the admin API is disabled: set admin_token in the configuration",
+            ));
+        }
+        let given = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .unwrap_or_default();
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong Authorization: Bearer <admin_token>",
+            ));
+        }
+        Ok(Admin)
+    }
+}
+
+/// Compares without stopping at the first difference (only the length can leak).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /build/<id>/cancel`: stops a queued or running build (SIGTERM, grace, SIGKILL).
+pub async fn cancel(_: Admin, State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let build = find(&app, &id).await?;
+    if build.status.is_final() {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("build {} already ended: {}", build.id, build.status)));
+    }
+    if !app.active.cancel(build.id, "cancelled by an admin") {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("build {} is not run by this process", build.id)));
+    }
+    Ok(Json(json!({ "message": format!("cancelling build {}", build.id), "build": build.id })))
+}
+
+/// `POST /build/<id>/rebuild`: the same commit and recipe settings, as a new build.
+pub async fn rebuild(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let build = find(&app, &id).await?;
+    let new = crate::build::rebuild(&app, build.id)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("cannot rebuild {}: {e:#}", build.id)))?
+        .ok_or_else(|| ApiError::not_found(format!("no build {id}")))?;
+    let message = format!("build {new} rebuilds {}", build.id);
+    Ok((StatusCode::ACCEPTED, Json(json!({ "message": message, "builds": [new], "urls": [app.build_url(new)] }))))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    limit: Option<i64>,
+}
+
+/// `GET /deliveries`: stored webhook deliveries, newest first, with what was done with each.
+pub async fn deliveries(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Vec<Delivery>>, ApiError> {
+    Ok(Json(app.store.deliveries(query.limit.unwrap_or(50)).await?))
+}
+
+/// `POST /deliveries/<id>/replay`: acts on a stored delivery again.
+pub async fn replay(
+    _: Admin,
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (delivery, payload) =
+        app.store.delivery(&id).await?.ok_or_else(|| ApiError::not_found(format!("no delivery {id}")))?;
+    Ok(super::hooks::act_and_record(&app, &delivery.id, &delivery.project, &delivery.event, &payload).await)
+}
