@@ -1,21 +1,20 @@
 //! The running service: every long-lived part, built once from the configuration and shared by the
 //! HTTP handlers and the build tasks. Start-up also cleans up what a previous process left behind.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
 use crate::artifacts::ArtifactStore;
 use crate::build::ActiveBuilds;
+use crate::build::queue::Queue;
 use crate::bus::{Bus, Event};
 use crate::config::Config;
 use crate::docker::DockerEngine;
 use crate::github::status::StatusReporter;
 use crate::metrics::Metrics;
-use crate::model::BuildId;
+use crate::model::{Build, BuildId};
 use crate::recipes::reload::Recipes;
 use crate::store::Store;
 
@@ -28,10 +27,8 @@ pub struct App {
     pub recipes: Recipes,
     /// Build events for the live websocket (in-process, or Redis when configured).
     pub bus: Bus,
-    /// One permit per build allowed to run at once (`[builds] concurrency`).
-    pub slots: Arc<Semaphore>,
-    /// Per project with its own `concurrency`, its permits.
-    pub project_slots: HashMap<String, Arc<Semaphore>>,
+    /// Queued builds waiting for a slot (`[builds] concurrency`, projects' `concurrency`).
+    pub queue: Arc<Queue>,
     /// Builds queued or running in this process.
     pub active: ActiveBuilds,
     pub metrics: Metrics,
@@ -53,13 +50,13 @@ impl App {
         let docker = DockerEngine::connect(instance.clone(), config.docker.network.clone()).await?;
         let statuses = StatusReporter::start(&config.github)?;
         let artifacts = ArtifactStore::from_config(&config)?;
-        let slots = Arc::new(Semaphore::new(config.builds.concurrency));
-        let project_slots = config
+        let project_limits = config
             .projects
             .iter()
             .filter(|(_, p)| p.concurrency > 0)
-            .map(|(name, p)| (name.clone(), Arc::new(Semaphore::new(p.concurrency))))
+            .map(|(name, p)| (name.clone(), p.concurrency))
             .collect();
+        let queue = Queue::new(config.builds.concurrency, project_limits);
         let bus = match config.redis.url.as_str() {
             "" => Bus::in_process(),
             url => Bus::redis_publisher(url)?,
@@ -73,8 +70,7 @@ impl App {
             artifacts,
             recipes,
             bus,
-            slots,
-            project_slots,
+            queue,
             active: ActiveBuilds::default(),
             metrics: Metrics::default(),
             instance,
@@ -95,13 +91,9 @@ impl App {
         futures_util::future::join_all(reloads).await;
     }
 
-    /// Publishes the current record of build `id` on the bus.
-    pub async fn announce(&self, id: BuildId) {
-        match self.store.get(id).await {
-            Ok(Some(build)) => self.bus.publish(Event::Build { build: Box::new(build) }),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(build = %id, "cannot read the build to announce it: {e:#}"),
-        }
+    /// Publishes a build's record on the bus (queued, started, ended).
+    pub fn announce(&self, build: &Build) {
+        self.bus.publish(Event::Build { build: Box::new(build.clone()) });
     }
 
     /// The page of a build, as linked from commit statuses.

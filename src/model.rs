@@ -153,7 +153,7 @@ impl fmt::Display for CommitSha {
 }
 
 /// The id of a build (or a recipes reload) in the history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct BuildId(pub i64);
 

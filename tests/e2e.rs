@@ -309,8 +309,10 @@ async fn hub_store_uploads_flists_and_a_failing_hub_fails_the_build() {
     git.commit("org/recipes", "master", &[("org/app/master.yaml", APP_RECIPE)]);
     let sha = commit_app(&git, "A");
     let hub = FakeHub::start().await;
-    let extra =
-        format!("[artifacts]\nkind = \"hub\"\n[artifacts.hub]\nurl = \"{}\"\ntoken = \"{HUB_TOKEN}\"\n", hub.url);
+    let extra = format!(
+        "[artifacts]\nkind = \"hub\"\nretries = 0\n[artifacts.hub]\nurl = \"{}\"\ntoken = \"{HUB_TOKEN}\"\n",
+        hub.url
+    );
     let server = Server::start(|dir| test_config(dir, &git, None, &extra));
 
     let id = server.push_builds("org/app", "master", &sha).await[0];

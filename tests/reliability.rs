@@ -411,3 +411,20 @@ async fn wait_until_log(server: &Server, id: i64, text: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_artifact_that_links_to_a_host_file_is_refused() {
+    let git = GitHost::new();
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
+    let secret_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret_file.path(), "host secret").unwrap();
+    let body = format!("#!/bin/sh\nln -s {} /tmp/archives/out.tar.gz\n", secret_file.path().display());
+    let sha = git.commit("org/app", "master", &[("build.sh", &body)]);
+    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    let build = server.wait_build(id).await;
+    assert_eq!(build["status"], "failure", "{build}");
+    assert_eq!(build["error"], "artifact out.tar.gz not found in /tmp/archives");
+    let stored: Vec<_> = std::fs::read_dir(server.artifacts_dir()).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(stored.is_empty(), "nothing was published");
+}

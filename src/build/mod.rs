@@ -3,6 +3,7 @@
 //! Builds can be cancelled (by an admin, or superseded by a newer push) and survive a restart.
 
 pub mod log;
+pub mod queue;
 mod recover;
 mod run;
 
@@ -182,13 +183,6 @@ impl ActiveBuilds {
         active.map(|a| a.cancel.cancel(reason)).is_some()
     }
 
-    /// (queued, running) builds, for the metrics.
-    pub fn counts(&self) -> (usize, usize) {
-        let builds = self.builds.lock().expect("not poisoned");
-        let running = builds.values().filter(|b| b.running.load(Ordering::Relaxed)).count();
-        (builds.len() - running, running)
-    }
-
     fn of_branch(&self, source: &Source) -> Vec<(BuildId, Arc<ActiveBuild>)> {
         let builds = self.builds.lock().expect("not poisoned");
         builds
@@ -232,7 +226,7 @@ pub async fn rebuild(app: &Arc<App>, id: BuildId) -> anyhow::Result<Option<Build
 async fn queue(app: &Arc<App>, job: Job) -> anyhow::Result<BuildId> {
     let baseimage = job.script.baseimage.clone().unwrap_or_else(|| app.config.docker.default_image.clone());
     let source = &job.source;
-    let id = app
+    let build = app
         .store
         .insert(&NewBuild {
             kind: BuildKind::Build,
@@ -247,17 +241,19 @@ async fn queue(app: &Arc<App>, job: Job) -> anyhow::Result<BuildId> {
             settings: Some(serde_json::to_string(&job.script)?),
         })
         .await?;
+    let id = build.id;
     app.statuses.report(status_of(app, &job, id, BuildStatus::Queued, "queued".into()));
-    app.announce(id).await;
+    app.announce(&build);
     start(app, id, job);
     Ok(id)
 }
 
-/// Registers a queued build and runs it when a slot frees up.
+/// Registers a queued build, takes its place in the queue, and runs it when its turn comes.
 fn start(app: &Arc<App>, id: BuildId, job: Job) {
+    let place = app.queue.enter(id, &job.source.project);
     let active = app.active.insert(id, job);
     let app = app.clone();
-    tokio::spawn(async move { run::run(&app, id, active).await });
+    tokio::spawn(async move { run::run(&app, id, active, place).await });
 }
 
 fn status_of(app: &App, job: &Job, id: BuildId, status: BuildStatus, description: String) -> CommitStatus {

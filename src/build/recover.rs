@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::run::{reattach, slots};
+use super::run::reattach;
 use super::{Job, start};
 use crate::app::App;
 use crate::model::{BuildId, BuildKind, BuildStatus};
@@ -49,10 +49,10 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
         match (job, containers.remove(&build.id), workspaces.remove(&build.id)) {
             (Some(job), Some((container, running)), Some(workspace)) => {
                 tracing::info!(build = %build.id, running, "re-attaching to the build container");
+                let slot = app.queue.slot_now(&job.source.project);
                 let active = app.active.insert(build.id, job);
-                let slots = slots(app, &active).await;
                 let (app, id) = (app.clone(), build.id);
-                tokio::spawn(async move { reattach(&app, id, active, slots, container, workspace).await });
+                tokio::spawn(async move { reattach(&app, id, active, slot, container, workspace).await });
             }
             (job, container, workspace) => {
                 tracing::warn!(build = %build.id, "build was {INTERRUPTED}: its container is gone");
@@ -92,10 +92,10 @@ async fn job_of(app: &App, build: &crate::model::Build) -> Option<Job> {
 
 /// Ends a build as `error: interrupted by restart` and posts that status.
 async fn interrupt(app: &Arc<App>, build: &crate::model::Build, job: Option<Job>) {
-    if let Err(e) = app.store.finish(build.id, &Outcome::failed(BuildStatus::Error, INTERRUPTED)).await {
-        tracing::error!(build = %build.id, "cannot record the end of the build: {e:#}");
+    match app.store.finish(build.id, &Outcome::failed(BuildStatus::Error, INTERRUPTED)).await {
+        Ok(ended) => app.announce(&ended),
+        Err(e) => tracing::error!(build = %build.id, "cannot record the end of the build: {e:#}"),
     }
-    app.announce(build.id).await;
     if let Some(job) = job {
         app.statuses.report(super::status_of(app, &job, build.id, BuildStatus::Error, INTERRUPTED.into()));
     }

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
-
 use super::log::BuildLog;
+use super::queue::{Place, Slot};
 use super::{ActiveBuild, BuildError, Job, status_of};
 use crate::app::App;
 use crate::artifacts::{ArtifactNames, Published};
@@ -17,40 +16,27 @@ use crate::docker::ContainerSpec;
 use crate::model::{BuildId, BuildStatus};
 use crate::store::Outcome;
 
-/// Slots a build holds while it runs: the global one and, when set, its project's.
-pub(super) struct Slots(#[allow(dead_code)] Vec<OwnedSemaphorePermit>);
-
-/// Waits for a slot (in queue order), unless the build is cancelled first.
-pub(super) async fn slots(app: &App, active: &ActiveBuild) -> Option<Slots> {
-    let wait = async {
-        let mut permits = Vec::new();
-        if let Some(project) = app.project_slots.get(&active.job.source.project) {
-            permits.push(project.clone().acquire_owned().await.expect("never closed"));
-        }
-        permits.push(app.slots.clone().acquire_owned().await.expect("never closed"));
-        Slots(permits)
-    };
-    tokio::select! {
-        slots = wait => Some(slots),
+/// Runs a queued build to its end: waits for its turn (leaving the queue when cancelled first).
+pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, place: Place) {
+    let slot = tokio::select! {
+        slot = app.queue.slot(place) => Some(slot),
         () = active.cancel.cancelled() => None,
-    }
-}
-
-/// Runs a queued build to its end.
-pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>) {
-    let Some(_slots) = slots(app, &active).await else {
+    };
+    let Some(_slot) = slot else {
         let outcome = Outcome::failed(BuildStatus::Cancelled, active.cancel.reason());
         return finish(app, id, &active, outcome, None, None).await;
     };
-    if let Err(e) = app.store.mark_running(id).await {
-        let outcome = Outcome::failed(BuildStatus::Error, format!("history database failed: {e}"));
-        return finish(app, id, &active, outcome, None, None).await;
+    match app.store.mark_running(id).await {
+        Ok(build) => {
+            app.announce(&build);
+            app.metrics.observe_start(&build);
+        }
+        Err(e) => {
+            let outcome = Outcome::failed(BuildStatus::Error, format!("history database failed: {e}"));
+            return finish(app, id, &active, outcome, None, None).await;
+        }
     }
     active.running.store(true, Ordering::Relaxed);
-    app.announce(id).await;
-    if let Ok(Some(build)) = app.store.get(id).await {
-        app.metrics.observe_start(&build);
-    }
 
     let mut log = match BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await {
         Ok(log) => log.masking(secrets_of(app, &active.job)),
@@ -74,11 +60,11 @@ pub(super) async fn reattach(
     app: &Arc<App>,
     id: BuildId,
     active: Arc<ActiveBuild>,
-    slots: Option<Slots>,
+    slot: Slot,
     container: String,
     workspace: PathBuf,
 ) {
-    let _slots = slots;
+    let _slot = slot;
     active.running.store(true, Ordering::Relaxed);
     let result = async {
         let mut log = BuildLog::reopen(&app.config.logs_dir(), id, app.bus.clone())
@@ -323,14 +309,14 @@ async fn finish(
     container: Option<String>,
     workspace: Option<PathBuf>,
 ) {
-    if let Err(e) = app.store.finish(id, &outcome).await {
-        tracing::error!(build = %id, "cannot record the end of the build: {e:#}");
+    match app.store.finish(id, &outcome).await {
+        Ok(build) => {
+            app.announce(&build);
+            app.metrics.observe_end(&build);
+        }
+        Err(e) => tracing::error!(build = %id, "cannot record the end of the build: {e:#}"),
     }
     app.active.remove(id);
-    app.announce(id).await;
-    if let Ok(Some(build)) = app.store.get(id).await {
-        app.metrics.observe_end(&build);
-    }
     let job = &active.job;
     let description = match outcome.status {
         BuildStatus::Success => format!("built {}", outcome.artifact.as_deref().unwrap_or("")),

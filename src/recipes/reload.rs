@@ -94,14 +94,14 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
             author: None,
             settings: None,
         })
-        .await?;
+        .await?
+        .id;
     let mut log = crate::build::log::BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await?;
     for line in &lines {
         log.line(line.as_bytes());
     }
     log.close().await?;
-    app.store.finish(id, &outcome).await?;
-    app.announce(id).await;
+    app.announce(&app.store.finish(id, &outcome).await?);
     tracing::info!(project, status = %outcome.status, "recipes reloaded: {}", outcome.error.as_deref().unwrap_or("all files loaded"));
 
     if let Some(commit) = commit {

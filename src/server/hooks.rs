@@ -13,8 +13,10 @@ use serde_json::{Value, json};
 use super::ApiError;
 use crate::app::App;
 use crate::build::{Source, enqueue};
-use crate::github::webhook::{Event, Push, parse_event, verify_signature};
+use crate::github::webhook::{Event, parse_event, verify_signature};
 use crate::metrics::EventLabel;
+use crate::model::CommitSha;
+use crate::recipes::Recipe;
 use crate::recipes::reload::reload;
 
 /// Headers kept with a stored delivery.
@@ -48,17 +50,32 @@ pub async fn receive(
     };
     let kept: serde_json::Map<String, Value> =
         KEPT_HEADERS.iter().filter_map(|name| Some((name.to_string(), Value::from(header(name)?)))).collect();
-    let new = app.store.record_delivery(&delivery, &project, &event, &Value::Object(kept).to_string(), &body).await?;
-    if !new {
-        let before = app.store.delivery(&delivery).await?.and_then(|(d, _)| d.outcome);
-        let message = format!("delivery {delivery} was received before: not acted on again");
-        return Ok((StatusCode::OK, Json(json!({ "message": message, "delivery": delivery, "before": before }))));
-    }
+    let headers = Value::Object(kept).to_string();
     app.metrics.deliveries.get_or_create(&EventLabel { event: event.clone() }).inc();
-    Ok(act_and_record(&app, &delivery, &project, &event, &body).await)
+    // A delivery that starts nothing is stored with its answer in one write; one that starts a
+    // build or a reload is stored first, then acted on, then its outcome recorded.
+    let decision = decide(&app, &project, &event, &body);
+    if let Decision::Answer(code, answer) = &decision {
+        let outcome = outcome_of(*code, answer, &delivery);
+        let new = app.store.record_delivery(&delivery, &project, &event, &headers, &body, Some(&outcome)).await?;
+        if new {
+            return Ok((*code, Json(outcome["answer"].clone())));
+        }
+        return Ok(seen_before(&app, &delivery).await?);
+    }
+    if !app.store.record_delivery(&delivery, &project, &event, &headers, &body, None).await? {
+        return Ok(seen_before(&app, &delivery).await?);
+    }
+    Ok(carry_out_and_record(&app, &delivery, &project, decision).await)
 }
 
-/// Acts on a stored delivery and records what was done; the answer for GitHub (or an admin).
+async fn seen_before(app: &App, delivery: &str) -> anyhow::Result<(StatusCode, Json<Value>)> {
+    let before = app.store.delivery(delivery).await?.and_then(|(d, _)| d.outcome);
+    let message = format!("delivery {delivery} was received before: not acted on again");
+    Ok((StatusCode::OK, Json(json!({ "message": message, "delivery": delivery, "before": before }))))
+}
+
+/// Acts on a stored delivery (again) and records what was done; the answer.
 pub async fn act_and_record(
     app: &Arc<App>,
     delivery: &str,
@@ -66,16 +83,31 @@ pub async fn act_and_record(
     event: &str,
     body: &[u8],
 ) -> (StatusCode, Json<Value>) {
-    let (code, mut answer) = match act(app, project, event, body).await {
+    let decision = decide(app, project, event, body);
+    carry_out_and_record(app, delivery, project, decision).await
+}
+
+async fn carry_out_and_record(
+    app: &Arc<App>,
+    delivery: &str,
+    project: &str,
+    decision: Decision,
+) -> (StatusCode, Json<Value>) {
+    let (code, answer) = match carry_out(app, project, decision).await {
         Ok(answer) => answer,
         Err(error) => (error.0, json!({ "error": error.1 })),
     };
-    answer["delivery"] = Value::from(delivery);
-    let outcome = json!({ "status": code.as_u16(), "answer": answer.clone() });
+    let outcome = outcome_of(code, &answer, delivery);
     if let Err(e) = app.store.set_delivery_outcome(delivery, &outcome).await {
         tracing::error!(delivery, "cannot record what was done with the delivery: {e:#}");
     }
-    (code, Json(answer))
+    (code, Json(outcome["answer"].clone()))
+}
+
+fn outcome_of(code: StatusCode, answer: &Value, delivery: &str) -> Value {
+    let mut answer = answer.clone();
+    answer["delivery"] = Value::from(delivery);
+    json!({ "status": code.as_u16(), "answer": answer })
 }
 
 /// Acts on the deliveries a previous process stored but never acted on.
@@ -89,76 +121,96 @@ pub async fn act_on_unprocessed(app: &Arc<App>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn act(app: &Arc<App>, project: &str, event: &str, body: &[u8]) -> Result<(StatusCode, Value), ApiError> {
-    if !app.config.projects.contains_key(project) {
-        return Err(ApiError::not_found(format!("no project {project:?} is configured")));
-    }
-    let event = parse_event(event, body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed {event} payload: {e}")))?;
-    match event {
-        Event::Ping => Ok((StatusCode::OK, json!({ "message": "pong" }))),
-        Event::Other(name) => Ok(said(StatusCode::ACCEPTED, format!("event {name} ignored: only push is acted on"))),
-        Event::Push(push) => on_push(app, project, push).await,
-    }
+/// What a delivery asks for, decided without doing anything.
+enum Decision {
+    /// Nothing to do but answer.
+    Answer(StatusCode, Value),
+    Reload(CommitSha),
+    Build(Box<Recipe>, Source),
 }
 
-async fn on_push(app: &Arc<App>, project: &str, push: Push) -> Result<(StatusCode, Value), ApiError> {
-    let settings = &app.config.projects[project];
+fn decide(app: &App, project: &str, event: &str, body: &[u8]) -> Decision {
+    let answer = |code, message: String| Decision::Answer(code, json!({ "message": message, "builds": [] }));
+    let refuse = |code, error: String| Decision::Answer(code, json!({ "error": error }));
+    let Some(settings) = app.config.projects.get(project) else {
+        return refuse(StatusCode::NOT_FOUND, format!("no project {project:?} is configured"));
+    };
+    let push = match parse_event(event, body) {
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed {event} payload: {e}")),
+        Ok(Event::Ping) => return Decision::Answer(StatusCode::OK, json!({ "message": "pong" })),
+        Ok(Event::Other(name)) => {
+            return answer(StatusCode::ACCEPTED, format!("event {name} ignored: only push is acted on"));
+        }
+        Ok(Event::Push(push)) => push,
+    };
     let branch = match push.branch() {
         None => {
-            let message = format!("{} is not a branch: tags and other refs start no build", push.git_ref);
-            return Ok(said(StatusCode::OK, message));
+            return answer(
+                StatusCode::OK,
+                format!("{} is not a branch: tags and other refs start no build", push.git_ref),
+            );
         }
-        Some(Err(e)) => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("refused ref {:?}: {e}", push.git_ref)));
-        }
+        Some(Err(e)) => return refuse(StatusCode::BAD_REQUEST, format!("refused ref {:?}: {e}", push.git_ref)),
         Some(Ok(branch)) => branch,
     };
     if push.deleted || push.after.is_zero() {
-        let message = format!("branch {branch} of {} was deleted: nothing to build", push.repository);
-        return Ok(said(StatusCode::OK, message));
+        return answer(StatusCode::OK, format!("branch {branch} of {} was deleted: nothing to build", push.repository));
     }
-
     if push.repository.as_str() == settings.recipes {
         if branch.as_str() != settings.branch {
             let message =
                 format!("branch {branch} of the recipes repository is not loaded (project loads {})", settings.branch);
-            return Ok(said(StatusCode::OK, message));
+            return answer(StatusCode::OK, message);
         }
-        let (app, project, sha) = (app.clone(), project.to_string(), push.after.clone());
-        tokio::spawn(async move {
-            if let Err(e) = reload(&app, &project, Some(sha)).await {
-                tracing::error!(project, "recipes reload failed: {e:#}");
-            }
-        });
-        return Ok(said(StatusCode::ACCEPTED, format!("reloading recipes at {}", push.after.short())));
+        return Decision::Reload(push.after);
     }
-
     let Some(recipes) = app.recipes.get(project) else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the recipes of project {project} are not loaded: see the last reload in /build/history?repository={}",
-                settings.recipes
-            ),
-        ));
+        let error = format!(
+            "the recipes of project {project} are not loaded: see the last reload in /build/history?repository={}",
+            settings.recipes
+        );
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, error);
     };
     let Some(recipe) = recipes.get(&push.repository, &branch).cloned() else {
-        let message = format!("no recipe for {} branch {branch}: nothing to build", push.repository);
-        return Ok(said(StatusCode::OK, message));
+        return answer(StatusCode::OK, format!("no recipe for {} branch {branch}: nothing to build", push.repository));
     };
     let source = Source {
         project: project.to_string(),
-        repository: push.repository.clone(),
-        branch: branch.clone(),
-        commit: push.after.clone(),
+        repository: push.repository,
+        branch,
+        commit: push.after,
         message: push.message,
         author: push.author,
     };
-    let ids = enqueue(app, &recipe, source, true).await?;
-    let urls: Vec<String> = ids.iter().map(|id| app.build_url(*id)).collect();
-    let message = format!("{} builds queued for {} {branch} at {}", ids.len(), push.repository, push.after.short());
-    Ok((StatusCode::ACCEPTED, json!({ "message": message, "builds": ids, "urls": urls })))
+    Decision::Build(Box::new(recipe), source)
+}
+
+async fn carry_out(app: &Arc<App>, project: &str, decision: Decision) -> Result<(StatusCode, Value), ApiError> {
+    match decision {
+        Decision::Answer(code, answer) => Ok((code, answer)),
+        Decision::Reload(sha) => {
+            let message = format!("reloading recipes at {}", sha.short());
+            let (app, project) = (app.clone(), project.to_string());
+            tokio::spawn(async move {
+                if let Err(e) = reload(&app, &project, Some(sha)).await {
+                    tracing::error!(project, "recipes reload failed: {e:#}");
+                }
+            });
+            Ok(said(StatusCode::ACCEPTED, message))
+        }
+        Decision::Build(recipe, source) => {
+            let message = format!(
+                "{} builds queued for {} {} at {}",
+                recipe.scripts.len(),
+                source.repository,
+                source.branch,
+                source.commit.short()
+            );
+            let ids = enqueue(app, &recipe, source, true).await?;
+            let urls: Vec<String> = ids.iter().map(|id| app.build_url(*id)).collect();
+            Ok((StatusCode::ACCEPTED, json!({ "message": message, "builds": ids, "urls": urls })))
+        }
+    }
 }
 
 fn said(code: StatusCode, message: String) -> (StatusCode, Value) {

@@ -45,7 +45,7 @@ async fn ping_redis(url: &str) -> Result<(), String> {
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, super::ApiError> {
     let by_status = app.store.count_by_status().await?;
-    let (queued, running) = app.active.counts();
+    let (queued, running) = app.queue.counts();
     let text = app.metrics.render(&by_status, queued, running);
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text))
 }

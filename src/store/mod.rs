@@ -5,10 +5,13 @@ use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqliteConnection};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{Build, BuildId, BuildKind, BuildStatus};
 
@@ -111,6 +114,78 @@ pub struct HistoryFilter {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Delivery writes, committed in batches by one task (group commit): webhook intake waits
+    /// for its own commit, and many concurrent deliveries share one.
+    delivery_writes: mpsc::Sender<(DeliveryWrite, oneshot::Sender<anyhow::Result<bool>>)>,
+}
+
+/// Most delivery writes committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+enum DeliveryWrite {
+    Record { id: String, project: String, event: String, headers: String, payload: Vec<u8>, outcome: Option<String> },
+    Outcome { id: String, outcome: String },
+}
+
+/// Commits delivery writes in batches: whatever queued up while the previous batch committed.
+async fn write_deliveries(
+    pool: SqlitePool,
+    mut writes: mpsc::Receiver<(DeliveryWrite, oneshot::Sender<anyhow::Result<bool>>)>,
+) {
+    while let Some(first) = writes.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match writes.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        let committed = async {
+            let mut tx = pool.begin().await?;
+            for (write, _) in &batch {
+                results.push(apply(&mut tx, write).await?);
+            }
+            tx.commit().await?;
+            Ok::<(), sqlx::Error>(())
+        }
+        .await;
+        for (index, (_, done)) in batch.into_iter().enumerate() {
+            let result = match &committed {
+                Ok(()) => Ok(results[index]),
+                Err(e) => Err(anyhow::anyhow!("cannot store the delivery: {e}")),
+            };
+            let _ = done.send(result);
+        }
+    }
+}
+
+async fn apply(tx: &mut SqliteConnection, write: &DeliveryWrite) -> Result<bool, sqlx::Error> {
+    let result = match write {
+        DeliveryWrite::Record { id, project, event, headers, payload, outcome } => {
+            sqlx::query(
+                "INSERT INTO deliveries (id, project, event, received, headers, payload, outcome)
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(project)
+            .bind(event)
+            .bind(now_ms())
+            .bind(headers)
+            .bind(payload)
+            .bind(outcome)
+            .execute(&mut *tx)
+            .await?
+        }
+        DeliveryWrite::Outcome { id, outcome } => {
+            sqlx::query("UPDATE deliveries SET outcome = ? WHERE id = ?")
+                .bind(outcome)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+        }
+    };
+    Ok(result.rows_affected() == 1)
 }
 
 impl Store {
@@ -122,6 +197,9 @@ impl Store {
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            // With WAL, NORMAL survives a crash of the process (what a stored delivery needs);
+            // only a power loss can take the last commits.
+            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(std::time::Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -130,14 +208,17 @@ impl Store {
             .with_context(|| format!("cannot open the history database {}", path.display()))?;
         let mut conn = pool.acquire().await?;
         migrate(&mut conn).await?;
-        Ok(Self { pool })
+        let (delivery_writes, queue) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(write_deliveries(pool.clone(), queue));
+        Ok(Self { pool, delivery_writes })
     }
 
-    pub async fn insert(&self, build: &NewBuild) -> anyhow::Result<BuildId> {
-        let id = sqlx::query(
+    /// Records a queued build; returns its record.
+    pub async fn insert(&self, build: &NewBuild) -> anyhow::Result<Build> {
+        let row = sqlx::query(
             "INSERT INTO builds (kind, project, repository, branch, commit_sha, script, baseimage, status,
                                  message, author, settings, created)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?) RETURNING id",
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?) RETURNING *",
         )
         .bind(build.kind.as_str())
         .bind(&build.project)
@@ -151,25 +232,26 @@ impl Store {
         .bind(&build.settings)
         .bind(now_ms())
         .fetch_one(&self.pool)
-        .await?
-        .get::<i64, _>(0);
-        Ok(BuildId(id))
+        .await?;
+        to_build(&row)
     }
 
-    pub async fn mark_running(&self, id: BuildId) -> anyhow::Result<()> {
-        sqlx::query("UPDATE builds SET status = 'running', started = ? WHERE id = ?")
+    /// Marks a build running; returns its record.
+    pub async fn mark_running(&self, id: BuildId) -> anyhow::Result<Build> {
+        let row = sqlx::query("UPDATE builds SET status = 'running', started = ? WHERE id = ? RETURNING *")
             .bind(now_ms())
             .bind(id.0)
-            .execute(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-        Ok(())
+        to_build(&row)
     }
 
-    pub async fn finish(&self, id: BuildId, outcome: &Outcome) -> anyhow::Result<()> {
-        sqlx::query(
+    /// Records how a build ended; returns its record.
+    pub async fn finish(&self, id: BuildId, outcome: &Outcome) -> anyhow::Result<Build> {
+        let row = sqlx::query(
             "UPDATE builds SET status = ?, ended = ?, error = ?, artifact = ?, artifact_url = ?, artifact_sha256 = ?,
                                started = COALESCE(started, ?)
-             WHERE id = ?",
+             WHERE id = ? RETURNING *",
         )
         .bind(outcome.status.as_str())
         .bind(now_ms())
@@ -179,9 +261,9 @@ impl Store {
         .bind(&outcome.artifact_sha256)
         .bind(now_ms())
         .bind(id.0)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(())
+        to_build(&row)
     }
 
     pub async fn get(&self, id: BuildId) -> anyhow::Result<Option<Build>> {
@@ -261,7 +343,9 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a delivery before it is acted on; false when its id was stored before (a redelivery).
+    /// Stores a delivery before it is acted on (or with its `outcome`, when there is nothing to
+    /// do); false when its id was stored before (a redelivery).
+    /// Returns once the delivery is committed.
     pub async fn record_delivery(
         &self,
         id: &str,
@@ -269,29 +353,28 @@ impl Store {
         event: &str,
         headers: &str,
         payload: &[u8],
+        outcome: Option<&serde_json::Value>,
     ) -> anyhow::Result<bool> {
-        let result = sqlx::query(
-            "INSERT INTO deliveries (id, project, event, received, headers, payload) VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT(id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(project)
-        .bind(event)
-        .bind(now_ms())
-        .bind(headers)
-        .bind(payload)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() == 1)
+        let write = DeliveryWrite::Record {
+            id: id.to_string(),
+            project: project.to_string(),
+            event: event.to_string(),
+            headers: headers.to_string(),
+            payload: payload.to_vec(),
+            outcome: outcome.map(ToString::to_string),
+        };
+        self.write_delivery(write).await
     }
 
+    /// Records what was done with a delivery; returns once committed.
     pub async fn set_delivery_outcome(&self, id: &str, outcome: &serde_json::Value) -> anyhow::Result<()> {
-        sqlx::query("UPDATE deliveries SET outcome = ? WHERE id = ?")
-            .bind(outcome.to_string())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.write_delivery(DeliveryWrite::Outcome { id: id.to_string(), outcome: outcome.to_string() }).await.map(drop)
+    }
+
+    async fn write_delivery(&self, write: DeliveryWrite) -> anyhow::Result<bool> {
+        let (done, result) = oneshot::channel();
+        self.delivery_writes.send((write, done)).await.map_err(|_| anyhow::anyhow!("the delivery writer stopped"))?;
+        result.await.map_err(|_| anyhow::anyhow!("the delivery writer stopped"))?
     }
 
     /// Deliveries, newest first.
@@ -403,8 +486,8 @@ mod tests {
     async fn history_survives_reopening_and_filters() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
-        let a = store.insert(&new_build("o/a", "master")).await.unwrap();
-        let b = store.insert(&new_build("o/b", "dev")).await.unwrap();
+        let a = store.insert(&new_build("o/a", "master")).await.unwrap().id;
+        let b = store.insert(&new_build("o/b", "dev")).await.unwrap().id;
         store.mark_running(a).await.unwrap();
         store.finish(a, &Outcome::failed(BuildStatus::Failure, "script exited 1")).await.unwrap();
         drop(store);
@@ -432,8 +515,8 @@ mod tests {
     async fn deliveries_are_stored_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
-        assert!(store.record_delivery("d1", "p", "push", "{}", b"payload").await.unwrap());
-        assert!(!store.record_delivery("d1", "p", "push", "{}", b"other").await.unwrap());
+        assert!(store.record_delivery("d1", "p", "push", "{}", b"payload", None).await.unwrap());
+        assert!(!store.record_delivery("d1", "p", "push", "{}", b"other", None).await.unwrap());
         assert_eq!(store.unprocessed_deliveries().await.unwrap(), vec!["d1"]);
         store.set_delivery_outcome("d1", &serde_json::json!({"message": "done"})).await.unwrap();
         assert!(store.unprocessed_deliveries().await.unwrap().is_empty());
