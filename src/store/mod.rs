@@ -140,11 +140,49 @@ async fn write_deliveries(
                 Err(_) => break,
             }
         }
-        let mut results = Vec::with_capacity(batch.len());
+        let mut results = vec![false; batch.len()];
         let committed = async {
             let mut tx = pool.begin().await?;
-            for (write, _) in &batch {
-                results.push(apply(&mut tx, write).await?);
+            // Records go in one statement (the common case: many deliveries at once), then
+            // outcomes one by one. A record whose id is stored already inserts nothing.
+            let records: Vec<usize> =
+                (0..batch.len()).filter(|&i| matches!(batch[i].0, DeliveryWrite::Record { .. })).collect();
+            if !records.is_empty() {
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO deliveries (id, project, event, received, headers, payload, outcome) ",
+                );
+                insert.push_values(&records, |mut row, &i| {
+                    let DeliveryWrite::Record { id, project, event, headers, payload, outcome } = &batch[i].0 else {
+                        unreachable!("records only")
+                    };
+                    row.push_bind(id)
+                        .push_bind(project)
+                        .push_bind(event)
+                        .push_bind(now_ms())
+                        .push_bind(headers)
+                        .push_bind(payload)
+                        .push_bind(outcome);
+                });
+                insert.push(" ON CONFLICT(id) DO NOTHING RETURNING id");
+                let inserted: Vec<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+                for &i in &records {
+                    let DeliveryWrite::Record { id, .. } = &batch[i].0 else { unreachable!("records only") };
+                    // The first record of an id in the batch is the one that was inserted.
+                    let first = records
+                        .iter()
+                        .find(|&&j| matches!(&batch[j].0, DeliveryWrite::Record { id: other, .. } if other == id));
+                    results[i] = inserted.contains(id) && first == Some(&i);
+                }
+            }
+            for (i, (write, _)) in batch.iter().enumerate() {
+                if let DeliveryWrite::Outcome { id, outcome } = write {
+                    let updated = sqlx::query("UPDATE deliveries SET outcome = ? WHERE id = ?")
+                        .bind(outcome)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    results[i] = updated.rows_affected() == 1;
+                }
             }
             tx.commit().await?;
             Ok::<(), sqlx::Error>(())
@@ -158,34 +196,6 @@ async fn write_deliveries(
             let _ = done.send(result);
         }
     }
-}
-
-async fn apply(tx: &mut SqliteConnection, write: &DeliveryWrite) -> Result<bool, sqlx::Error> {
-    let result = match write {
-        DeliveryWrite::Record { id, project, event, headers, payload, outcome } => {
-            sqlx::query(
-                "INSERT INTO deliveries (id, project, event, received, headers, payload, outcome)
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
-            )
-            .bind(id)
-            .bind(project)
-            .bind(event)
-            .bind(now_ms())
-            .bind(headers)
-            .bind(payload)
-            .bind(outcome)
-            .execute(&mut *tx)
-            .await?
-        }
-        DeliveryWrite::Outcome { id, outcome } => {
-            sqlx::query("UPDATE deliveries SET outcome = ? WHERE id = ?")
-                .bind(outcome)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-        }
-    };
-    Ok(result.rows_affected() == 1)
 }
 
 impl Store {
@@ -509,6 +519,32 @@ mod tests {
         assert_eq!(store.active().await.unwrap().iter().map(|b| b.id).collect::<Vec<_>>(), vec![b]);
         let pruned = store.prune(None, Some(1)).await.unwrap();
         assert_eq!(pruned, vec![a], "only finished entries beyond the newest one go");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_copies_of_a_delivery_store_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let copies: Vec<_> = (0..50)
+            .map(|i| {
+                let store = store.clone();
+                let id = if i % 2 == 0 { "same".to_string() } else { format!("other-{i}") };
+                tokio::spawn(async move {
+                    (id.clone(), store.record_delivery(&id, "p", "push", "{}", b"x", None).await.unwrap())
+                })
+            })
+            .collect();
+        let mut stored_same = 0;
+        for copy in copies {
+            let (id, new) = copy.await.unwrap();
+            if id == "same" {
+                stored_same += usize::from(new);
+            } else {
+                assert!(new, "{id} is new");
+            }
+        }
+        assert_eq!(stored_same, 1, "exactly one copy is new");
+        assert_eq!(store.deliveries(100).await.unwrap().len(), 26);
     }
 
     #[tokio::test]
