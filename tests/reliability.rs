@@ -428,3 +428,31 @@ async fn an_artifact_that_links_to_a_host_file_is_refused() {
     let stored: Vec<_> = std::fs::read_dir(server.artifacts_dir()).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(stored.is_empty(), "nothing was published");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_past_its_time_limit_is_stopped() {
+    let git = GitHost::new();
+    let recipe = "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz, timeout_minutes: 1}\n";
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", recipe)]);
+    let sha = git.commit("org/app", "master", &[("build.sh", &script("echo started; sleep 600"))]);
+    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    let build = server.wait_build(id).await;
+    assert_eq!((build["status"].as_str(), build["error"].as_str()), (Some("failure"), Some("timed out after 1 min")));
+    wait_until("the container to go", || server.containers_of(id).is_empty().then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_can_be_json() {
+    let (git, _) = setup(&[("org/app", "echo hi")]);
+    let server = Server::start(|dir| test_config(dir, &git, None, "log_format = \"json\"\n"));
+    // The harness found the address in a JSON line; the server is up and answers.
+    assert_eq!(server.get_text("/healthz").await, (200, "ok".to_string()));
+    let lines = server.output.lock().unwrap().clone();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}"));
+        assert!(entry["level"].is_string() && entry["fields"]["message"].is_string(), "{entry}");
+    }
+}

@@ -36,7 +36,7 @@ pub enum BuildError {
     ScriptFailed(i64),
     #[error("script ran out of memory (limit {} MiB)", .0 >> 20)]
     OutOfMemory(i64),
-    #[error("timed out after {0} minutes")]
+    #[error("timed out after {0} min")]
     Timeout(u64),
     #[error("artifact {artifact} not found in {archives}")]
     ArtifactMissing { artifact: String, archives: String },

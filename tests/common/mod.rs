@@ -295,6 +295,8 @@ pub struct Server {
     pub config_path: PathBuf,
     child: Option<Child>,
     pub http: reqwest::Client,
+    /// Every line the server printed (its own log).
+    pub output: Arc<Mutex<Vec<String>>>,
 }
 
 pub const SECRET: &str = "test-secret";
@@ -349,7 +351,14 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config(dir.path())).unwrap();
-        let mut server = Self { dir, url: String::new(), config_path, child: None, http: reqwest::Client::new() };
+        let mut server = Self {
+            dir,
+            url: String::new(),
+            config_path,
+            child: None,
+            http: reqwest::Client::new(),
+            output: Arc::default(),
+        };
         server.spawn();
         server
     }
@@ -367,11 +376,18 @@ impl Server {
             .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let stdout = child.stdout.take().unwrap();
+        let output = self.output.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 eprintln!("[server] {line}");
+                output.lock().unwrap().push(line.clone());
                 if let Some(at) = line.find("listening on http://") {
-                    let _ = tx.send(line[at + "listening on ".len()..].trim().to_string());
+                    // The address ends where URL characters do (text and JSON logs alike).
+                    let url: String = line[at + "listening on ".len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || ":/.[]".contains(*c))
+                        .collect();
+                    let _ = tx.send(url);
                 }
             }
         });
