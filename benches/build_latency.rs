@@ -5,7 +5,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -100,20 +99,6 @@ async fn wait_success(server: &Server, id: i64) {
             _ => panic!("benchmark build failed: {build}"),
         }
     }
-}
-
-/// `docker run` of the same script in the same image, with `log_driver`, output read and dropped.
-fn docker_run(script: &str, log_driver: &str) -> Duration {
-    let start = Instant::now();
-    let status = Command::new("docker")
-        .args(["run", "--rm", "--network", "none", "--log-driver", log_driver, TEST_IMAGE, "sh", "-c"])
-        .arg(format!("mkdir -p /tmp/archives; {script}"))
-        .stdout(Stdio::piped())
-        .output()
-        .unwrap()
-        .status;
-    assert!(status.success());
-    start.elapsed()
 }
 
 /// Signed pushes of an untracked repository from 8 concurrent clients for 2 s.

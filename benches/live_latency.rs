@@ -5,8 +5,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -132,16 +131,4 @@ async fn latency(server: &Server, ws: &str, git: &GitHost, name: &str) -> (f64, 
     let rate = lines as f64 / (last - first.unwrap()).as_secs_f64().max(1e-9);
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
     (rate, at(0.5), at(0.99), latencies.len())
-}
-
-fn docker_run(script: &str, log_driver: &str) -> Duration {
-    let start = Instant::now();
-    let status = Command::new("docker")
-        .args(["run", "--rm", "--network", "none", "--log-driver", log_driver, TEST_IMAGE, "sh", "-c", script])
-        .stdout(Stdio::piped())
-        .output()
-        .unwrap()
-        .status;
-    assert!(status.success());
-    start.elapsed()
 }

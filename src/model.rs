@@ -5,6 +5,31 @@ use std::fmt;
 use anyhow::{bail, ensure};
 use serde::{Deserialize, Serialize};
 
+/// Conversions of a validated string newtype: from `String` through its `parse`, back to
+/// `String`, and `Display`.
+macro_rules! validated_string {
+    ($name:ident) => {
+        impl TryFrom<String> for $name {
+            type Error = anyhow::Error;
+            fn try_from(value: String) -> anyhow::Result<Self> {
+                Self::parse(&value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
 /// A GitHub repository, `org/name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -39,24 +64,7 @@ impl RepoName {
     }
 }
 
-impl TryFrom<String> for RepoName {
-    type Error = anyhow::Error;
-    fn try_from(value: String) -> anyhow::Result<Self> {
-        Self::parse(&value)
-    }
-}
-
-impl From<RepoName> for String {
-    fn from(value: RepoName) -> String {
-        value.0
-    }
-}
-
-impl fmt::Display for RepoName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+validated_string!(RepoName);
 
 /// A git branch name, as in `refs/heads/<branch>`; may hold `/`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -88,24 +96,7 @@ impl Branch {
     }
 }
 
-impl TryFrom<String> for Branch {
-    type Error = anyhow::Error;
-    fn try_from(value: String) -> anyhow::Result<Self> {
-        Self::parse(&value)
-    }
-}
-
-impl From<Branch> for String {
-    fn from(value: Branch) -> String {
-        value.0
-    }
-}
-
-impl fmt::Display for Branch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+validated_string!(Branch);
 
 /// A full commit id in lower-case hex (SHA-1 or SHA-256).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -133,24 +124,7 @@ impl CommitSha {
     }
 }
 
-impl TryFrom<String> for CommitSha {
-    type Error = anyhow::Error;
-    fn try_from(value: String) -> anyhow::Result<Self> {
-        Self::parse(&value)
-    }
-}
-
-impl From<CommitSha> for String {
-    fn from(value: CommitSha) -> String {
-        value.0
-    }
-}
-
-impl fmt::Display for CommitSha {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+validated_string!(CommitSha);
 
 /// The id of a build (or a recipes reload) in the history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -862,3 +862,18 @@ impl Drop for Browser {
         let _ = self.driver.wait();
     }
 }
+
+/// `docker run` of `script` in the test image with `log_driver`, its output read and dropped: the
+/// baseline of the benchmarks.
+pub fn docker_run(script: &str, log_driver: &str) -> Duration {
+    let start = Instant::now();
+    let status = Command::new("docker")
+        .args(["run", "--rm", "--network", "none", "--log-driver", log_driver, TEST_IMAGE, "sh", "-c"])
+        .arg(format!("mkdir -p /tmp/archives; {script}"))
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap()
+        .status;
+    assert!(status.success());
+    start.elapsed()
+}
