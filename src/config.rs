@@ -79,6 +79,9 @@ pub struct DockerConfig {
     pub default_image: String,
     /// Network mode of build containers (`bridge`, `host`, `none`, or a network name).
     pub network: String,
+    /// Images a `commit` recipe made, kept per image and branch (older ones are removed; images
+    /// autobuilder did not make are never touched).
+    pub keep_images: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -257,7 +260,7 @@ impl Default for GithubConfig {
 
 impl Default for DockerConfig {
     fn default() -> Self {
-        Self { default_image: "ubuntu:16.04".into(), network: "bridge".into() }
+        Self { default_image: "ubuntu:16.04".into(), network: "bridge".into(), keep_images: 3 }
     }
 }
 

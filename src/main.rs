@@ -154,7 +154,8 @@ async fn shutdown_signal() {
 }
 
 fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let set = RecipeSet::parse_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mut set = RecipeSet::parse_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    autobuilder::recipes::chains::resolve(&mut set);
     for recipe in set.recipes.values() {
         let scripts: Vec<&str> = recipe.scripts.iter().map(|s| s.script.as_str()).collect();
         println!("ok       {}: {} {} builds {}", recipe.file, recipe.repository, recipe.branch, scripts.join(", "));

@@ -232,6 +232,8 @@ pub struct Build {
     /// Where the artifact can be downloaded.
     pub artifact_url: Option<String>,
     pub artifact_sha256: Option<String>,
+    /// Extra outputs published by the build: `[{name, url, sha256}]`.
+    pub outputs: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

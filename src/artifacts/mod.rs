@@ -36,6 +36,14 @@ impl ArtifactNames {
     }
 }
 
+impl ArtifactNames {
+    /// The names of an extra output: `<name>-<sha10><ext>` and the moving `<name><ext>`.
+    pub fn output(name: &str, sha: &CommitSha, file: &str) -> Self {
+        let ext = extension(file);
+        Self { versioned: format!("{name}-{}{ext}", sha.short()), moving: format!("{name}{ext}") }
+    }
+}
+
 /// `.tar.gz` for tarballs, the last extension otherwise, nothing for a file without one.
 fn extension(file: &str) -> &str {
     if file.ends_with(".tar.gz") {
@@ -48,7 +56,7 @@ fn extension(file: &str) -> &str {
 }
 
 /// What was published.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Published {
     /// The versioned name in the store (`….tar.gz`, `….flist`, …).
     pub name: String,

@@ -19,6 +19,7 @@ pub use recover::resume;
 use crate::app::App;
 use crate::github::status::CommitStatus;
 use crate::model::{Branch, Build, BuildId, BuildKind, BuildStatus, CommitSha, RepoName};
+use crate::recipes::chains::{ImageSource, dependents};
 use crate::recipes::{BuildScript, Recipe};
 use crate::store::NewBuild;
 
@@ -183,6 +184,14 @@ impl ActiveBuilds {
         active.map(|a| a.cancel.cancel(reason)).is_some()
     }
 
+    /// Whether a build that commits the image of `producer` is queued or running.
+    pub fn producing(&self, producer: &ImageSource) -> bool {
+        self.builds.lock().expect("not poisoned").values().any(|b| {
+            let s = &b.job.source;
+            b.job.script.commit.is_some() && s.repository == producer.repository && s.branch == producer.branch
+        })
+    }
+
     fn of_branch(&self, source: &Source) -> Vec<(BuildId, Arc<ActiveBuild>)> {
         let builds = self.builds.lock().expect("not poisoned");
         builds
@@ -214,6 +223,41 @@ pub async fn enqueue(app: &Arc<App>, recipe: &Recipe, source: Source, supersede:
         ids.push(queue(app, Job { source: source.clone(), script: script.clone() }).await?);
     }
     Ok(ids)
+}
+
+/// After a producer built a new image: queues the recipes that start `from` it, at their
+/// branch's head.
+pub async fn rebuild_dependents(app: &Arc<App>, job: &Job) {
+    let producer = ImageSource { repository: job.source.repository.clone(), branch: job.source.branch.clone() };
+    let Some(set) = app.recipes.get(&job.source.project) else { return };
+    for recipe in dependents(&set, &producer) {
+        let url = app.config.clone_url(&recipe.repository);
+        let branch = recipe.branch.clone();
+        let head = tokio::task::spawn_blocking(move || crate::git::branch_head(&url, &branch)).await;
+        let commit = match head {
+            Ok(Ok(commit)) => commit,
+            Ok(Err(e)) => {
+                tracing::warn!(%producer, dependent = %recipe.repository, "cannot rebuild the dependent: {e:#}");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                continue;
+            }
+        };
+        let source = Source {
+            project: job.source.project.clone(),
+            repository: recipe.repository.clone(),
+            branch: recipe.branch.clone(),
+            commit,
+            message: Some(format!("rebuilt: {producer} made a new image at {}", job.source.commit.short())),
+            author: None,
+        };
+        match enqueue(app, recipe, source, true).await {
+            Ok(ids) => tracing::info!(%producer, dependent = %recipe.repository, ?ids, "dependents rebuilt"),
+            Err(e) => tracing::warn!(%producer, dependent = %recipe.repository, "cannot rebuild the dependent: {e:#}"),
+        }
+    }
 }
 
 /// Queues build `id` again: same commit and recipe settings, as a new build.

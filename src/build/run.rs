@@ -14,6 +14,8 @@ use crate::app::App;
 use crate::artifacts::{ArtifactNames, Published};
 use crate::docker::ContainerSpec;
 use crate::model::{BuildId, BuildStatus};
+use crate::recipes::ArtifactFormat;
+use crate::recipes::chains::{ImageSource, branch_tag};
 use crate::store::Outcome;
 
 /// Runs a queued build to its end: waits for its turn (leaving the queue when cancelled first).
@@ -121,7 +123,7 @@ async fn execute(
     workspace: &Path,
     log: &mut BuildLog,
     container: &mut Option<String>,
-) -> Result<Published, BuildError> {
+) -> Result<Results, BuildError> {
     let job = &active.job;
     let limits = app.config.builds.limits(&job.script.limits).map_err(BuildError::Limits)?;
     let (source, archives) = (workspace.join("src"), workspace.join("archives"));
@@ -130,9 +132,13 @@ async fn execute(
 
     checkout(app, active, &source, log).await?;
     let image = job.script.baseimage.as_deref().unwrap_or(&app.config.docker.default_image);
-    tokio::select! {
-        result = app.docker.ensure_image(image, log) => result?,
-        () = active.cancel.cancelled() => return Err(BuildError::Cancelled(active.cancel.reason())),
+    match &job.script.from {
+        // autobuilder's own images are never pulled: they come from the producer's build.
+        Some(from) => wait_for_image(app, active, from, image, log).await?,
+        None => tokio::select! {
+            result = app.docker.ensure_image(image, log) => result?,
+            () = active.cancel.cancelled() => return Err(BuildError::Cancelled(active.cancel.reason())),
+        },
     }
     let mount = format!("/{}", job.source.repository.name());
     log.note(&format!("running {} in {image}", job.script.script));
@@ -171,7 +177,65 @@ async fn execute(
     if active.cancel.is_cancelled() {
         return Err(BuildError::Cancelled(active.cancel.reason()));
     }
+    if let Some(image) = &job.script.commit {
+        commit_image(app, job, &id_of_container, image, log).await?;
+    }
     publish(app, id, job, workspace, log).await
+}
+
+/// Commits the build container as `<image>:<branch>` and `<image>:<sha10>`, then removes this
+/// branch's images beyond `[docker] keep_images`.
+async fn commit_image(
+    app: &App,
+    job: &Job,
+    container: &str,
+    image: &str,
+    log: &mut BuildLog,
+) -> Result<(), BuildError> {
+    let (branch_tag, sha_tag) = (branch_tag(&job.source.branch), job.source.commit.short().to_string());
+    log.note(&format!("committing the container as {image}:{branch_tag} and {image}:{sha_tag}"));
+    let labels = HashMap::from([
+        ("autobuilder.repository".to_string(), job.source.repository.to_string()),
+        ("autobuilder.branch".to_string(), job.source.branch.to_string()),
+        ("autobuilder.commit".to_string(), job.source.commit.to_string()),
+        ("autobuilder.recipes".to_string(), job.script.recipes_commit.clone().unwrap_or_default()),
+    ]);
+    app.docker.commit(container, image, &branch_tag, &sha_tag, labels).await?;
+    match app.docker.prune_images(image, job.source.branch.as_str(), app.config.docker.keep_images).await {
+        Ok(0) => {}
+        Ok(n) => log.note(&format!("removed {n} older images of {image}:{branch_tag}")),
+        Err(e) => log.note(&format!("cannot remove older images of {image}: {e:#}")),
+    }
+    Ok(())
+}
+
+/// Waits for the image a `from` names: while its producer builds it, or fails saying who makes it.
+async fn wait_for_image(
+    app: &App,
+    active: &ActiveBuild,
+    from: &ImageSource,
+    image: &str,
+    log: &mut BuildLog,
+) -> Result<(), BuildError> {
+    let mut said = false;
+    loop {
+        if app.docker.has_image(image).await {
+            return Ok(());
+        }
+        if !app.active.producing(from) {
+            let reason = format!("no build of {from} has made it yet: push {} {} first", from.repository, from.branch);
+            return Err(BuildError::ImagePull { image: image.to_string(), reason });
+        }
+        if !said {
+            log.note(&format!("waiting for the build of {from} to make {image}"));
+            log.write_pending().await.map_err(BuildError::log)?;
+            said = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            () = active.cancel.cancelled() => return Err(BuildError::Cancelled(active.cancel.reason())),
+        }
+    }
 }
 
 /// Fetches the pushed commit, retrying a flaky remote (`[git] retries`, doubling delays).
@@ -210,23 +274,24 @@ async fn checkout(app: &App, active: &ActiveBuild, source: &Path, log: &mut Buil
     unreachable!("the last attempt returns")
 }
 
-/// Checks the artifact and publishes it, retrying a failing store (`[artifacts] retries`). When
-/// every attempt fails, the artifact is kept under `data_dir/unpublished/<id>/`.
+/// What a successful build published.
+pub(super) struct Results {
+    artifact: Published,
+    outputs: Vec<Published>,
+}
+
+/// Checks the artifact (and the extra outputs) and publishes them, retrying a failing store
+/// (`[artifacts] retries`). When every attempt fails, the file is kept under
+/// `data_dir/unpublished/<id>/`.
 async fn publish(
     app: &App,
     id: BuildId,
     job: &Job,
     workspace: &Path,
     log: &mut BuildLog,
-) -> Result<Published, BuildError> {
-    let artifact = workspace.join("archives").join(&job.script.artifact);
-    // Not followed: a symlink made in the container would point at a file of the host.
-    if !std::fs::symlink_metadata(&artifact).is_ok_and(|m| m.is_file()) {
-        return Err(BuildError::ArtifactMissing {
-            artifact: job.script.artifact.clone(),
-            archives: job.script.archives.clone(),
-        });
-    }
+) -> Result<Results, BuildError> {
+    let archives = workspace.join("archives");
+    let artifact = regular_file(&archives, &job.script.artifact, &job.script.archives)?;
     let names = ArtifactNames::new(
         &job.source.repository,
         job.script.tag.as_deref(),
@@ -234,17 +299,47 @@ async fn publish(
         &job.source.commit,
         &job.script.artifact,
     );
+    let artifact = publish_one(app, id, &artifact, &names, job.script.format, log).await?;
+    let mut outputs = Vec::new();
+    for output in &job.script.outputs {
+        let file = regular_file(&archives, &output.file, &job.script.archives)?;
+        let name = output.name_for(&job.source.repository, &job.source.branch);
+        let names = ArtifactNames::output(&name, &job.source.commit, &output.file);
+        outputs.push(publish_one(app, id, &file, &names, ArtifactFormat::Binary, log).await?);
+    }
+    Ok(Results { artifact, outputs })
+}
+
+/// `archives/<name>` when it is a regular file. Not followed: a symlink made in the container
+/// would point at a file of the host.
+fn regular_file(archives: &Path, name: &str, in_container: &str) -> Result<PathBuf, BuildError> {
+    let path = archives.join(name);
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+        Ok(path)
+    } else {
+        Err(BuildError::ArtifactMissing { artifact: name.to_string(), archives: in_container.to_string() })
+    }
+}
+
+async fn publish_one(
+    app: &App,
+    id: BuildId,
+    file: &Path,
+    names: &ArtifactNames,
+    format: ArtifactFormat,
+    log: &mut BuildLog,
+) -> Result<Published, BuildError> {
     let mut delay = Duration::from_secs(app.config.artifacts.retry_delay_seconds);
     let mut attempt = 0;
     loop {
-        match app.artifacts.publish(&artifact, &names, job.script.format).await {
+        match app.artifacts.publish(file, names, format).await {
             Ok(published) => return Ok(published),
             Err(reason) => {
                 app.metrics.upload_failures.inc();
                 if attempt == app.config.artifacts.retries {
                     let kept = app.config.data_dir.join("unpublished").join(id.to_string());
                     let keep = std::fs::create_dir_all(&kept)
-                        .and_then(|()| std::fs::copy(&artifact, kept.join(&names.versioned)).map(drop));
+                        .and_then(|()| std::fs::copy(file, kept.join(&names.versioned)).map(drop));
                     let where_kept = match keep {
                         Ok(()) => format!("; the artifact is kept in {}", kept.display()),
                         Err(e) => format!("; the artifact could not be kept: {e}"),
@@ -267,7 +362,7 @@ async fn conclude(
     app: &App,
     id: BuildId,
     active: &ActiveBuild,
-    result: Result<Published, BuildError>,
+    result: Result<Results, BuildError>,
     mut log: BuildLog,
 ) -> Outcome {
     let result = match result {
@@ -277,14 +372,17 @@ async fn conclude(
         other => other,
     };
     let outcome = match result {
-        Ok(published) => {
-            log.note(&format!("published {} (sha256 {})", published.name, published.sha256));
+        Ok(Results { artifact, outputs }) => {
+            for published in std::iter::once(&artifact).chain(&outputs) {
+                log.note(&format!("published {} (sha256 {})", published.name, published.sha256));
+            }
             Outcome {
                 status: BuildStatus::Success,
                 error: None,
-                artifact: Some(published.name),
-                artifact_url: published.url,
-                artifact_sha256: Some(published.sha256),
+                artifact: Some(artifact.name),
+                artifact_url: artifact.url,
+                artifact_sha256: Some(artifact.sha256),
+                outputs: (!outputs.is_empty()).then(|| serde_json::to_string(&outputs).expect("serialisable")),
             }
         }
         Err(e) => {
@@ -324,6 +422,10 @@ async fn finish(
     };
     tracing::info!(build = %id, repo = %job.source.repository, branch = %job.source.branch, status = %outcome.status, "{description}");
     app.statuses.report(status_of(app, job, id, outcome.status, description));
+    if outcome.status == BuildStatus::Success && job.script.commit.is_some() && job.script.rebuild_dependents {
+        let (app, job) = (app.clone(), job.clone());
+        tokio::spawn(async move { super::rebuild_dependents(&app, &job).await });
+    }
     if let Some(container) = container {
         app.docker.remove_later(container);
     }

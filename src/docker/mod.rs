@@ -11,10 +11,11 @@ use anyhow::Context;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
-    RemoveContainerOptions, StopContainerOptions,
+    AttachContainerOptions, CommitContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
+    ListContainersOptions, ListImagesOptions, RemoveContainerOptions, RemoveImageOptions, StopContainerOptions,
+    TagImageOptions,
 };
 use futures_util::StreamExt;
 
@@ -24,6 +25,8 @@ use crate::model::BuildId;
 
 /// Label naming the autobuilder instance (its data directory) that made a container.
 pub const LABEL_INSTANCE: &str = "autobuilder.instance";
+/// Label naming the image repository of an image autobuilder committed (never set by others).
+pub const LABEL_IMAGE: &str = "autobuilder.image";
 /// Label holding the build id of a container.
 pub const LABEL_BUILD: &str = "autobuilder.build";
 /// How long an image pull may take.
@@ -260,6 +263,63 @@ impl DockerEngine {
             }
         }
         Ok(code)
+    }
+
+    /// Whether `image` is on this host.
+    pub async fn has_image(&self, image: &str) -> bool {
+        self.docker.inspect_image(image).await.is_ok()
+    }
+
+    /// Commits container `id` as `<image>:<branch_tag>` and `<image>:<sha_tag>`, labelled as made
+    /// by autobuilder with `labels`.
+    pub async fn commit(
+        &self,
+        id: &str,
+        image: &str,
+        branch_tag: &str,
+        sha_tag: &str,
+        mut labels: HashMap<String, String>,
+    ) -> Result<(), BuildError> {
+        labels.insert(LABEL_IMAGE.into(), image.to_string());
+        labels.insert(LABEL_INSTANCE.into(), self.instance.clone());
+        let options = CommitContainerOptions {
+            container: Some(id.to_string()),
+            repo: Some(image.to_string()),
+            tag: Some(sha_tag.to_string()),
+            pause: true,
+            ..Default::default()
+        };
+        let config = ContainerConfig { labels: Some(labels), ..Default::default() };
+        let fail =
+            |e: DockerError| BuildError::Docker(format!("cannot commit the image {image}: {}", docker_message(&e)));
+        self.docker.commit_container(options, config).await.map_err(fail)?;
+        let tag = TagImageOptions { repo: Some(image.to_string()), tag: Some(branch_tag.to_string()) };
+        self.docker.tag_image(&format!("{image}:{sha_tag}"), Some(tag)).await.map_err(fail)?;
+        Ok(())
+    }
+
+    /// Removes the images autobuilder committed for `image` and `branch` beyond the newest `keep`
+    /// (the branch's current one is always kept). Images autobuilder did not make are never touched.
+    pub async fn prune_images(&self, image: &str, branch: &str, keep: usize) -> anyhow::Result<usize> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_IMAGE}={image}"), format!("autobuilder.branch={branch}")],
+        )]);
+        let options = ListImagesOptions { filters: Some(filters), ..Default::default() };
+        let mut images = self.docker.list_images(Some(options)).await?;
+        images.sort_by_key(|i| std::cmp::Reverse(i.created));
+        let mut removed = 0;
+        for old in images.iter().skip(keep.max(1)) {
+            let current = format!("{image}:{}", branch.replace('/', "-"));
+            if old.repo_tags.contains(&current) {
+                continue;
+            }
+            for tag in &old.repo_tags {
+                self.docker.remove_image(tag, None::<RemoveImageOptions>, None).await?;
+            }
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     /// Removes a container in the background (after the build's result is recorded).

@@ -31,6 +31,16 @@ pub fn checkout_commit(url: &str, branch: &Branch, sha: &CommitSha, dest: &Path)
     Ok(())
 }
 
+/// The commit `branch` points at on the remote (`git ls-remote`).
+pub fn branch_head(url: &str, branch: &Branch) -> anyhow::Result<CommitSha> {
+    let mut remote = git2::Remote::create_detached(url)?;
+    remote.connect(git2::Direction::Fetch).with_context(|| format!("cannot reach {}", redact_url(url)))?;
+    let wanted = format!("refs/heads/{branch}");
+    let head = remote.list()?.iter().find(|head| head.name() == wanted).map(|head| head.oid().to_string());
+    let head = head.with_context(|| format!("branch {branch} not found in {}", redact_url(url)))?;
+    CommitSha::parse(&head)
+}
+
 /// A bare copy of a project's recipes repository under the data directory, fetched on demand.
 pub struct RecipesMirror<'a> {
     pub path: &'a Path,

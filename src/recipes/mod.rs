@@ -2,6 +2,7 @@
 //!
 //! A broken file is reported with its path and reason and skipped; every other file still loads.
 
+pub mod chains;
 pub mod reload;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::path::{Component, Path};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Branch, RepoName};
+use chains::{ImageSource, Output};
 
 /// Recipe files larger than this are refused (a recipe is a few lines).
 pub const MAX_RECIPE_BYTES: usize = 256 * 1024;
@@ -52,6 +54,21 @@ pub struct BuildScript {
     pub format: ArtifactFormat,
     #[serde(default)]
     pub limits: ScriptLimits,
+    /// Image repository the container is committed to after a successful script.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// Start from the image this recipe commits (its `baseimage` is set from it at load).
+    #[serde(default)]
+    pub from: Option<ImageSource>,
+    /// After a successful build, rebuild the recipes that start `from` this one.
+    #[serde(default)]
+    pub rebuild_dependents: bool,
+    /// Extra files of the artifact directory published on their own.
+    #[serde(default)]
+    pub outputs: Vec<Output>,
+    /// The recipes commit this script was loaded from (set at reload).
+    #[serde(default)]
+    pub recipes_commit: Option<String>,
 }
 
 /// The recipe of one branch of one repository: its build scripts, in order.
@@ -193,6 +210,18 @@ struct RawScript {
     memory: Option<String>,
     cpus: Option<f64>,
     pids: Option<i64>,
+    commit: Option<CommitSpec>,
+    from: Option<String>,
+    rebuild_dependents: Option<bool>,
+    outputs: Option<Vec<Output>>,
+}
+
+/// `commit: true` (autobuilder names the image) or `commit: <image name>`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CommitSpec {
+    Yes(bool),
+    Named(String),
 }
 
 /// Parses and validates one recipe file; the error is a one-line reason.
@@ -224,7 +253,7 @@ pub fn parse_file(file: &str, content: &[u8]) -> Result<Recipe, String> {
             .scripts
             .get(script)
             .ok_or_else(|| format!("build script `{script}` has no settings: it needs at least `artifact`"))?;
-        scripts.push(validate_script(script, settings).map_err(|why| format!("`{script}`: {why}"))?);
+        scripts.push(validate_script(script, settings, &repository).map_err(|why| format!("`{script}`: {why}"))?);
     }
     let mut names: BTreeMap<(Option<&str>, ArtifactFormat), &str> = BTreeMap::new();
     for script in &scripts {
@@ -238,7 +267,7 @@ pub fn parse_file(file: &str, content: &[u8]) -> Result<Recipe, String> {
     Ok(Recipe { repository, branch, file: file.to_string(), scripts })
 }
 
-fn validate_script(script: &str, raw: &RawScript) -> Result<BuildScript, String> {
+fn validate_script(script: &str, raw: &RawScript, repository: &RepoName) -> Result<BuildScript, String> {
     let artifact = raw.artifact.clone().ok_or("`artifact` is missing: name the file the script produces")?;
     if artifact.is_empty()
         || artifact == "."
@@ -284,6 +313,38 @@ fn validate_script(script: &str, raw: &RawScript) -> Result<BuildScript, String>
     {
         return Err("timeout_minutes, cpus and pids must be positive".into());
     }
+    let commit = match &raw.commit {
+        None | Some(CommitSpec::Yes(false)) => None,
+        Some(CommitSpec::Yes(true)) => Some(chains::default_image(repository)),
+        Some(CommitSpec::Named(name)) => {
+            chains::check_image_name(name)?;
+            Some(name.clone())
+        }
+    };
+    let from = raw.from.as_deref().map(ImageSource::parse).transpose()?;
+    if from.is_some() && raw.baseimage.is_some() {
+        return Err("`from` and `baseimage` both name the image to start from: keep one".into());
+    }
+    let outputs = raw.outputs.clone().unwrap_or_default();
+    for output in &outputs {
+        if output.file.is_empty()
+            || output.file.contains(['/', '\\'])
+            || output.file == ".."
+            || output.file.chars().any(char::is_control)
+        {
+            return Err(format!("output file {:?} must be a plain file name in archives", output.file));
+        }
+        let sample = output.name_for(repository, &Branch::parse("b").expect("valid"));
+        if sample.is_empty()
+            || !sample.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || sample.starts_with('.')
+        {
+            return Err(format!(
+                "output name {:?} may only hold letters, digits, '-', '_', '.' and {{org}}, {{repo}}, {{branch}}",
+                output.name
+            ));
+        }
+    }
     Ok(BuildScript {
         script: script.to_string(),
         archives,
@@ -292,6 +353,11 @@ fn validate_script(script: &str, raw: &RawScript) -> Result<BuildScript, String>
         tag: raw.tag.clone(),
         format,
         limits,
+        commit,
+        from,
+        rebuild_dependents: raw.rebuild_dependents.unwrap_or(false),
+        outputs,
+        recipes_commit: None,
     })
 }
 

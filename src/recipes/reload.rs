@@ -60,6 +60,10 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
         Ok((commit, files)) => {
             let mut set = RecipeSet::parse(files.iter().map(|(path, content)| (path.clone(), content.as_slice())));
             set.refuse(|script| app.config.builds.limits(&script.limits).map(drop));
+            crate::recipes::chains::resolve(&mut set);
+            for script in set.recipes.values_mut().flat_map(|r| r.scripts.iter_mut()) {
+                script.recipes_commit = Some(commit.to_string());
+            }
             let outcome = describe(&set, &mut lines, &repository, &commit);
             let previous = app.recipes.replace(project, set);
             let now = app.recipes.get(project).expect("just stored");
@@ -149,6 +153,7 @@ fn describe(set: &RecipeSet, lines: &mut Vec<String>, repository: &RepoName, com
             artifact: None,
             artifact_url: None,
             artifact_sha256: None,
+            outputs: None,
         },
         [only] => Outcome::failed(BuildStatus::Failure, format!("{}: {}", only.file, only.reason)),
         [first, rest @ ..] => Outcome::failed(

@@ -54,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX deliveries_by_time ON deliveries(received);
 ",
+    "ALTER TABLE builds ADD COLUMN outputs TEXT;",
 ];
 
 /// Most entries one history request returns.
@@ -94,11 +95,20 @@ pub struct Outcome {
     pub artifact: Option<String>,
     pub artifact_url: Option<String>,
     pub artifact_sha256: Option<String>,
+    /// Extra outputs published (JSON list of name, url, sha256).
+    pub outputs: Option<String>,
 }
 
 impl Outcome {
     pub fn failed(status: BuildStatus, error: impl Into<String>) -> Self {
-        Self { status, error: Some(error.into()), artifact: None, artifact_url: None, artifact_sha256: None }
+        Self {
+            status,
+            error: Some(error.into()),
+            artifact: None,
+            artifact_url: None,
+            artifact_sha256: None,
+            outputs: None,
+        }
     }
 }
 
@@ -259,7 +269,7 @@ impl Store {
     /// Records how a build ended; returns its record.
     pub async fn finish(&self, id: BuildId, outcome: &Outcome) -> anyhow::Result<Build> {
         let row = sqlx::query(
-            "UPDATE builds SET status = ?, ended = ?, error = ?, artifact = ?, artifact_url = ?, artifact_sha256 = ?,
+            "UPDATE builds SET status = ?, ended = ?, error = ?, artifact = ?, artifact_url = ?, artifact_sha256 = ?, outputs = ?,
                                started = COALESCE(started, ?)
              WHERE id = ? RETURNING *",
         )
@@ -269,6 +279,7 @@ impl Store {
         .bind(&outcome.artifact)
         .bind(&outcome.artifact_url)
         .bind(&outcome.artifact_sha256)
+        .bind(&outcome.outputs)
         .bind(now_ms())
         .bind(id.0)
         .fetch_one(&self.pool)
@@ -459,6 +470,7 @@ fn to_build(row: &SqliteRow) -> anyhow::Result<Build> {
         artifact: row.try_get("artifact")?,
         artifact_url: row.try_get("artifact_url")?,
         artifact_sha256: row.try_get("artifact_sha256")?,
+        outputs: row.try_get::<Option<String>, _>("outputs")?.and_then(|o| serde_json::from_str(&o).ok()),
     })
 }
 

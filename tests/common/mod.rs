@@ -579,13 +579,15 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
-        // Leave no container behind, whatever the test did.
+        // Leave no container or image of this server behind, whatever the test did.
         let filter = format!("label=autobuilder.instance={}", self.instance());
-        if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
-            let ids = String::from_utf8_lossy(&out.stdout);
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+        for (list, remove) in [(["ps", "-aq"], ["rm", "-f"]), (["images", "-q"], ["rmi", "-f"])] {
+            if let Ok(out) = Command::new("docker").args(list).args(["--filter", &filter]).output() {
+                let ids = String::from_utf8_lossy(&out.stdout);
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker").args(remove).args(&ids).output();
+                }
             }
         }
     }
