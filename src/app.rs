@@ -48,7 +48,7 @@ impl App {
         let data_dir = config.data_dir.canonicalize()?;
         let instance = hex::encode(Sha256::digest(data_dir.to_string_lossy().as_bytes()))[..12].to_string();
         let docker = DockerEngine::connect(instance.clone(), config.docker.network.clone()).await?;
-        let statuses = StatusReporter::start(&config.github)?;
+        let statuses = StatusReporter::start(&config.github, store.clone())?;
         let artifacts = ArtifactStore::from_config(&config)?;
         let project_limits = config
             .projects

@@ -335,7 +335,7 @@ async fn hub_store_uploads_flists_and_a_failing_hub_fails_the_build() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failing_github_never_fails_a_build() {
+async fn a_github_outage_fails_no_build_and_its_statuses_arrive_in_order_after() {
     let git = GitHost::new();
     git.commit("org/recipes", "master", &[("org/app/master.yaml", APP_RECIPE)]);
     let sha = commit_app(&git, "A");
@@ -346,6 +346,13 @@ async fn a_failing_github_never_fails_a_build() {
     let id = server.push_builds("org/app", "master", &sha).await[0];
     assert_eq!(server.wait_build(id).await["status"], "success");
     assert!(github.statuses_for(&sha).is_empty());
+
+    // GitHub comes back, rate-limiting at first: every status arrives, in order.
+    github.state.rate_limited.store(2, std::sync::atomic::Ordering::SeqCst);
+    github.state.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let statuses = github.wait_for(&sha, "autobuilder/autobuild/build.sh", "success").await;
+    let states: Vec<&str> = statuses.iter().map(|s| s.state.as_str()).collect();
+    assert_eq!(states, ["pending", "success"]);
 }
 
 #[test]

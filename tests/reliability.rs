@@ -456,3 +456,19 @@ async fn logs_can_be_json() {
         assert!(entry["level"].is_string() && entry["fields"]["message"].is_string(), "{entry}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statuses_not_delivered_before_a_restart_are_delivered_after() {
+    let (git, shas) = setup(&[("org/app", "echo hi")]);
+    let github = FakeGithub::start().await;
+    github.state.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
+    let id = server.push_builds("org/app", "master", &shas[0]).await[0];
+    assert_eq!(server.wait_build(id).await["status"], "success");
+    server.kill(); // SIGKILL with two statuses in the outbox
+    github.state.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    server.start_again();
+    let statuses = github.wait_for(&shas[0], "autobuilder/build.sh", "success").await;
+    let states: Vec<&str> = statuses.iter().map(|s| s.state.as_str()).collect();
+    assert_eq!(states, ["pending", "success"]);
+}

@@ -286,7 +286,7 @@ async fn queue(app: &Arc<App>, job: Job) -> anyhow::Result<BuildId> {
         })
         .await?;
     let id = build.id;
-    app.statuses.report(status_of(app, &job, id, BuildStatus::Queued, "queued".into()));
+    app.statuses.report(status_of(app, &job, id, BuildStatus::Queued, "queued".into())).await;
     app.announce(&build);
     start(app, id, job);
     Ok(id)

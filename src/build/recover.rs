@@ -97,6 +97,6 @@ async fn interrupt(app: &Arc<App>, build: &crate::model::Build, job: Option<Job>
         Err(e) => tracing::error!(build = %build.id, "cannot record the end of the build: {e:#}"),
     }
     if let Some(job) = job {
-        app.statuses.report(super::status_of(app, &job, build.id, BuildStatus::Error, INTERRUPTED.into()));
+        app.statuses.report(super::status_of(app, &job, build.id, BuildStatus::Error, INTERRUPTED.into())).await;
     }
 }

@@ -421,7 +421,7 @@ async fn finish(
         _ => outcome.error.clone().unwrap_or_default(),
     };
     tracing::info!(build = %id, repo = %job.source.repository, branch = %job.source.branch, status = %outcome.status, "{description}");
-    app.statuses.report(status_of(app, job, id, outcome.status, description));
+    app.statuses.report(status_of(app, job, id, outcome.status, description)).await;
     if outcome.status == BuildStatus::Success && job.script.commit.is_some() && job.script.rebuild_dependents {
         let (app, job) = (app.clone(), job.clone());
         tokio::spawn(async move { super::rebuild_dependents(&app, &job).await });

@@ -1,19 +1,27 @@
-//! Commit statuses: posted in order by one background task, so a slow or failing GitHub never
-//! slows or fails a build.
+//! Commit statuses through an outbox: a status is stored before anything else happens, then one
+//! background task posts them in order, retrying through GitHub outages and rate limits (with
+//! their retry headers) until delivered, across restarts. A failing GitHub never slows a build.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use octocrab::Octocrab;
-use octocrab::models::StatusState;
-use tokio::sync::mpsc;
+use octocrab::service::middleware::retry::RetryConfig;
+use serde_json::json;
+use tokio::sync::Notify;
 
 use crate::config::GithubConfig;
 use crate::model::{BuildStatus, CommitSha, RepoName};
+use crate::store::{OutboxStatus, Store, now_ms};
 
 /// GitHub refuses descriptions longer than this.
 const MAX_DESCRIPTION: usize = 140;
-/// How long one status request may take before it is given up.
+/// How long one status request may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait between two attempts at one status.
+const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
+/// A status GitHub refuses outright (not an outage, not a rate limit) is tried this many times.
+const REFUSALS_BEFORE_GIVING_UP: i64 = 3;
 
 /// One commit status to post.
 #[derive(Debug, Clone)]
@@ -27,63 +35,142 @@ pub struct CommitStatus {
     pub target_url: String,
 }
 
-/// Queues statuses for the poster task; does nothing when no token is configured.
+/// Puts statuses in the outbox and wakes the poster; does nothing when no token is configured.
 #[derive(Clone)]
 pub struct StatusReporter {
-    queue: Option<mpsc::UnboundedSender<CommitStatus>>,
+    outbox: Option<(Store, Arc<Notify>)>,
 }
 
 impl StatusReporter {
-    /// Starts the poster task, or a disabled reporter when `[github] token` is empty.
-    pub fn start(config: &GithubConfig) -> anyhow::Result<Self> {
+    /// Starts the poster task (which first delivers what a previous run left in the outbox), or a
+    /// disabled reporter when `[github] token` is empty.
+    pub fn start(config: &GithubConfig, store: Store) -> anyhow::Result<Self> {
         if config.token.is_empty() {
             tracing::info!("[github] token is empty: no commit statuses will be posted");
-            return Ok(Self { queue: None });
+            return Ok(Self { outbox: None });
         }
         let client = Octocrab::builder()
             .base_uri(config.api_url.as_str())?
             .personal_token(config.token.expose().to_string())
+            .add_retry_config(RetryConfig::None) // the outbox retries, with its own backoff
             .build()?;
-        let (queue, mut pending) = mpsc::unbounded_channel::<CommitStatus>();
-        tokio::spawn(async move {
-            while let Some(status) = pending.recv().await {
-                post(&client, &status).await;
-            }
-        });
-        Ok(Self { queue: Some(queue) })
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(deliver(client, store.clone(), wake.clone()));
+        Ok(Self { outbox: Some((store, wake)) })
     }
 
-    pub fn report(&self, status: CommitStatus) {
-        if let Some(queue) = &self.queue {
-            let _ = queue.send(status);
+    /// Stores `status` in the outbox; it is posted after every status stored before it.
+    pub async fn report(&self, status: CommitStatus) {
+        let Some((store, wake)) = &self.outbox else { return };
+        let state = match status.status {
+            BuildStatus::Queued | BuildStatus::Running => "pending",
+            BuildStatus::Success => "success",
+            BuildStatus::Failure => "failure",
+            BuildStatus::Error | BuildStatus::Cancelled => "error",
+        };
+        let stored = OutboxStatus {
+            id: 0,
+            repository: status.repository.to_string(),
+            commit: status.commit.to_string(),
+            state: state.into(),
+            context: status.context,
+            description: truncate(&status.description, MAX_DESCRIPTION),
+            target_url: status.target_url,
+            attempts: 0,
+            next_attempt: 0,
+        };
+        match store.queue_status(&stored).await {
+            Ok(()) => wake.notify_one(),
+            Err(e) => {
+                tracing::error!(repo = %stored.repository, commit = %stored.commit, "cannot store the commit status: {e:#}")
+            }
         }
     }
 }
 
-async fn post(client: &Octocrab, status: &CommitStatus) {
-    let state = match status.status {
-        BuildStatus::Queued | BuildStatus::Running => StatusState::Pending,
-        BuildStatus::Success => StatusState::Success,
-        BuildStatus::Failure => StatusState::Failure,
-        BuildStatus::Error | BuildStatus::Cancelled => StatusState::Error,
+/// What one attempt at posting came to.
+enum Attempt {
+    Delivered,
+    /// Try again after this many milliseconds.
+    Retry(i64, String),
+    GiveUp(String),
+}
+
+/// Posts the outbox in order, forever.
+async fn deliver(client: Octocrab, store: Store, wake: Arc<Notify>) {
+    loop {
+        let next = match store.next_status().await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!("cannot read the status outbox: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(status) = next else {
+            wake.notified().await;
+            continue;
+        };
+        let wait = status.next_attempt - now_ms();
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            continue;
+        }
+        let recorded = match post(&client, &status).await {
+            Attempt::Delivered => {
+                tracing::debug!(repo = %status.repository, commit = %status.commit, state = %status.state, "status posted");
+                store.status_done(status.id, None).await
+            }
+            Attempt::Retry(delay, error) => {
+                tracing::warn!(repo = %status.repository, commit = %status.commit, "status not delivered, retrying in {}s: {error}", delay / 1000);
+                store.status_retry(status.id, delay, &error).await
+            }
+            Attempt::GiveUp(error) => {
+                tracing::error!(repo = %status.repository, commit = %status.commit, "status given up: {error}");
+                store.status_done(status.id, Some(&error)).await
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::error!("cannot update the status outbox: {e:#}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+async fn post(client: &Octocrab, status: &OutboxStatus) -> Attempt {
+    let backoff = (1000i64 << status.attempts.min(20)).min(MAX_BACKOFF_MS);
+    let route = format!("/repos/{}/statuses/{}", status.repository, status.commit);
+    let body = json!({
+        "state": status.state,
+        "context": status.context,
+        "description": status.description,
+        "target_url": status.target_url,
+    });
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, client._post(route.as_str(), Some(&body))).await {
+        Err(_) => return Attempt::Retry(backoff, "GitHub did not answer in time".into()),
+        Ok(Err(e)) => return Attempt::Retry(backoff, format!("GitHub unreachable: {e}")),
+        Ok(Ok(response)) => response,
     };
-    let repos = client.repos(status.repository.org(), status.repository.name());
-    let request = repos
-        .create_status(status.commit.to_string(), state)
-        .context(status.context.clone())
-        .description(truncate(&status.description, MAX_DESCRIPTION))
-        .target(status.target_url.clone())
-        .send();
-    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-        Ok(Ok(_)) => {
-            tracing::debug!(repo = %status.repository, commit = %status.commit, state = %status.status, "status posted")
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(repo = %status.repository, commit = %status.commit, "GitHub refused the commit status: {e}")
-        }
-        Err(_) => {
-            tracing::warn!(repo = %status.repository, commit = %status.commit, "GitHub did not answer the commit status in time")
-        }
+    let code = response.status();
+    if code.is_success() {
+        return Attempt::Delivered;
+    }
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let retry_after = header("retry-after").and_then(|v| v.parse::<i64>().ok()).map(|s| s * 1000);
+    let reset = header("x-ratelimit-reset")
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|_| header("x-ratelimit-remaining").as_deref() == Some("0"))
+        .map(|reset_s| reset_s * 1000 - now_ms());
+    let text = client.body_to_string(response).await.unwrap_or_default();
+    let error = format!("GitHub answered {code}: {}", text.chars().take(200).collect::<String>());
+    let rate_limited = code.as_u16() == 429 || (code.as_u16() == 403 && (retry_after.is_some() || reset.is_some()));
+    if rate_limited {
+        let delay = retry_after.or(reset).unwrap_or(60_000).clamp(1000, MAX_BACKOFF_MS.max(backoff));
+        Attempt::Retry(delay, error)
+    } else if code.is_server_error() || status.attempts + 1 < REFUSALS_BEFORE_GIVING_UP {
+        Attempt::Retry(backoff, error)
+    } else {
+        Attempt::GiveUp(error)
     }
 }
 

@@ -113,14 +113,16 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
             BuildStatus::Success => lines.first().cloned().unwrap_or_default(),
             _ => outcome.error.clone().unwrap_or_default(),
         };
-        app.statuses.report(CommitStatus {
-            repository,
-            commit,
-            status: outcome.status,
-            context: format!("autobuilder/{RELOAD_SCRIPT}"),
-            description,
-            target_url: app.build_url(id),
-        });
+        app.statuses
+            .report(CommitStatus {
+                repository,
+                commit,
+                status: outcome.status,
+                context: format!("autobuilder/{RELOAD_SCRIPT}"),
+                description,
+                target_url: app.build_url(id),
+            })
+            .await;
     }
     Ok(id)
 }

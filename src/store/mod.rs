@@ -55,7 +55,40 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_by_time ON deliveries(received);
 ",
     "ALTER TABLE builds ADD COLUMN outputs TEXT;",
+    "
+    CREATE TABLE statuses (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        repository TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        state TEXT NOT NULL,
+        context TEXT NOT NULL,
+        description TEXT NOT NULL,
+        target_url TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt INTEGER NOT NULL,
+        delivered INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX statuses_undelivered ON statuses(delivered, id);
+",
 ];
+
+/// A commit status in the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxStatus {
+    pub id: i64,
+    pub repository: String,
+    pub commit: String,
+    /// `pending`, `success`, `failure` or `error`, as GitHub names them.
+    pub state: String,
+    pub context: String,
+    pub description: String,
+    pub target_url: String,
+    pub attempts: i64,
+    /// When it may be tried (ms since the epoch).
+    pub next_attempt: i64,
+}
 
 /// Most entries one history request returns.
 pub const MAX_HISTORY: i64 = 1000;
@@ -358,6 +391,68 @@ impl Store {
         Ok(ids.into_iter().map(BuildId).collect())
     }
 
+    /// Puts a commit status in the outbox; it stays there until delivered.
+    pub async fn queue_status(&self, status: &OutboxStatus) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO statuses (repository, commit_sha, state, context, description, target_url, created, next_attempt)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&status.repository)
+        .bind(&status.commit)
+        .bind(&status.state)
+        .bind(&status.context)
+        .bind(&status.description)
+        .bind(&status.target_url)
+        .bind(now_ms())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The oldest status not delivered yet (they go out in order).
+    pub async fn next_status(&self) -> anyhow::Result<Option<OutboxStatus>> {
+        let row = sqlx::query("SELECT * FROM statuses WHERE delivered IS NULL ORDER BY id LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(OutboxStatus {
+                id: row.try_get("id")?,
+                repository: row.try_get("repository")?,
+                commit: row.try_get("commit_sha")?,
+                state: row.try_get("state")?,
+                context: row.try_get("context")?,
+                description: row.try_get("description")?,
+                target_url: row.try_get("target_url")?,
+                attempts: row.try_get("attempts")?,
+                next_attempt: row.try_get("next_attempt")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Marks a status delivered, or (with `error`) given up on for good.
+    pub async fn status_done(&self, id: i64, error: Option<&str>) -> anyhow::Result<()> {
+        sqlx::query("UPDATE statuses SET delivered = ?, last_error = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt; the status is tried again after `delay_ms`.
+    pub async fn status_retry(&self, id: i64, delay_ms: i64, error: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE statuses SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE id = ?")
+            .bind(now_ms() + delay_ms)
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Answers whether the database responds.
     pub async fn ping(&self) -> anyhow::Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -474,7 +569,7 @@ fn to_build(row: &SqliteRow) -> anyhow::Result<Build> {
     })
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

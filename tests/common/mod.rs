@@ -131,6 +131,8 @@ pub struct FakeGithubState {
     pub statuses: Mutex<Vec<PostedStatus>>,
     /// While true, every request fails with 500.
     pub down: std::sync::atomic::AtomicBool,
+    /// This many next requests are answered 429 with `Retry-After: 1`.
+    pub rate_limited: std::sync::atomic::AtomicU32,
 }
 
 /// A fake GitHub REST API that records commit statuses.
@@ -166,13 +168,19 @@ async fn post_status(
     UrlPath((owner, repo, sha)): UrlPath<(String, String, String)>,
     headers: HeaderMap,
     Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    if state.down.load(std::sync::atomic::Ordering::SeqCst) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"message": "Server Error"})));
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use std::sync::atomic::Ordering::SeqCst;
+    if state.down.load(SeqCst) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"message": "Server Error"}))).into_response();
+    }
+    if state.rate_limited.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+        let limited = Json(json!({"message": "You have exceeded a secondary rate limit"}));
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], limited).into_response();
     }
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !auth.ends_with("test-token") {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"})));
+        return (StatusCode::UNAUTHORIZED, Json(json!({"message": "Bad credentials"}))).into_response();
     }
     let field = |name: &str| body.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
     state.statuses.lock().unwrap().push(PostedStatus {
@@ -183,7 +191,7 @@ async fn post_status(
         description: field("description"),
         target_url: field("target_url"),
     });
-    (StatusCode::CREATED, Json(body))
+    (StatusCode::CREATED, Json(body)).into_response()
 }
 
 #[derive(Default)]
