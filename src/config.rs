@@ -191,6 +191,9 @@ pub struct ProjectConfig {
     /// Environment variables given to this project's builds; their values are masked in logs.
     #[serde(default)]
     pub secrets: BTreeMap<String, Secret>,
+    /// Whether pull requests from forks are built (their scripts run with this project's secrets).
+    #[serde(default)]
+    pub allow_forks: bool,
 }
 
 fn yes() -> bool {

@@ -184,6 +184,16 @@ impl ActiveBuilds {
         active.map(|a| a.cancel.cancel(reason)).is_some()
     }
 
+    /// Asks every queued or running build of `repository` at `branch` to stop; how many.
+    pub fn cancel_branch(&self, project: &str, repository: &RepoName, branch: &Branch, reason: &str) -> usize {
+        let builds = self.builds.lock().expect("not poisoned");
+        let matching = builds.values().filter(|b| {
+            let s = &b.job.source;
+            s.project == project && &s.repository == repository && &s.branch == branch
+        });
+        matching.map(|b| b.cancel.cancel(reason)).count()
+    }
+
     /// Whether a build that commits the image of `producer` is queued or running.
     pub fn producing(&self, producer: &ImageSource) -> bool {
         self.builds.lock().expect("not poisoned").values().any(|b| {

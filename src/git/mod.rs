@@ -15,7 +15,7 @@ use crate::recipes::{MAX_RECIPE_BYTES, is_recipe_path};
 pub fn checkout_commit(url: &str, branch: &Branch, sha: &CommitSha, dest: &Path) -> anyhow::Result<()> {
     let repo = Repository::init(dest).with_context(|| format!("cannot create a repository in {}", dest.display()))?;
     let oid = Oid::from_str(sha.as_str())?;
-    let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+    let refspec = format!("+{}:refs/remotes/origin/{branch}", remote_ref(branch));
     fetch(&repo, url, &[refspec.as_str()])?;
     if repo.find_commit(oid).is_err() {
         // The branch moved on without this commit (a force push): ask for the commit itself,
@@ -39,6 +39,15 @@ pub fn branch_head(url: &str, branch: &Branch) -> anyhow::Result<CommitSha> {
     let head = remote.list()?.iter().find(|head| head.name() == wanted).map(|head| head.oid().to_string());
     let head = head.with_context(|| format!("branch {branch} not found in {}", redact_url(url)))?;
     CommitSha::parse(&head)
+}
+
+/// Where a build's branch lives on the remote: `pull/<n>` is pull request n's head
+/// (`refs/pull/<n>/head`, which GitHub keeps for forks too), anything else a branch.
+pub fn remote_ref(branch: &Branch) -> String {
+    match branch.as_str().strip_prefix("pull/").filter(|n| n.parse::<u64>().is_ok()) {
+        Some(number) => format!("refs/pull/{number}/head"),
+        None => format!("refs/heads/{branch}"),
+    }
 }
 
 /// A bare copy of a project's recipes repository under the data directory, fetched on demand.

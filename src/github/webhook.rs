@@ -31,6 +31,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 pub enum Event {
     Ping,
     Push(Push),
+    PullRequest(PullRequest),
     /// Any other event: acknowledged and ignored.
     Other(String),
 }
@@ -53,6 +54,58 @@ impl Push {
     pub fn branch(&self) -> Option<Result<Branch, anyhow::Error>> {
         self.git_ref.strip_prefix("refs/heads/").map(Branch::parse)
     }
+}
+
+/// A `pull_request` event.
+#[derive(Debug)]
+pub struct PullRequest {
+    /// `opened`, `synchronize`, `reopened`, `closed`, ...
+    pub action: String,
+    pub number: u64,
+    /// The repository the pull request is for (its base).
+    pub repository: RepoName,
+    /// The branch it wants to merge into.
+    pub base: Branch,
+    pub head_sha: CommitSha,
+    /// Where the head lives: the base repository, or a fork.
+    pub head_repository: Option<String>,
+    pub title: Option<String>,
+    pub user: Option<String>,
+}
+
+impl PullRequest {
+    pub fn from_fork(&self) -> bool {
+        self.head_repository.as_deref() != Some(self.repository.as_str())
+    }
+}
+
+#[derive(Deserialize)]
+struct RawPullRequestEvent {
+    action: String,
+    number: u64,
+    pull_request: RawPullRequest,
+    repository: RawRepository,
+}
+
+#[derive(Deserialize)]
+struct RawPullRequest {
+    title: Option<String>,
+    user: Option<RawUser>,
+    head: RawEnd,
+    base: RawEnd,
+}
+
+#[derive(Deserialize)]
+struct RawEnd {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    sha: String,
+    repo: Option<RawRepository>,
+}
+
+#[derive(Deserialize)]
+struct RawUser {
+    login: String,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +149,20 @@ pub fn parse_event(event: &str, body: &[u8]) -> anyhow::Result<Event> {
                 deleted: raw.deleted,
                 message: head.as_ref().and_then(|c| c.message.clone()),
                 author: head.and_then(|c| c.author).and_then(|a| a.name),
+            })
+        }
+        "pull_request" => {
+            let raw: RawPullRequestEvent = serde_json::from_slice(body)?;
+            let pr = raw.pull_request;
+            Event::PullRequest(PullRequest {
+                action: raw.action,
+                number: raw.number,
+                repository: RepoName::parse(&raw.repository.full_name)?,
+                base: Branch::parse(&pr.base.git_ref)?,
+                head_sha: CommitSha::parse(&pr.head.sha)?,
+                head_repository: pr.head.repo.map(|r| r.full_name),
+                title: pr.title,
+                user: pr.user.map(|u| u.login),
             })
         }
         other => Event::Other(other.to_string()),

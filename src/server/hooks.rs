@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use super::ApiError;
 use crate::app::App;
 use crate::build::{Source, enqueue};
-use crate::github::webhook::{Event, parse_event, verify_signature};
+use crate::github::webhook::{Event, PullRequest, parse_event, verify_signature};
 use crate::metrics::EventLabel;
-use crate::model::CommitSha;
+use crate::model::{Branch, CommitSha, RepoName};
 use crate::recipes::Recipe;
 use crate::recipes::reload::reload;
 
@@ -127,6 +127,47 @@ enum Decision {
     Answer(StatusCode, Value),
     Reload(CommitSha),
     Build(Box<Recipe>, Source),
+    /// Cancel the builds of a closed pull request (its `pull/<n>` branch).
+    Cancel(RepoName, Branch, String),
+}
+
+/// A pull request is built at its head with the recipe of the branch it targets (never one from
+/// the pull request), as branch `pull/<n>`; from a fork only when the project allows it.
+fn decide_pull_request(app: &App, project: &str, pr: PullRequest) -> Decision {
+    let answer = |message: String| Decision::Answer(StatusCode::OK, json!({ "message": message, "builds": [] }));
+    let branch = Branch::parse(&format!("pull/{}", pr.number)).expect("a valid branch name");
+    match pr.action.as_str() {
+        "opened" | "synchronize" | "reopened" => {}
+        "closed" => {
+            let reason = format!("pull request #{} closed", pr.number);
+            return Decision::Cancel(pr.repository, branch, reason);
+        }
+        other => {
+            return answer(format!("pull_request {other} ignored: only opened, synchronize, reopened and closed are"));
+        }
+    }
+    if pr.from_fork() && !app.config.projects[project].allow_forks {
+        return answer(format!(
+            "pull request #{} comes from a fork ({}): not built, as allow_forks is off for project {project}",
+            pr.number,
+            pr.head_repository.as_deref().unwrap_or("a deleted repository")
+        ));
+    }
+    let Some(recipe) = app.recipes.get(project).and_then(|set| set.get(&pr.repository, &pr.base).cloned()) else {
+        return answer(format!(
+            "no recipe for {} branch {}, which pull request #{} targets",
+            pr.repository, pr.base, pr.number
+        ));
+    };
+    let source = Source {
+        project: project.to_string(),
+        repository: pr.repository,
+        branch,
+        commit: pr.head_sha,
+        message: pr.title,
+        author: pr.user,
+    };
+    Decision::Build(Box::new(recipe), source)
 }
 
 fn decide(app: &App, project: &str, event: &str, body: &[u8]) -> Decision {
@@ -139,8 +180,10 @@ fn decide(app: &App, project: &str, event: &str, body: &[u8]) -> Decision {
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed {event} payload: {e}")),
         Ok(Event::Ping) => return Decision::Answer(StatusCode::OK, json!({ "message": "pong" })),
         Ok(Event::Other(name)) => {
-            return answer(StatusCode::ACCEPTED, format!("event {name} ignored: only push is acted on"));
+            let message = format!("event {name} ignored: only push and pull_request are acted on");
+            return answer(StatusCode::ACCEPTED, message);
         }
+        Ok(Event::PullRequest(pr)) => return decide_pull_request(app, project, pr),
         Ok(Event::Push(push)) => push,
     };
     let branch = match push.branch() {
@@ -197,6 +240,10 @@ async fn carry_out(app: &Arc<App>, project: &str, decision: Decision) -> Result<
                 }
             });
             Ok(said(StatusCode::ACCEPTED, message))
+        }
+        Decision::Cancel(repository, branch, reason) => {
+            let cancelled = app.active.cancel_branch(project, &repository, &branch, &reason);
+            Ok(said(StatusCode::OK, format!("{reason}: {cancelled} builds cancelled")))
         }
         Decision::Build(recipe, source) => {
             let message = format!(

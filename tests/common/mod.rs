@@ -79,6 +79,11 @@ impl GitHost {
         git(&dir, &["rev-parse", "HEAD"]).trim().to_string()
     }
 
+    /// Points `refs/pull/<number>/head` of `repo` at `sha`, as GitHub does for a pull request.
+    pub fn pull_ref(&self, repo: &str, number: u64, sha: &str) {
+        git(&self.root.path().join(repo), &["update-ref", &format!("refs/pull/{number}/head"), sha]);
+    }
+
     /// Removes `path` from `repo` on `branch` in a new commit; returns the sha.
     pub fn remove(&self, repo: &str, branch: &str, path: &str) -> String {
         let dir = self.root.path().join(repo);
@@ -599,6 +604,21 @@ impl Drop for Server {
             }
         }
     }
+}
+
+/// A `pull_request` event: pull request `number` of `repo` into `base`, its head `sha` in `head_repo`.
+pub fn pull_request_payload(action: &str, repo: &str, number: u64, base: &str, sha: &str, head_repo: &str) -> Value {
+    json!({
+        "action": action,
+        "number": number,
+        "pull_request": {
+            "title": "a pull request",
+            "user": {"login": "grace"},
+            "head": {"ref": "feature", "sha": sha, "repo": {"full_name": head_repo}},
+            "base": {"ref": base, "sha": "1".repeat(40), "repo": {"full_name": repo}}
+        },
+        "repository": {"full_name": repo}
+    })
 }
 
 pub fn push_payload(repo: &str, git_ref: &str, sha: &str) -> Value {
