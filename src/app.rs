@@ -12,6 +12,7 @@ use crate::build::queue::Queue;
 use crate::bus::{Bus, Event};
 use crate::config::Config;
 use crate::docker::DockerEngine;
+use crate::github::api::GithubApi;
 use crate::github::status::StatusReporter;
 use crate::metrics::Metrics;
 use crate::model::{Build, BuildId};
@@ -23,6 +24,8 @@ pub struct App {
     pub store: Store,
     pub docker: DockerEngine,
     pub statuses: StatusReporter,
+    /// GitHub's API for pull request commands (None without a token).
+    pub github: Option<GithubApi>,
     pub artifacts: ArtifactStore,
     pub recipes: Recipes,
     /// Build events for the live websocket (in-process, or Redis when configured).
@@ -49,6 +52,7 @@ impl App {
         let instance = hex::encode(Sha256::digest(data_dir.to_string_lossy().as_bytes()))[..12].to_string();
         let docker = DockerEngine::connect(instance.clone(), config.docker.network.clone()).await?;
         let statuses = StatusReporter::start(&config.github, store.clone())?;
+        let github = GithubApi::new(&config.github)?;
         let artifacts = ArtifactStore::from_config(&config)?;
         let project_limits = config
             .projects
@@ -67,6 +71,7 @@ impl App {
             store,
             docker,
             statuses,
+            github,
             artifacts,
             recipes,
             bus,

@@ -37,8 +37,24 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
 
     #[test]
-    fn any_bytes_as_a_push_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = parse_event("push", &body);
+    fn any_bytes_as_any_event_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+        for event in ["push", "pull_request", "issue_comment", "ping", "other"] {
+            let _ = parse_event(event, &body);
+        }
+    }
+
+    #[test]
+    fn accepted_pull_requests_carry_only_safe_names(repo in nasty(), base in nasty(), number in any::<u64>()) {
+        let body = serde_json::json!({
+            "action": "opened", "number": number, "repository": {"full_name": repo},
+            "pull_request": {"head": {"ref": "x", "sha": "a".repeat(40), "repo": null},
+                             "base": {"ref": base, "sha": "b".repeat(40)}}
+        });
+        if let Ok(Event::PullRequest(pr)) = parse_event("pull_request", body.to_string().as_bytes()) {
+            prop_assert!(is_safe_relative(pr.repository.as_str()));
+            prop_assert!(is_safe_relative(pr.base.as_str()));
+            prop_assert!(pr.from_fork(), "a deleted head repository counts as a fork");
+        }
     }
 
     #[test]

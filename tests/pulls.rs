@@ -92,3 +92,60 @@ async fn closing_a_pull_request_cancels_its_builds() {
         (Some("cancelled"), Some("pull request #7 closed"))
     );
 }
+
+fn comment_payload(body: &str, user: &str) -> String {
+    serde_json::json!({
+        "action": "created",
+        "issue": {"number": 7, "pull_request": {"url": "x"}},
+        "comment": {"body": body, "user": {"login": user}},
+        "repository": {"full_name": "org/app"}
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collaborator_builds_a_fork_by_command_and_asks_for_its_status() {
+    let (git, head) = setup("#!/bin/sh\ntar -czf /tmp/archives/out.tar.gz build.sh\n");
+    let github = FakeGithub::start().await;
+    github.state.permissions.lock().unwrap().insert("maintainer".into(), "write".into());
+    github.state.permissions.lock().unwrap().insert("reader".into(), "read".into());
+    let pull = pull_request_payload("opened", "org/app", 7, "master", &head, "stranger/app")["pull_request"].clone();
+    github.state.pulls.lock().unwrap().insert(7, pull);
+    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
+
+    let (code, answer) = deliver_pr(&server, "opened", &head, "stranger/app").await;
+    assert_eq!(code, 200);
+    assert!(answer["message"].as_str().unwrap().contains("allow_forks is off"), "{answer}");
+
+    let comment = |body: &str, user: &str| comment_payload(body, user);
+    let (code, answer) = server
+        .deliver("demo", "issue_comment", comment("@autobuilder rebuild", "reader").as_bytes(), Some(SECRET))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("no write access"), "{answer}");
+    let (code, answer) =
+        server.deliver("demo", "issue_comment", comment("nice work", "maintainer").as_bytes(), Some(SECRET)).await;
+    assert_eq!(code, 202);
+    assert!(answer["message"].as_str().unwrap().contains("ignored"), "{answer}");
+    let (_, history) = server.get_json("/build/history?repository=org/app").await;
+    assert_eq!(history, serde_json::json!([]), "nothing built yet");
+
+    let (code, answer) = server
+        .deliver("demo", "issue_comment", comment("LGTM\n@autobuilder rebuild", "maintainer").as_bytes(), Some(SECRET))
+        .await;
+    assert_eq!(code, 202, "{answer}");
+    let build = server.wait_build(answer["builds"][0].as_i64().unwrap()).await;
+    assert_eq!((build["status"].as_str(), build["commit"].as_str()), (Some("success"), Some(head.as_str())));
+
+    let (code, answer) = server
+        .deliver("demo", "issue_comment", comment("@autobuilder status", "maintainer").as_bytes(), Some(SECRET))
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    let comments = github.state.comments.lock().unwrap().clone();
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert_eq!(comments[0].0, 7);
+    assert!(
+        comments[0].1.contains("`build.sh`: success") && comments[0].1.contains("mergeable: every recipe is green"),
+        "{comments:?}"
+    );
+}

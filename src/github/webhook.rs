@@ -32,6 +32,8 @@ pub enum Event {
     Ping,
     Push(Push),
     PullRequest(PullRequest),
+    /// A comment on a pull request asking autobuilder for something.
+    Command(Command),
     /// Any other event: acknowledged and ignored.
     Other(String),
 }
@@ -54,6 +56,51 @@ impl Push {
     pub fn branch(&self) -> Option<Result<Branch, anyhow::Error>> {
         self.git_ref.strip_prefix("refs/heads/").map(Branch::parse)
     }
+}
+
+/// What a pull request comment can ask: `@autobuilder rebuild` or `@autobuilder status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    Rebuild,
+    Status,
+}
+
+/// An `issue_comment` on a pull request holding a command.
+#[derive(Debug)]
+pub struct Command {
+    pub kind: CommandKind,
+    pub repository: RepoName,
+    pub number: u64,
+    pub user: String,
+}
+
+/// The command in a comment: a line that is `@autobuilder rebuild` or `@autobuilder status`.
+pub fn command_in(body: &str) -> Option<CommandKind> {
+    body.lines().find_map(|line| match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["@autobuilder", "rebuild"] => Some(CommandKind::Rebuild),
+        ["@autobuilder", "status"] => Some(CommandKind::Status),
+        _ => None,
+    })
+}
+
+#[derive(Deserialize)]
+struct RawCommentEvent {
+    action: String,
+    issue: RawIssue,
+    comment: RawComment,
+    repository: RawRepository,
+}
+
+#[derive(Deserialize)]
+struct RawIssue {
+    number: u64,
+    pull_request: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawComment {
+    body: Option<String>,
+    user: RawUser,
 }
 
 /// A `pull_request` event.
@@ -165,6 +212,19 @@ pub fn parse_event(event: &str, body: &[u8]) -> anyhow::Result<Event> {
                 user: pr.user.map(|u| u.login),
             })
         }
+        "issue_comment" => {
+            let raw: RawCommentEvent = serde_json::from_slice(body)?;
+            let kind = command_in(raw.comment.body.as_deref().unwrap_or_default());
+            match kind {
+                Some(kind) if raw.action == "created" && raw.issue.pull_request.is_some() => Event::Command(Command {
+                    kind,
+                    repository: RepoName::parse(&raw.repository.full_name)?,
+                    number: raw.issue.number,
+                    user: raw.comment.user.login,
+                }),
+                _ => Event::Other("issue_comment without a command".into()),
+            }
+        }
         other => Event::Other(other.to_string()),
     })
 }
@@ -204,6 +264,14 @@ mod tests {
         });
         let Event::Push(push) = parse_event("push", tag.to_string().as_bytes()).unwrap() else { panic!() };
         assert!(push.branch().is_none());
+    }
+
+    #[test]
+    fn commands_in_comments() {
+        assert_eq!(command_in("looks good\n@autobuilder  rebuild\n"), Some(CommandKind::Rebuild));
+        assert_eq!(command_in("@autobuilder status"), Some(CommandKind::Status));
+        assert_eq!(command_in("please @autobuilder rebuild this"), None);
+        assert_eq!(command_in("@autobuilder deploy"), None);
     }
 
     #[test]

@@ -13,11 +13,13 @@ use serde_json::{Value, json};
 use super::ApiError;
 use crate::app::App;
 use crate::build::{Source, enqueue};
-use crate::github::webhook::{Event, PullRequest, parse_event, verify_signature};
+use crate::github::webhook::{Command, CommandKind, Event, PullRequest, parse_event, verify_signature};
 use crate::metrics::EventLabel;
+use crate::model::BuildStatus;
 use crate::model::{Branch, CommitSha, RepoName};
 use crate::recipes::Recipe;
 use crate::recipes::reload::reload;
+use crate::store::{HistoryFilter, MAX_HISTORY};
 
 /// Headers kept with a stored delivery.
 const KEPT_HEADERS: &[&str] =
@@ -129,6 +131,8 @@ enum Decision {
     Build(Box<Recipe>, Source),
     /// Cancel the builds of a closed pull request (its `pull/<n>` branch).
     Cancel(RepoName, Branch, String),
+    /// A pull request comment's command (it asks GitHub who may, so it is carried out).
+    Command(Command),
 }
 
 /// A pull request is built at its head with the recipe of the branch it targets (never one from
@@ -184,6 +188,7 @@ fn decide(app: &App, project: &str, event: &str, body: &[u8]) -> Decision {
             return answer(StatusCode::ACCEPTED, message);
         }
         Ok(Event::PullRequest(pr)) => return decide_pull_request(app, project, pr),
+        Ok(Event::Command(command)) => return Decision::Command(command),
         Ok(Event::Push(push)) => push,
     };
     let branch = match push.branch() {
@@ -241,21 +246,80 @@ async fn carry_out(app: &Arc<App>, project: &str, decision: Decision) -> Result<
             });
             Ok(said(StatusCode::ACCEPTED, message))
         }
+        Decision::Command(command) => run_command(app, project, command).await,
         Decision::Cancel(repository, branch, reason) => {
             let cancelled = app.active.cancel_branch(project, &repository, &branch, &reason);
             Ok(said(StatusCode::OK, format!("{reason}: {cancelled} builds cancelled")))
         }
-        Decision::Build(recipe, source) => {
-            let message = format!(
-                "{} builds queued for {} {} at {}",
-                recipe.scripts.len(),
-                source.repository,
-                source.branch,
-                source.commit.short()
-            );
-            let ids = enqueue(app, &recipe, source, true).await?;
-            let urls: Vec<String> = ids.iter().map(|id| app.build_url(*id)).collect();
-            Ok((StatusCode::ACCEPTED, json!({ "message": message, "builds": ids, "urls": urls })))
+        Decision::Build(recipe, source) => queue_builds(app, &recipe, source).await,
+    }
+}
+
+/// Queues one build per script of `recipe` (superseding the branch's older ones); the answer.
+async fn queue_builds(app: &Arc<App>, recipe: &Recipe, source: Source) -> Result<(StatusCode, Value), ApiError> {
+    let (count, repository, branch, commit) =
+        (recipe.scripts.len(), source.repository.clone(), source.branch.clone(), source.commit.clone());
+    let ids = enqueue(app, recipe, source, true).await?;
+    let message = format!("{count} builds queued for {repository} {branch} at {}", commit.short());
+    let urls: Vec<String> = ids.iter().map(|id| app.build_url(*id)).collect();
+    Ok((StatusCode::ACCEPTED, json!({ "message": message, "builds": ids, "urls": urls })))
+}
+
+/// `@autobuilder rebuild` builds the pull request's head (a fork too: someone with write access
+/// asked); `@autobuilder status` answers with a comment listing each build script's last result
+/// for the head commit. Only users with write access are heard.
+async fn run_command(app: &Arc<App>, project: &str, command: Command) -> Result<(StatusCode, Value), ApiError> {
+    let Some(github) = &app.github else {
+        return Ok(said(StatusCode::OK, "pull request commands need [github] token".into()));
+    };
+    let unreachable = |e: anyhow::Error| ApiError::new(StatusCode::BAD_GATEWAY, format!("GitHub: {e:#}"));
+    let (repo, number, user) = (&command.repository, command.number, &command.user);
+    if !github.can_write(repo, user).await.map_err(unreachable)? {
+        return Ok(said(StatusCode::OK, format!("{user} has no write access to {repo}: command ignored")));
+    }
+    let pr = github.pull_request(repo, number).await.map_err(unreachable)?;
+    let Some(recipe) = app.recipes.get(project).and_then(|set| set.get(repo, &pr.base).cloned()) else {
+        return Ok(said(StatusCode::OK, format!("no recipe for {repo} branch {}, which #{number} targets", pr.base)));
+    };
+    let branch = Branch::parse(&format!("pull/{number}")).expect("a valid branch name");
+    match command.kind {
+        CommandKind::Rebuild => {
+            let source = Source {
+                project: project.to_string(),
+                repository: repo.clone(),
+                branch,
+                commit: pr.head_sha,
+                message: pr.title,
+                author: pr.user,
+            };
+            queue_builds(app, &recipe, source).await
+        }
+        CommandKind::Status => {
+            let filter = HistoryFilter {
+                limit: Some(MAX_HISTORY),
+                repository: Some(repo.to_string()),
+                branch: Some(branch.to_string()),
+                status: None,
+            };
+            let history = app.store.history(&filter).await?;
+            let mut lines = Vec::new();
+            let mut green = true;
+            for script in &recipe.scripts {
+                let last = history.iter().find(|b| b.commit == pr.head_sha.as_str() && b.script == script.script);
+                let result = match last {
+                    Some(b) => {
+                        format!("{}{}", b.status, b.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default())
+                    }
+                    None => "not built".into(),
+                };
+                green &= last.is_some_and(|b| b.status == BuildStatus::Success);
+                lines.push(format!("- `{}`: {result}", script.script));
+            }
+            let verdict =
+                if green { "mergeable: every recipe is green" } else { "not mergeable yet: not every recipe is green" };
+            let body = format!("autobuilder on {}:\n{}\n\n**{verdict}**", pr.head_sha.short(), lines.join("\n"));
+            github.comment(repo, number, &body).await.map_err(unreachable)?;
+            Ok(said(StatusCode::OK, format!("status of #{number} commented: {verdict}")))
         }
     }
 }

@@ -138,6 +138,12 @@ pub struct FakeGithubState {
     pub down: std::sync::atomic::AtomicBool,
     /// This many next requests are answered 429 with `Retry-After: 1`.
     pub rate_limited: std::sync::atomic::AtomicU32,
+    /// Permission per user (`admin`, `write`, `read`); others have `none`.
+    pub permissions: Mutex<std::collections::HashMap<String, String>>,
+    /// Pull requests by number, as GitHub returns them.
+    pub pulls: Mutex<std::collections::HashMap<u64, Value>>,
+    /// Comments posted: (pull request number, body).
+    pub comments: Mutex<Vec<(u64, String)>>,
 }
 
 /// A fake GitHub REST API that records commit statuses.
@@ -149,8 +155,12 @@ pub struct FakeGithub {
 impl FakeGithub {
     pub async fn start() -> Self {
         let state = Arc::new(FakeGithubState::default());
-        let router =
-            Router::new().route("/repos/{owner}/{repo}/statuses/{sha}", post(post_status)).with_state(state.clone());
+        let router = Router::new()
+            .route("/repos/{owner}/{repo}/statuses/{sha}", post(post_status))
+            .route("/repos/{owner}/{repo}/collaborators/{user}/permission", get(get_permission))
+            .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
+            .route("/repos/{owner}/{repo}/issues/{number}/comments", post(post_comment))
+            .with_state(state.clone());
         Self { url: serve(router).await, state }
     }
 
@@ -166,6 +176,34 @@ impl FakeGithub {
         })
         .await
     }
+}
+
+async fn get_permission(
+    State(state): State<Arc<FakeGithubState>>,
+    UrlPath((_, _, user)): UrlPath<(String, String, String)>,
+) -> Json<Value> {
+    let permission = state.permissions.lock().unwrap().get(&user).cloned().unwrap_or_else(|| "none".into());
+    Json(json!({ "permission": permission, "user": { "login": user } }))
+}
+
+async fn get_pull(
+    State(state): State<Arc<FakeGithubState>>,
+    UrlPath((_, _, number)): UrlPath<(String, String, u64)>,
+) -> (StatusCode, Json<Value>) {
+    match state.pulls.lock().unwrap().get(&number) {
+        Some(pull) => (StatusCode::OK, Json(pull.clone())),
+        None => (StatusCode::NOT_FOUND, Json(json!({ "message": "Not Found" }))),
+    }
+}
+
+async fn post_comment(
+    State(state): State<Arc<FakeGithubState>>,
+    UrlPath((_, _, number)): UrlPath<(String, String, u64)>,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let text = body["body"].as_str().unwrap_or_default().to_string();
+    state.comments.lock().unwrap().push((number, text.clone()));
+    (StatusCode::CREATED, Json(json!({ "id": 1, "body": text })))
 }
 
 async fn post_status(

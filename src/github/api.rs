@@ -1,0 +1,80 @@
+//! The GitHub REST calls behind pull request commands: a user's permission, a pull request, a
+//! comment. Raw JSON through octocrab, so a fake GitHub can answer them in tests.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use octocrab::Octocrab;
+use serde_json::{Value, json};
+
+use crate::config::GithubConfig;
+use crate::model::{Branch, CommitSha, RepoName};
+
+/// How long one API call may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+pub struct GithubApi {
+    client: Octocrab,
+}
+
+/// What a command needs of a pull request.
+#[derive(Debug)]
+pub struct PullRequestHead {
+    pub base: Branch,
+    pub head_sha: CommitSha,
+    pub title: Option<String>,
+    pub user: Option<String>,
+}
+
+impl GithubApi {
+    /// A client, or None when `[github] token` is empty.
+    pub fn new(config: &GithubConfig) -> anyhow::Result<Option<Self>> {
+        if config.token.is_empty() {
+            return Ok(None);
+        }
+        let client = Octocrab::builder()
+            .base_uri(config.api_url.as_str())?
+            .personal_token(config.token.expose().to_string())
+            .build()?;
+        Ok(Some(Self { client }))
+    }
+
+    /// Whether `user` may push to `repo` (permission admin, maintain or write).
+    pub async fn can_write(&self, repo: &RepoName, user: &str) -> anyhow::Result<bool> {
+        let answer = self.get(&format!("/repos/{repo}/collaborators/{user}/permission")).await?;
+        Ok(matches!(answer["permission"].as_str(), Some("admin" | "maintain" | "write")))
+    }
+
+    pub async fn pull_request(&self, repo: &RepoName, number: u64) -> anyhow::Result<PullRequestHead> {
+        let pr = self.get(&format!("/repos/{repo}/pulls/{number}")).await?;
+        Ok(PullRequestHead {
+            base: Branch::parse(pr["base"]["ref"].as_str().context("pull request without a base")?)?,
+            head_sha: CommitSha::parse(pr["head"]["sha"].as_str().context("pull request without a head")?)?,
+            title: pr["title"].as_str().map(str::to_string),
+            user: pr["user"]["login"].as_str().map(str::to_string),
+        })
+    }
+
+    pub async fn comment(&self, repo: &RepoName, number: u64, body: &str) -> anyhow::Result<()> {
+        let route = format!("/repos/{repo}/issues/{number}/comments");
+        let payload = json!({ "body": body });
+        let call = self.client._post(route.as_str(), Some(&payload));
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, call).await.context("GitHub did not answer")??;
+        if !response.status().is_success() {
+            bail!("GitHub refused the comment: {}", response.status());
+        }
+        Ok(())
+    }
+
+    async fn get(&self, route: &str) -> anyhow::Result<Value> {
+        let call = self.client._get(route);
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, call).await.context("GitHub did not answer")??;
+        let code = response.status();
+        let text = self.client.body_to_string(response).await?;
+        if !code.is_success() {
+            bail!("GitHub answered {code} to {route}: {}", text.chars().take(200).collect::<String>());
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+}
