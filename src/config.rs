@@ -41,6 +41,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub live: LiveConfig,
     pub retention: RetentionConfig,
+    pub hooks: HooksConfig,
     /// One table per `/build/<name>/hook`.
     pub projects: BTreeMap<String, ProjectConfig>,
 }
@@ -127,6 +128,13 @@ pub struct ArtifactsConfig {
     /// Seconds before the first retry; doubled for each next one.
     pub retry_delay_seconds: u64,
     pub hub: HubConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// After a recipes reload adds repositories, give them their webhook (as `hooks sync` does).
+    pub auto: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -244,6 +252,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             live: LiveConfig::default(),
             retention: RetentionConfig::default(),
+            hooks: HooksConfig::default(),
             projects: BTreeMap::new(),
         }
     }
@@ -405,6 +414,11 @@ impl Config {
     /// Directory of the full build logs.
     pub fn logs_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
+    }
+
+    /// The URL GitHub delivers `project`'s webhooks to.
+    pub fn hook_url(&self, project: &str) -> String {
+        format!("{}/build/{project}/hook", self.public_url)
     }
 
     /// The clone URL of a repository.

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use autobuilder::app::App;
 use autobuilder::bus::Bus;
 use autobuilder::config::{Config, LogFormat};
+use autobuilder::git::RecipesMirror;
+use autobuilder::github::api::GithubApi;
+use autobuilder::github::hooks::Change;
 use autobuilder::live::Live;
+use autobuilder::model::{Branch, RepoName};
 use autobuilder::recipes::RecipeSet;
 use clap::{Parser, Subcommand};
 
@@ -35,10 +39,29 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Manage the GitHub webhooks of the recipes and tracked repositories.
+    Hooks {
+        #[command(subcommand)]
+        action: HooksAction,
+    },
     /// Validate a recipes checkout: print every problem, exit 1 on any.
     Check {
         /// Root of the recipes repository checkout.
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum HooksAction {
+    /// Give every tracked repository and every recipes repository exactly one webhook to
+    /// <public_url>/build/<project>/hook with the project's secret and the events push,
+    /// pull_request and issue_comment; print what changed. Exit 1 when a repository failed.
+    Sync {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only print what would change.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -47,6 +70,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Live { config } => live(config),
+        Command::Hooks { action: HooksAction::Sync { config, dry_run } } => hooks_sync(config, dry_run),
         Command::Check { dir } => check(&dir),
     };
     match result {
@@ -141,6 +165,49 @@ fn live(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         tracing::info!("live websocket listening on ws://{}/live", listener.local_addr()?);
         axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn hooks_sync(config_path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path.as_deref())?;
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let api = GithubApi::new(&config.github)?.context("hooks sync needs [github] token")?;
+        let mut failed = false;
+        for (project, settings) in &config.projects {
+            let recipes = RepoName::parse(&settings.recipes)?;
+            let (path, url) =
+                (config.data_dir.join("recipes").join(format!("{project}.git")), config.clone_url(&recipes));
+            let branch = Branch::parse(&settings.branch)?;
+            let files = tokio::task::spawn_blocking(move || {
+                let mirror = RecipesMirror { path: &path, url: &url };
+                let commit = mirror.fetch(&branch, None)?;
+                mirror.recipe_files(&commit)
+            })
+            .await?
+            .with_context(|| format!("cannot read the recipes of project {project}"))?;
+            let set = RecipeSet::parse(files.iter().map(|(p, c)| (p.clone(), c.as_slice())));
+            let mut repos = vec![recipes.clone()];
+            repos.extend(set.repositories().into_iter().cloned());
+            let hook_url = config.hook_url(project);
+            for repo in repos {
+                let secret = settings.webhook_secret.expose();
+                match autobuilder::github::hooks::sync(&api, &repo, &hook_url, secret, dry_run).await {
+                    Ok(changes) => {
+                        for change in changes {
+                            let would = if dry_run && change != Change::Unchanged { "would have " } else { "" };
+                            println!("{project} {repo}: {would}{change}");
+                        }
+                    }
+                    Err(e) => {
+                        println!("{project} {repo}: failed: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+        }
+        Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
     })
 }
 

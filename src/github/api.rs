@@ -13,6 +13,19 @@ use crate::model::{Branch, CommitSha, RepoName};
 /// How long one API call may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Sends a request that answers nothing of interest; any non-2xx is an error with GitHub's words.
+macro_rules! checked {
+    ($api:expr, $call:expr, $route:expr) => {{
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, $call).await.context("GitHub did not answer")??;
+        let code = response.status();
+        if !code.is_success() {
+            let text = $api.client.body_to_string(response).await.unwrap_or_default();
+            bail!("GitHub answered {code} to {}: {}", $route, text.chars().take(200).collect::<String>());
+        }
+        Ok(())
+    }};
+}
+
 #[derive(Clone)]
 pub struct GithubApi {
     client: Octocrab,
@@ -65,6 +78,27 @@ impl GithubApi {
             bail!("GitHub refused the comment: {}", response.status());
         }
         Ok(())
+    }
+
+    /// The webhooks of `repo`.
+    pub async fn hooks(&self, repo: &RepoName) -> anyhow::Result<Vec<Value>> {
+        let hooks = self.get(&format!("/repos/{repo}/hooks?per_page=100")).await?;
+        Ok(hooks.as_array().cloned().unwrap_or_default())
+    }
+
+    pub async fn create_hook(&self, repo: &RepoName, hook: &Value) -> anyhow::Result<()> {
+        let route = format!("/repos/{repo}/hooks");
+        checked!(self, self.client._post(route.as_str(), Some(hook)), route)
+    }
+
+    pub async fn update_hook(&self, repo: &RepoName, id: i64, hook: &Value) -> anyhow::Result<()> {
+        let route = format!("/repos/{repo}/hooks/{id}");
+        checked!(self, self.client._patch(route.as_str(), Some(hook)), route)
+    }
+
+    pub async fn delete_hook(&self, repo: &RepoName, id: i64) -> anyhow::Result<()> {
+        let route = format!("/repos/{repo}/hooks/{id}");
+        checked!(self, self.client._delete(route.as_str(), None::<&()>), route)
     }
 
     async fn get(&self, route: &str) -> anyhow::Result<Value> {

@@ -1,5 +1,6 @@
 //! GitHub: webhook deliveries in, commit statuses out.
 
 pub mod api;
+pub mod hooks;
 pub mod status;
 pub mod webhook;

@@ -67,12 +67,16 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
             let outcome = describe(&set, &mut lines, &repository, &commit);
             let previous = app.recipes.replace(project, set);
             let now = app.recipes.get(project).expect("just stored");
-            if let Some(previous) = previous {
-                for repo in previous.repositories() {
-                    if !now.repositories().contains(&repo) {
-                        lines.push(format!("{repo} is no longer tracked"));
-                    }
+            let before: Vec<&RepoName> = previous.as_ref().map(|p| p.repositories()).unwrap_or_default();
+            for repo in &before {
+                if !now.repositories().contains(repo) {
+                    lines.push(format!("{repo} is no longer tracked"));
                 }
+            }
+            let added: Vec<RepoName> =
+                now.repositories().into_iter().filter(|r| !before.contains(r)).cloned().collect();
+            if app.config.hooks.auto && !added.is_empty() {
+                tokio::spawn(give_hooks(app.clone(), project.to_string(), added));
             }
             (Some(commit), outcome)
         }
@@ -125,6 +129,22 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
             .await;
     }
     Ok(id)
+}
+
+/// `[hooks] auto`: gives newly tracked repositories their webhook.
+async fn give_hooks(app: Arc<App>, project: String, repos: Vec<RepoName>) {
+    let Some(api) = &app.github else { return };
+    let secret = app.config.projects[&project].webhook_secret.expose().to_string();
+    for repo in repos {
+        match crate::github::hooks::sync(api, &repo, &app.config.hook_url(&project), &secret, false).await {
+            Ok(changes) => {
+                for change in changes {
+                    tracing::info!(project, %repo, "webhook: {change}");
+                }
+            }
+            Err(e) => tracing::warn!(project, %repo, "cannot set up the webhook: {e:#}"),
+        }
+    }
 }
 
 /// Writes what `set` tracks and every problem into `lines`; a broken file makes it a `failure`.

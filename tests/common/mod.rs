@@ -144,6 +144,9 @@ pub struct FakeGithubState {
     pub pulls: Mutex<std::collections::HashMap<u64, Value>>,
     /// Comments posted: (pull request number, body).
     pub comments: Mutex<Vec<(u64, String)>>,
+    /// Webhooks per repository (`org/name`), as stored (secrets in clear).
+    pub hooks: Mutex<std::collections::HashMap<String, Vec<Value>>>,
+    pub next_hook_id: std::sync::atomic::AtomicI64,
 }
 
 /// A fake GitHub REST API that records commit statuses.
@@ -160,6 +163,8 @@ impl FakeGithub {
             .route("/repos/{owner}/{repo}/collaborators/{user}/permission", get(get_permission))
             .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
             .route("/repos/{owner}/{repo}/issues/{number}/comments", post(post_comment))
+            .route("/repos/{owner}/{repo}/hooks", get(list_hooks).post(create_hook))
+            .route("/repos/{owner}/{repo}/hooks/{id}", axum::routing::patch(update_hook).delete(delete_hook))
             .with_state(state.clone());
         Self { url: serve(router).await, state }
     }
@@ -176,6 +181,75 @@ impl FakeGithub {
         })
         .await
     }
+}
+
+impl FakeGithub {
+    /// Adds a hook to `repo` as if made by hand; returns its id.
+    pub fn add_hook(&self, repo: &str, mut hook: Value) -> i64 {
+        let id = self.state.next_hook_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        hook["id"] = json!(id);
+        self.state.hooks.lock().unwrap().entry(repo.to_string()).or_default().push(hook);
+        id
+    }
+
+    pub fn hooks_of(&self, repo: &str) -> Vec<Value> {
+        self.state.hooks.lock().unwrap().get(repo).cloned().unwrap_or_default()
+    }
+}
+
+/// As GitHub shows a hook: the secret hidden.
+fn shown(hook: &Value) -> Value {
+    let mut hook = hook.clone();
+    if hook["config"]["secret"].is_string() {
+        hook["config"]["secret"] = json!("********");
+    }
+    hook
+}
+
+async fn list_hooks(
+    State(state): State<Arc<FakeGithubState>>,
+    UrlPath((owner, repo)): UrlPath<(String, String)>,
+) -> Json<Value> {
+    let hooks = state.hooks.lock().unwrap().get(&format!("{owner}/{repo}")).cloned().unwrap_or_default();
+    Json(Value::Array(hooks.iter().map(shown).collect()))
+}
+
+async fn create_hook(
+    State(state): State<Arc<FakeGithubState>>,
+    UrlPath((owner, repo)): UrlPath<(String, String)>,
+    Json(mut hook): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let id = state.next_hook_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    hook["id"] = json!(id);
+    state.hooks.lock().unwrap().entry(format!("{owner}/{repo}")).or_default().push(hook.clone());
+    (StatusCode::CREATED, Json(shown(&hook)))
+}
+
+async fn update_hook(
+    State(state): State<Arc<FakeGithubState>>,
+    UrlPath((owner, repo, id)): UrlPath<(String, String, i64)>,
+    Json(update): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let mut hooks = state.hooks.lock().unwrap();
+    let Some(hook) = hooks.get_mut(&format!("{owner}/{repo}")).and_then(|h| h.iter_mut().find(|h| h["id"] == id))
+    else {
+        return (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"})));
+    };
+    for (key, value) in update.as_object().unwrap() {
+        hook[key] = value.clone();
+    }
+    (StatusCode::OK, Json(shown(hook)))
+}
+
+async fn delete_hook(
+    State(state): State<Arc<FakeGithubState>>,
+    UrlPath((owner, repo, id)): UrlPath<(String, String, i64)>,
+) -> StatusCode {
+    let mut hooks = state.hooks.lock().unwrap();
+    let list = hooks.entry(format!("{owner}/{repo}")).or_default();
+    let before = list.len();
+    list.retain(|h| h["id"] != id);
+    if list.len() < before { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND }
 }
 
 async fn get_permission(
