@@ -10,7 +10,6 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{Build, BuildId, BuildKind, BuildStatus};
@@ -573,10 +572,13 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// RFC 3339 in UTC with exactly three fraction digits, so that times sort as text too.
 fn format_ms(ms: i64) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
+        .and_then(|t| t.format(FORMAT).ok())
         .unwrap_or_default()
 }
 
@@ -626,6 +628,12 @@ mod tests {
         assert_eq!(store.active().await.unwrap().iter().map(|b| b.id).collect::<Vec<_>>(), vec![b]);
         let pruned = store.prune(None, Some(1)).await.unwrap();
         assert_eq!(pruned, vec![a], "only finished entries beyond the newest one go");
+    }
+
+    #[test]
+    fn times_have_a_fixed_width() {
+        assert_eq!(format_ms(1_700_000_000_100), "2023-11-14T22:13:20.100Z");
+        assert_eq!(format_ms(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
     }
 
     #[tokio::test(flavor = "multi_thread")]
