@@ -69,8 +69,20 @@ pub struct GitConfig {
 pub struct GithubConfig {
     /// GitHub REST API base URL (GitHub Enterprise or a fake server in tests).
     pub api_url: String,
-    /// Token used to post commit statuses; empty disables statuses.
+    /// Token used to post commit statuses; empty (and no app) disables statuses.
     pub token: Secret,
+    /// A GitHub App instead of a token (for organisations): its id, its private key (PEM file)
+    /// and the installation to act as; installation tokens are minted and refreshed as needed.
+    pub app_id: u64,
+    pub private_key_path: PathBuf,
+    pub installation_id: u64,
+}
+
+impl GithubConfig {
+    /// Whether autobuilder may talk to GitHub (a token or an app).
+    pub fn enabled(&self) -> bool {
+        !self.token.is_empty() || self.app_id != 0
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -266,7 +278,13 @@ impl Default for GitConfig {
 
 impl Default for GithubConfig {
     fn default() -> Self {
-        Self { api_url: "https://api.github.com".into(), token: Secret::default() }
+        Self {
+            api_url: "https://api.github.com".into(),
+            token: Secret::default(),
+            app_id: 0,
+            private_key_path: PathBuf::new(),
+            installation_id: 0,
+        }
     }
 }
 
@@ -377,6 +395,11 @@ impl Config {
         }
         if self.builds.concurrency == 0 {
             self.builds.concurrency = std::thread::available_parallelism().map_or(2, |n| n.get());
+        }
+        if self.github.app_id != 0
+            && (self.github.installation_id == 0 || self.github.private_key_path.as_os_str().is_empty())
+        {
+            bail!("[github] app_id needs installation_id and private_key_path (the app's PEM private key)");
         }
         if self.builds.timeout_minutes == 0 {
             bail!("[builds] timeout_minutes must be at least 1");

@@ -173,7 +173,8 @@ fn hooks_sync(config_path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<Exi
     rustls::crypto::ring::default_provider().install_default().ok();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let api = GithubApi::new(&config.github)?.context("hooks sync needs [github] token")?;
+        let api = GithubApi::new(&config.github)?
+            .context("hooks sync needs [github] token, or app_id, private_key_path and installation_id")?;
         let mut failed = false;
         for (project, settings) in &config.projects {
             let recipes = RepoName::parse(&settings.recipes)?;

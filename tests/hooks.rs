@@ -109,3 +109,28 @@ async fn with_hooks_auto_a_reload_gives_new_repositories_their_hook() {
     assert_eq!(ours(&github, "org/new").len(), 1);
     assert_eq!(ours(&github, "org/app").len(), 1, "an existing hook was duplicated");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_github_app_posts_statuses_with_installation_tokens() {
+    let git = GitHost::new();
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
+    let sha = git.commit("org/app", "master", &[("b.sh", "#!/bin/sh\ntar -czf /tmp/archives/b.tar.gz b.sh\n")]);
+    let github = FakeGithub::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("app.pem");
+    let made = Command::new("openssl").args(["genrsa", "-out"]).arg(&key).arg("2048").output().unwrap();
+    assert!(made.status.success(), "openssl genrsa: {}", String::from_utf8_lossy(&made.stderr));
+    let app = format!("app_id = 42\ninstallation_id = 7\nprivate_key_path = \"{}\"", key.display());
+    let server = Server::start(|dir| {
+        test_config(dir, &git, Some(&github.url), "").replace("token = \"test-token\"", &format!("token = \"\"\n{app}"))
+    });
+
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    assert_eq!(server.wait_build(id).await["status"], "success");
+    let statuses = github.wait_for(&sha, "autobuilder/b.sh", "success").await;
+    assert_eq!(statuses.iter().map(|s| s.state.as_str()).collect::<Vec<_>>(), ["pending", "success"]);
+    let minted = github.state.app_tokens.lock().unwrap().clone();
+    assert_eq!(minted[0].0, 7, "the configured installation");
+    assert_eq!(minted[0].1["iss"].to_string().trim_matches('"'), "42", "{:?}", minted[0].1);
+    assert_eq!(minted.len(), 1, "the token is reused until it expires");
+}

@@ -41,16 +41,9 @@ pub struct PullRequestHead {
 }
 
 impl GithubApi {
-    /// A client, or None when `[github] token` is empty.
+    /// A client, or None when neither a token nor an app is configured.
     pub fn new(config: &GithubConfig) -> anyhow::Result<Option<Self>> {
-        if config.token.is_empty() {
-            return Ok(None);
-        }
-        let client = Octocrab::builder()
-            .base_uri(config.api_url.as_str())?
-            .personal_token(config.token.expose().to_string())
-            .build()?;
-        Ok(Some(Self { client }))
+        Ok(super::client(config, true)?.map(|client| Self { client }))
     }
 
     /// Whether `user` may push to `repo` (permission admin, maintain or write).

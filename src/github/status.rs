@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use octocrab::Octocrab;
-use octocrab::service::middleware::retry::RetryConfig;
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -45,15 +44,11 @@ impl StatusReporter {
     /// Starts the poster task (which first delivers what a previous run left in the outbox), or a
     /// disabled reporter when `[github] token` is empty.
     pub fn start(config: &GithubConfig, store: Store) -> anyhow::Result<Self> {
-        if config.token.is_empty() {
-            tracing::info!("[github] token is empty: no commit statuses will be posted");
+        // The outbox retries, with its own backoff: octocrab does not.
+        let Some(client) = super::client(config, false)? else {
+            tracing::info!("[github] token is empty and no app is configured: no commit statuses will be posted");
             return Ok(Self { outbox: None });
-        }
-        let client = Octocrab::builder()
-            .base_uri(config.api_url.as_str())?
-            .personal_token(config.token.expose().to_string())
-            .add_retry_config(RetryConfig::None) // the outbox retries, with its own backoff
-            .build()?;
+        };
         let wake = Arc::new(Notify::new());
         tokio::spawn(deliver(client, store.clone(), wake.clone()));
         Ok(Self { outbox: Some((store, wake)) })

@@ -270,7 +270,7 @@ async fn queue_builds(app: &Arc<App>, recipe: &Recipe, source: Source) -> Result
 /// for the head commit. Only users with write access are heard.
 async fn run_command(app: &Arc<App>, project: &str, command: Command) -> Result<(StatusCode, Value), ApiError> {
     let Some(github) = &app.github else {
-        return Ok(said(StatusCode::OK, "pull request commands need [github] token".into()));
+        return Ok(said(StatusCode::OK, "pull request commands need a GitHub token or app in [github]".into()));
     };
     let unreachable = |e: anyhow::Error| ApiError::new(StatusCode::BAD_GATEWAY, format!("GitHub: {e:#}"));
     let (repo, number, user) = (&command.repository, command.number, &command.user);

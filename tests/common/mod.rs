@@ -147,6 +147,8 @@ pub struct FakeGithubState {
     /// Webhooks per repository (`org/name`), as stored (secrets in clear).
     pub hooks: Mutex<std::collections::HashMap<String, Vec<Value>>>,
     pub next_hook_id: std::sync::atomic::AtomicI64,
+    /// Installation tokens minted for a GitHub App: (installation, the JWT's claims).
+    pub app_tokens: Mutex<Vec<(u64, Value)>>,
 }
 
 /// A fake GitHub REST API that records commit statuses.
@@ -164,6 +166,7 @@ impl FakeGithub {
             .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
             .route("/repos/{owner}/{repo}/issues/{number}/comments", post(post_comment))
             .route("/repos/{owner}/{repo}/hooks", get(list_hooks).post(create_hook))
+            .route("/app/installations/{id}/access_tokens", post(mint_installation_token))
             .route("/repos/{owner}/{repo}/hooks/{id}", axum::routing::patch(update_hook).delete(delete_hook))
             .with_state(state.clone());
         Self { url: serve(router).await, state }
@@ -250,6 +253,29 @@ async fn delete_hook(
     let before = list.len();
     list.retain(|h| h["id"] != id);
     if list.len() < before { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND }
+}
+
+/// What GitHub does for an app: checks the app's JWT (here: its shape and claims, not the
+/// signature) and answers an installation token.
+async fn mint_installation_token(
+    State(state): State<Arc<FakeGithubState>>,
+    UrlPath(installation): UrlPath<u64>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    use base64::Engine;
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let claims = auth
+        .strip_prefix("Bearer ")
+        .and_then(|jwt| jwt.split('.').nth(1))
+        .and_then(|payload| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok())
+        .and_then(|json| serde_json::from_slice::<Value>(&json).ok());
+    let Some(claims) = claims else {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"message": "A JSON web token could not be decoded"})));
+    };
+    state.app_tokens.lock().unwrap().push((installation, claims));
+    let token = json!({"token": "ghs_installation-test-token", "expires_at": "2099-01-01T00:00:00Z",
+        "permissions": {"statuses": "write", "pull_requests": "read", "administration": "write"}});
+    (StatusCode::CREATED, Json(token))
 }
 
 async fn get_permission(
