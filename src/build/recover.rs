@@ -92,11 +92,14 @@ async fn job_of(app: &App, build: &crate::model::Build) -> Option<Job> {
 
 /// Ends a build as `error: interrupted by restart` and posts that status.
 async fn interrupt(app: &Arc<App>, build: &crate::model::Build, job: Option<Job>) {
-    match app.store.finish(build.id, &Outcome::failed(BuildStatus::Error, INTERRUPTED)).await {
-        Ok(ended) => app.announce(&ended),
+    let status = job.and_then(|job| {
+        app.statuses.outbox_row(super::status_of(app, &job, build.id, BuildStatus::Error, INTERRUPTED.into()))
+    });
+    match app.store.finish(build.id, &Outcome::failed(BuildStatus::Error, INTERRUPTED), status.as_ref()).await {
+        Ok(ended) => {
+            app.statuses.wake();
+            app.announce(&ended);
+        }
         Err(e) => tracing::error!(build = %build.id, "cannot record the end of the build: {e:#}"),
-    }
-    if let Some(job) = job {
-        app.statuses.report(super::status_of(app, &job, build.id, BuildStatus::Error, INTERRUPTED.into())).await;
     }
 }

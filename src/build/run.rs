@@ -407,21 +407,23 @@ async fn finish(
     container: Option<String>,
     workspace: Option<PathBuf>,
 ) {
-    match app.store.finish(id, &outcome).await {
-        Ok(build) => {
-            app.announce(&build);
-            app.metrics.observe_end(&build);
-        }
-        Err(e) => tracing::error!(build = %id, "cannot record the end of the build: {e:#}"),
-    }
-    app.active.remove(id);
     let job = &active.job;
     let description = match outcome.status {
         BuildStatus::Success => format!("built {}", outcome.artifact.as_deref().unwrap_or("")),
         _ => outcome.error.clone().unwrap_or_default(),
     };
     tracing::info!(build = %id, repo = %job.source.repository, branch = %job.source.branch, status = %outcome.status, "{description}");
-    app.statuses.report(status_of(app, job, id, outcome.status, description)).await;
+    // The end and its commit status are recorded together: a crash keeps both or neither.
+    let status = app.statuses.outbox_row(status_of(app, job, id, outcome.status, description));
+    match app.store.finish(id, &outcome, status.as_ref()).await {
+        Ok(build) => {
+            app.statuses.wake();
+            app.announce(&build);
+            app.metrics.observe_end(&build);
+        }
+        Err(e) => tracing::error!(build = %id, "cannot record the end of the build: {e:#}"),
+    }
+    app.active.remove(id);
     if outcome.status == BuildStatus::Success && job.script.commit.is_some() && job.script.rebuild_dependents {
         let (app, job) = (app.clone(), job.clone());
         tokio::spawn(async move { super::rebuild_dependents(&app, &job).await });

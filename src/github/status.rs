@@ -56,14 +56,26 @@ impl StatusReporter {
 
     /// Stores `status` in the outbox; it is posted after every status stored before it.
     pub async fn report(&self, status: CommitStatus) {
-        let Some((store, wake)) = &self.outbox else { return };
+        let (Some((store, _)), Some(stored)) = (&self.outbox, self.outbox_row(status)) else { return };
+        match store.queue_status(&stored).await {
+            Ok(()) => self.wake(),
+            Err(e) => {
+                tracing::error!(repo = %stored.repository, commit = %stored.commit, "cannot store the commit status: {e:#}")
+            }
+        }
+    }
+
+    /// The outbox row of `status`, for a caller that stores it in its own transaction (then
+    /// calls [`StatusReporter::wake`]); None when statuses are off.
+    pub fn outbox_row(&self, status: CommitStatus) -> Option<OutboxStatus> {
+        self.outbox.as_ref()?;
         let state = match status.status {
             BuildStatus::Queued | BuildStatus::Running => "pending",
             BuildStatus::Success => "success",
             BuildStatus::Failure => "failure",
             BuildStatus::Error | BuildStatus::Cancelled => "error",
         };
-        let stored = OutboxStatus {
+        Some(OutboxStatus {
             id: 0,
             repository: status.repository.to_string(),
             commit: status.commit.to_string(),
@@ -73,12 +85,13 @@ impl StatusReporter {
             target_url: status.target_url,
             attempts: 0,
             next_attempt: 0,
-        };
-        match store.queue_status(&stored).await {
-            Ok(()) => wake.notify_one(),
-            Err(e) => {
-                tracing::error!(repo = %stored.repository, commit = %stored.commit, "cannot store the commit status: {e:#}")
-            }
+        })
+    }
+
+    /// Tells the poster the outbox has something new.
+    pub fn wake(&self) {
+        if let Some((_, wake)) = &self.outbox {
+            wake.notify_one();
         }
     }
 }

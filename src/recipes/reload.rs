@@ -109,25 +109,24 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
         log.line(line.as_bytes());
     }
     log.close().await?;
-    app.announce(&app.store.finish(id, &outcome).await?);
-    tracing::info!(project, status = %outcome.status, "recipes reloaded: {}", outcome.error.as_deref().unwrap_or("all files loaded"));
-
-    if let Some(commit) = commit {
+    let status = commit.map(|commit| {
         let description = match outcome.status {
             BuildStatus::Success => lines.first().cloned().unwrap_or_default(),
             _ => outcome.error.clone().unwrap_or_default(),
         };
-        app.statuses
-            .report(CommitStatus {
-                repository,
-                commit,
-                status: outcome.status,
-                context: format!("autobuilder/{RELOAD_SCRIPT}"),
-                description,
-                target_url: app.build_url(id),
-            })
-            .await;
-    }
+        CommitStatus {
+            repository,
+            commit,
+            status: outcome.status,
+            context: format!("autobuilder/{RELOAD_SCRIPT}"),
+            description,
+            target_url: app.build_url(id),
+        }
+    });
+    let status = status.and_then(|status| app.statuses.outbox_row(status));
+    app.announce(&app.store.finish(id, &outcome, status.as_ref()).await?);
+    app.statuses.wake();
+    tracing::info!(project, status = %outcome.status, "recipes reloaded: {}", outcome.error.as_deref().unwrap_or("all files loaded"));
     Ok(id)
 }
 

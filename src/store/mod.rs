@@ -299,7 +299,10 @@ impl Store {
     }
 
     /// Records how a build ended; returns its record.
-    pub async fn finish(&self, id: BuildId, outcome: &Outcome) -> anyhow::Result<Build> {
+    /// Records how a build ended and, in the same transaction, queues its final commit status (so
+    /// a crash cannot keep the one without the other); returns its record.
+    pub async fn finish(&self, id: BuildId, outcome: &Outcome, status: Option<&OutboxStatus>) -> anyhow::Result<Build> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE builds SET status = ?, ended = ?, error = ?, artifact = ?, artifact_url = ?, artifact_sha256 = ?, outputs = ?,
                                started = COALESCE(started, ?)
@@ -314,8 +317,12 @@ impl Store {
         .bind(&outcome.outputs)
         .bind(now_ms())
         .bind(id.0)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        if let Some(status) = status {
+            insert_status(&mut tx, status).await?;
+        }
+        tx.commit().await?;
         to_build(&row)
     }
 
@@ -392,21 +399,8 @@ impl Store {
 
     /// Puts a commit status in the outbox; it stays there until delivered.
     pub async fn queue_status(&self, status: &OutboxStatus) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO statuses (repository, commit_sha, state, context, description, target_url, created, next_attempt)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&status.repository)
-        .bind(&status.commit)
-        .bind(&status.state)
-        .bind(&status.context)
-        .bind(&status.description)
-        .bind(&status.target_url)
-        .bind(now_ms())
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut connection = self.pool.acquire().await?;
+        insert_status(&mut connection, status).await
     }
 
     /// The oldest status not delivered yet (they go out in order).
@@ -530,6 +524,24 @@ fn to_delivery(row: &SqliteRow) -> anyhow::Result<Delivery> {
     })
 }
 
+async fn insert_status(connection: &mut SqliteConnection, status: &OutboxStatus) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO statuses (repository, commit_sha, state, context, description, target_url, created, next_attempt)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&status.repository)
+    .bind(&status.commit)
+    .bind(&status.state)
+    .bind(&status.context)
+    .bind(&status.description)
+    .bind(&status.target_url)
+    .bind(now_ms())
+    .bind(now_ms())
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
 async fn migrate(conn: &mut SqliteConnection) -> anyhow::Result<()> {
     let applied: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *conn).await?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
@@ -608,7 +620,7 @@ mod tests {
         let a = store.insert(&new_build("o/a", "master")).await.unwrap().id;
         let b = store.insert(&new_build("o/b", "dev")).await.unwrap().id;
         store.mark_running(a).await.unwrap();
-        store.finish(a, &Outcome::failed(BuildStatus::Failure, "script exited 1")).await.unwrap();
+        store.finish(a, &Outcome::failed(BuildStatus::Failure, "script exited 1"), None).await.unwrap();
         drop(store);
 
         let store = Store::open(dir.path()).await.unwrap();
