@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ArtifactNames, Published, sha256_file};
+use super::{ArtifactNames, Published};
 
 pub struct DirectoryStore {
     root: PathBuf,
@@ -24,11 +24,10 @@ impl DirectoryStore {
     pub async fn publish(&self, file: &Path, names: &ArtifactNames) -> Result<Published, String> {
         let root = self.root.clone();
         let (file, names_owned) = (file.to_path_buf(), names.clone());
-        tokio::task::spawn_blocking(move || copy_and_link(&root, &file, &names_owned))
+        let sha256 = tokio::task::spawn_blocking(move || copy_and_link(&root, &file, &names_owned))
             .await
             .expect("copying does not panic")
             .map_err(|e| format!("cannot store the artifact in {}: {e}", self.root.display()))?;
-        let sha256 = sha256_file(&self.root.join(&names.versioned)).await.map_err(|e| e.to_string())?;
         Ok(Published {
             name: names.versioned.clone(),
             url: Some(format!("{}/{}", self.base_url, names.versioned)),
@@ -38,17 +37,36 @@ impl DirectoryStore {
 }
 
 /// Copies under a unique temporary name then renames, and makes the link the same way, so that
-/// readers never see a partial file and concurrent publishes of one name never collide.
-fn copy_and_link(root: &Path, file: &Path, names: &ArtifactNames) -> std::io::Result<()> {
+/// readers never see a partial file and concurrent publishes of one name never collide. Returns
+/// the sha256 of what was copied, hashed on the way (the file is read once).
+fn copy_and_link(root: &Path, file: &Path, names: &ArtifactNames) -> std::io::Result<String> {
     static UNIQUE: AtomicU64 = AtomicU64::new(0);
     let unique = || format!("{}-{}", std::process::id(), UNIQUE.fetch_add(1, Ordering::Relaxed));
     std::fs::create_dir_all(root)?;
     let partial = root.join(format!(".{}.{}.partial", names.versioned, unique()));
-    std::fs::copy(file, &partial)?;
+    let sha256 = copy_hashing(file, &partial)?;
     std::fs::rename(&partial, root.join(&names.versioned))?;
     let link = root.join(format!(".{}.{}.link", names.moving, unique()));
     std::os::unix::fs::symlink(&names.versioned, &link)?;
-    std::fs::rename(&link, root.join(&names.moving))
+    std::fs::rename(&link, root.join(&names.moving))?;
+    Ok(sha256)
+}
+
+fn copy_hashing(from: &Path, to: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let (mut source, mut target) = (std::fs::File::open(from)?, std::fs::File::create(to)?);
+    let (mut hasher, mut buffer) = (Sha256::new(), vec![0; 256 * 1024]);
+    loop {
+        match source.read(&mut buffer)? {
+            0 => break,
+            n => {
+                hasher.update(&buffer[..n]);
+                target.write_all(&buffer[..n])?;
+            }
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]
