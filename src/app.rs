@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::artifacts::ArtifactStore;
 use crate::build::ActiveBuilds;
+use crate::build::order::BranchHeads;
 use crate::build::queue::Queue;
 use crate::bus::{Bus, Event};
 use crate::config::Config;
@@ -34,6 +35,8 @@ pub struct App {
     pub queue: Arc<Queue>,
     /// Builds queued or running in this process.
     pub active: ActiveBuilds,
+    /// The newest commit seen per branch, to put deliveries that arrive out of order in order.
+    pub heads: BranchHeads,
     pub metrics: Metrics,
     /// Names this instance's containers and temp dirs, so that cleanup never touches another's.
     pub instance: String,
@@ -77,6 +80,7 @@ impl App {
             bus,
             queue,
             active: ActiveBuilds::default(),
+            heads: BranchHeads::default(),
             metrics: Metrics::default(),
             instance,
         }))

@@ -199,7 +199,9 @@ pub struct ProjectConfig {
     /// The branch of the recipes repository that is loaded.
     #[serde(default = "default_branch")]
     pub branch: String,
-    /// Secret shared with the GitHub webhooks of this project.
+    /// Secret shared with the GitHub webhooks of this project (may come from the environment
+    /// alone: `AUTOBUILDER_PROJECTS_<NAME>_WEBHOOK_SECRET`).
+    #[serde(default)]
     pub webhook_secret: Secret,
     /// Builds of this project running at once (within `[builds] concurrency`); 0: no own limit.
     #[serde(default)]
@@ -584,6 +586,16 @@ mod tests {
         assert_eq!(config.public_url, "https://ci.example");
         assert_eq!(config.projects["demo"].webhook_secret.expose(), "other");
         assert_eq!(config.builds.timeout_minutes, 5);
+    }
+
+    #[test]
+    fn a_webhook_secret_may_come_from_the_environment_alone() {
+        let file = "[projects.demo]\nrecipes = \"org/recipes\"\n";
+        let config =
+            Config::from_toml_and_env(file, env(&[("AUTOBUILDER_PROJECTS_DEMO_WEBHOOK_SECRET", "from-env")])).unwrap();
+        assert_eq!(config.projects["demo"].webhook_secret.expose(), "from-env");
+        let err = Config::from_toml_and_env(file, env(&[])).unwrap_err();
+        assert!(format!("{err:#}").contains("AUTOBUILDER_PROJECTS_DEMO_WEBHOOK_SECRET"), "{err:#}");
     }
 
     #[test]

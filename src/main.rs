@@ -1,4 +1,5 @@
-//! The `autobuilder` command: `serve` runs the service, `check` validates a recipes checkout.
+//! The `autobuilder` command: `serve` runs the service, `live` the websocket server, `hooks sync`
+//! sets up webhooks, `check` validates a recipes checkout.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use autobuilder::app::App;
 use autobuilder::bus::Bus;
 use autobuilder::config::{Config, LogFormat};
-use autobuilder::git::RecipesMirror;
+use autobuilder::git::Mirror;
 use autobuilder::github::api::GithubApi;
 use autobuilder::github::hooks::Change;
 use autobuilder::live::Live;
@@ -41,13 +42,18 @@ enum Command {
     },
     /// Manage the GitHub webhooks of the recipes and tracked repositories.
     Hooks {
+        /// What to do with the webhooks.
         #[command(subcommand)]
         action: HooksAction,
     },
-    /// Validate a recipes checkout: print every problem, exit 1 on any.
+    /// Validate a recipes checkout: print every problem, exit 1 on any (or when it holds no recipe).
     Check {
         /// Root of the recipes repository checkout.
         dir: PathBuf,
+        /// The service's configuration file: its [builds] caps (max_timeout_minutes, max_memory, ...)
+        /// are applied as `serve` applies them. Without it, the defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -57,6 +63,7 @@ enum HooksAction {
     /// <public_url>/build/<project>/hook with the project's secret and the events push,
     /// pull_request and issue_comment; print what changed. Exit 1 when a repository failed.
     Sync {
+        /// The service's configuration file ([github] credentials, public_url, [projects.*]).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Only print what would change.
@@ -71,7 +78,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Live { config } => live(config),
         Command::Hooks { action: HooksAction::Sync { config, dry_run } } => hooks_sync(config, dry_run),
-        Command::Check { dir } => check(&dir),
+        Command::Check { dir, config } => check(&dir, config),
     };
     match result {
         Ok(code) => code,
@@ -95,17 +102,23 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path.as_deref())?;
     init_logging(config.log_format);
     rustls::crypto::ring::default_provider().install_default().ok();
+    if config.projects.is_empty() {
+        tracing::warn!(
+            "no project is configured: every webhook will be refused; add a [projects.NAME] table (see config.sample.toml)"
+        );
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        // The port first: a second instance on the same port stops here, before it touches anything.
+        let listener = tokio::net::TcpListener::bind(config.listen_addr())
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
         let app = App::build(config).await?;
         app.load_recipes().await;
         autobuilder::build::resume(&app).await.context("cannot take over the builds of the previous run")?;
         autobuilder::server::hooks::act_on_unprocessed(&app).await?;
         prune(&app).await;
         tokio::spawn(retention(app.clone()));
-        let listener = tokio::net::TcpListener::bind(app.config.listen_addr())
-            .await
-            .with_context(|| format!("cannot listen on {}", app.config.listen))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
         let router = autobuilder::server::router(app)?;
         axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
@@ -169,7 +182,13 @@ fn live(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 fn hooks_sync(config_path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let config = Config::load(config_path.as_deref())?;
+    let Some(config_path) = config_path else {
+        anyhow::bail!("hooks sync needs the service's configuration: autobuilder hooks sync --config config.toml");
+    };
+    let config = Config::load(Some(&config_path))?;
+    if config.projects.is_empty() {
+        anyhow::bail!("{} configures no project: there is no webhook to set up", config_path.display());
+    }
     rustls::crypto::ring::default_provider().install_default().ok();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -182,7 +201,7 @@ fn hooks_sync(config_path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<Exi
                 (config.data_dir.join("recipes").join(format!("{project}.git")), config.clone_url(&recipes));
             let branch = Branch::parse(&settings.branch)?;
             let files = tokio::task::spawn_blocking(move || {
-                let mirror = RecipesMirror { path: &path, url: &url };
+                let mirror = Mirror { path: &path, url: &url };
                 let commit = mirror.fetch(&branch, None)?;
                 mirror.recipe_files(&commit)
             })
@@ -221,8 +240,10 @@ async fn shutdown_signal() {
     }
 }
 
-fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn check(dir: &std::path::Path, config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path.as_deref())?;
     let mut set = RecipeSet::parse_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    set.refuse(|script| config.builds.limits(&script.limits).map(drop));
     autobuilder::recipes::chains::resolve(&mut set);
     for recipe in set.recipes.values() {
         let scripts: Vec<&str> = recipe.scripts.iter().map(|s| s.script.as_str()).collect();
@@ -232,5 +253,12 @@ fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         println!("problem  {}: {}", problem.file, problem.reason);
     }
     println!("{} recipes, {} problems", set.recipes.len(), set.problems.len());
+    if set.recipes.is_empty() && set.problems.is_empty() {
+        println!(
+            "warning: no recipe found in {}: recipes are <org>/<repo>/<branch>.yaml files at its root",
+            dir.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(if set.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -68,6 +68,7 @@ async fn a_producer_image_feeds_its_dependents_and_cleanup_keeps_foreign_images(
     let v1 = git.commit("chains/kernel", "master", &[("kernel.sh", KERNEL_SH), ("version", "v1")]);
     let core = git.commit("chains/core", "master", &[("core.sh", CORE_SH)]);
     // A foreign untagged image and a foreign tagged one, which cleanup must leave alone.
+    ensure_test_image();
     let scratch = docker(&["create", TEST_IMAGE, "true"]);
     let foreign_untagged = docker(&["commit", &scratch]);
     docker(&["commit", &scratch, "chains-foreign:kept"]);

@@ -173,7 +173,7 @@ async fn bad_deliveries_are_refused_and_start_nothing() {
     let (code, _) = server.deliver("demo", "push", push.as_bytes(), Some("wrong-secret")).await;
     assert_eq!(code, 401);
     let (code, body) = server.deliver("nope", "push", push.as_bytes(), Some(SECRET)).await;
-    assert_eq!(code, 404, "{body}");
+    assert_eq!(code, 401, "an unknown project is answered like a wrong signature: {body}");
     let (code, body) = server.deliver("demo", "push", b"{not json", Some(SECRET)).await;
     assert_eq!(code, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("malformed push payload"));

@@ -3,6 +3,7 @@
 //! Builds can be cancelled (by an admin, or superseded by a newer push) and survive a restart.
 
 pub mod log;
+pub mod order;
 pub mod queue;
 mod recover;
 mod run;
@@ -215,24 +216,43 @@ impl ActiveBuilds {
     }
 }
 
-/// Records one queued build per build script of `recipe`, posts `pending`, and starts them.
-/// With `supersede`, the branch's queued builds (and running ones, per project setting) end
+/// The builds of one push: the ones queued now, and the ones of the same commit and script that
+/// were queued or running already (not started again).
+#[derive(Debug, Default)]
+pub struct Enqueued {
+    pub queued: Vec<BuildId>,
+    pub already: Vec<BuildId>,
+}
+
+/// Records one queued build per build script of `recipe`, posts `pending`, and starts them; a
+/// script already queued or running for this commit is left as it is. With `supersede`, the
+/// branch's queued builds of other commits (and running ones, per project setting) end
 /// `cancelled`: "superseded by <sha10>".
-pub async fn enqueue(app: &Arc<App>, recipe: &Recipe, source: Source, supersede: bool) -> anyhow::Result<Vec<BuildId>> {
+pub async fn enqueue(app: &Arc<App>, recipe: &Recipe, source: Source, supersede: bool) -> anyhow::Result<Enqueued> {
+    let building = app.active.of_branch(&source);
     if supersede {
         let running_too = app.config.projects.get(&source.project).is_none_or(|p| p.supersede_running);
-        for (id, active) in app.active.of_branch(&source) {
-            if running_too || !active.running.load(Ordering::Relaxed) {
+        for (id, active) in &building {
+            let other_commit = active.job.source.commit != source.commit;
+            if other_commit && (running_too || !active.running.load(Ordering::Relaxed)) {
                 tracing::info!(build = %id, "superseded by {}", source.commit.short());
                 active.cancel.cancel(&format!("superseded by {}", source.commit.short()));
             }
         }
     }
-    let mut ids = Vec::new();
+    let mut enqueued = Enqueued::default();
     for script in &recipe.scripts {
-        ids.push(queue(app, Job { source: source.clone(), script: script.clone() }).await?);
+        let same = building.iter().find(|(_, active)| {
+            active.job.source.commit == source.commit
+                && active.job.script.script == script.script
+                && !active.cancel.is_cancelled()
+        });
+        match same {
+            Some((id, _)) => enqueued.already.push(*id),
+            None => enqueued.queued.push(queue(app, Job { source: source.clone(), script: script.clone() }).await?),
+        }
     }
-    Ok(ids)
+    Ok(enqueued)
 }
 
 /// After a producer built a new image: queues the recipes that start `from` it, at their

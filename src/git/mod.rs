@@ -2,7 +2,9 @@
 //!
 //! Every function here blocks; call them from `tokio::task::spawn_blocking`.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use anyhow::Context;
 use git2::{FetchOptions, Oid, Repository, build::CheckoutBuilder};
@@ -50,15 +52,18 @@ pub fn remote_ref(branch: &Branch) -> String {
     }
 }
 
-/// A bare copy of a project's recipes repository under the data directory, fetched on demand.
-pub struct RecipesMirror<'a> {
+/// A bare copy of a repository under the data directory (a project's recipes, or a tracked
+/// repository whose pushes are put in order), fetched on demand. One at a time per path.
+pub struct Mirror<'a> {
     pub path: &'a Path,
     pub url: &'a str,
 }
 
-impl RecipesMirror<'_> {
+impl Mirror<'_> {
     /// Fetches `branch` and returns the commit to read: `sha` when given, else the branch head.
     pub fn fetch(&self, branch: &Branch, sha: Option<&CommitSha>) -> anyhow::Result<CommitSha> {
+        let lock = one_at_a_time(self.path);
+        let _fetching = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let repo = match Repository::open_bare(self.path) {
             Ok(repo) => repo,
             Err(_) => {
@@ -69,7 +74,7 @@ impl RecipesMirror<'_> {
             }
         };
         let tracking = format!("refs/remotes/origin/{branch}");
-        let refspec = format!("+refs/heads/{branch}:{tracking}");
+        let refspec = format!("+{}:{tracking}", remote_ref(branch));
         fetch(&repo, self.url, &[refspec.as_str()])?;
         let oid = match sha {
             Some(sha) => Oid::from_str(sha.as_str())?,
@@ -80,6 +85,17 @@ impl RecipesMirror<'_> {
         repo.find_commit(oid)
             .with_context(|| format!("commit {oid} is not on branch {branch} of {}", redact_url(self.url)))?;
         CommitSha::parse(&oid.to_string())
+    }
+
+    /// Whether `older` is an ancestor of `newer` (a commit is not its own ancestor); `None` when
+    /// either is not in the mirror (force-pushed away, or never fetched).
+    pub fn is_ancestor(&self, older: &CommitSha, newer: &CommitSha) -> anyhow::Result<Option<bool>> {
+        let repo = Repository::open_bare(self.path)?;
+        let (older, newer) = (Oid::from_str(older.as_str())?, Oid::from_str(newer.as_str())?);
+        if repo.find_commit(older).is_err() || repo.find_commit(newer).is_err() {
+            return Ok(None);
+        }
+        Ok(Some(repo.graph_descendant_of(newer, older)?))
     }
 
     /// The recipe files (`.yaml`/`.yml` outside hidden folders) of commit `sha`, as (path, content).
@@ -115,10 +131,17 @@ impl RecipesMirror<'_> {
     }
 }
 
+/// The lock of one mirror: libgit2 locks the refs it updates, but not the creation of a repository.
+fn one_at_a_time(path: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = LazyLock::new(Mutex::default);
+    LOCKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(path.to_path_buf()).or_default().clone()
+}
+
 fn fetch(repo: &Repository, url: &str, refspecs: &[&str]) -> anyhow::Result<()> {
     let mut remote = repo.remote_anonymous(url)?;
     let mut options = FetchOptions::new();
     options.download_tags(git2::AutotagOption::None);
+    options.update_fetchhead(false);
     remote
         .fetch(refspecs, Some(&mut options), None)
         .with_context(|| format!("git fetch of {} failed", redact_url(url)))?;

@@ -8,15 +8,34 @@ use crate::model::{Branch, CommitSha, RepoName};
 
 /// Checks `X-Hub-Signature-256: sha256=<hex>` against the HMAC-SHA256 of `body`, in constant time.
 pub fn verify_signature(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
-    let Some(hex_digest) = header.and_then(|h| h.strip_prefix("sha256=")) else {
-        return false;
-    };
-    let Ok(expected) = hex::decode(hex_digest.trim()) else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(body);
-    mac.verify_slice(&expected).is_ok()
+    SignatureCheck::new(secret, header).is_some_and(|mut check| {
+        check.update(body);
+        check.verify()
+    })
+}
+
+/// An `X-Hub-Signature-256` check fed the body piece by piece, as it arrives.
+pub struct SignatureCheck {
+    mac: Hmac<Sha256>,
+    expected: Vec<u8>,
+}
+
+impl SignatureCheck {
+    /// `None` when the header is missing or is not `sha256=<hex>`.
+    pub fn new(secret: &[u8], header: Option<&str>) -> Option<Self> {
+        let expected = hex::decode(header?.strip_prefix("sha256=")?.trim()).ok()?;
+        let mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+        Some(Self { mac, expected })
+    }
+
+    pub fn update(&mut self, piece: &[u8]) {
+        self.mac.update(piece);
+    }
+
+    /// Whether the body fed so far has the signature of the header (compared in constant time).
+    pub fn verify(self) -> bool {
+        self.mac.verify_slice(&self.expected).is_ok()
+    }
 }
 
 /// The `X-Hub-Signature-256` value for `body` (used by tests, benchmarks and the demo).
@@ -46,6 +65,10 @@ pub struct Push {
     pub git_ref: String,
     /// The pushed commit.
     pub after: CommitSha,
+    /// The branch head before the push (`None` for a new branch).
+    pub before: Option<CommitSha>,
+    /// A force push (the branch may have moved back on purpose).
+    pub forced: bool,
     pub deleted: bool,
     pub message: Option<String>,
     pub author: Option<String>,
@@ -114,6 +137,8 @@ pub struct PullRequest {
     /// The branch it wants to merge into.
     pub base: Branch,
     pub head_sha: CommitSha,
+    /// The head before a `synchronize`.
+    pub before: Option<CommitSha>,
     /// Where the head lives: the base repository, or a fork.
     pub head_repository: Option<String>,
     pub title: Option<String>,
@@ -130,6 +155,7 @@ impl PullRequest {
 struct RawPullRequestEvent {
     action: String,
     number: u64,
+    before: Option<String>,
     pull_request: RawPullRequest,
     repository: RawRepository,
 }
@@ -160,6 +186,9 @@ struct RawPush {
     #[serde(rename = "ref")]
     git_ref: String,
     after: String,
+    before: Option<String>,
+    #[serde(default)]
+    forced: bool,
     #[serde(default)]
     deleted: bool,
     repository: RawRepository,
@@ -182,6 +211,11 @@ struct RawAuthor {
     name: Option<String>,
 }
 
+/// A commit id a delivery names, unless absent, malformed or all zeros (no commit).
+fn known_commit(text: Option<&str>) -> Option<CommitSha> {
+    text.and_then(|text| CommitSha::parse(text).ok()).filter(|sha| !sha.is_zero())
+}
+
 /// Parses a delivery of type `event` (the `X-GitHub-Event` header). The error says what is wrong.
 pub fn parse_event(event: &str, body: &[u8]) -> anyhow::Result<Event> {
     Ok(match event {
@@ -193,6 +227,8 @@ pub fn parse_event(event: &str, body: &[u8]) -> anyhow::Result<Event> {
                 repository: RepoName::parse(&raw.repository.full_name)?,
                 git_ref: raw.git_ref,
                 after: CommitSha::parse(&raw.after)?,
+                before: known_commit(raw.before.as_deref()),
+                forced: raw.forced,
                 deleted: raw.deleted,
                 message: head.as_ref().and_then(|c| c.message.clone()),
                 author: head.and_then(|c| c.author).and_then(|a| a.name),
@@ -207,6 +243,7 @@ pub fn parse_event(event: &str, body: &[u8]) -> anyhow::Result<Event> {
                 repository: RepoName::parse(&raw.repository.full_name)?,
                 base: Branch::parse(&pr.base.git_ref)?,
                 head_sha: CommitSha::parse(&pr.head.sha)?,
+                before: known_commit(raw.before.as_deref()),
                 head_repository: pr.head.repo.map(|r| r.full_name),
                 title: pr.title,
                 user: pr.user.map(|u| u.login),
@@ -272,6 +309,65 @@ mod tests {
         assert_eq!(command_in("@autobuilder status"), Some(CommandKind::Status));
         assert_eq!(command_in("please @autobuilder rebuild this"), None);
         assert_eq!(command_in("@autobuilder deploy"), None);
+    }
+
+    /// GitHub's own example deliveries (`shared/github-payloads/<event>/*.json` beside the
+    /// repository, from octokit/webhooks), as (event, file name, body).
+    fn github_examples() -> Vec<(String, String, Vec<u8>)> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/github-payloads");
+        let events = std::fs::read_dir(&root).unwrap_or_else(|e| {
+            panic!("GitHub's example deliveries are expected in {}: {e}", root.display());
+        });
+        let mut examples = Vec::new();
+        for event in events.map(Result::unwrap).filter(|e| e.file_type().unwrap().is_dir()) {
+            for file in std::fs::read_dir(event.path()).unwrap().map(Result::unwrap) {
+                let name = file.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".json") {
+                    let event = event.file_name().to_string_lossy().into_owned();
+                    examples.push((event, name, std::fs::read(file.path()).unwrap()));
+                }
+            }
+        }
+        examples.sort();
+        examples
+    }
+
+    #[test]
+    fn every_example_delivery_of_github_parses() {
+        let examples = github_examples();
+        assert!(examples.len() > 200, "only {} examples found", examples.len());
+        let (mut pushes, mut pulls, mut comments) = (0, 0, 0);
+        for (event, file, body) in &examples {
+            let parsed = parse_event(event, body).unwrap_or_else(|e| panic!("{event}/{file}: {e:#}"));
+            let raw: serde_json::Value = serde_json::from_slice(body).unwrap();
+            match parsed {
+                Event::Push(push) => {
+                    pushes += 1;
+                    assert_eq!(push.repository.as_str(), raw["repository"]["full_name"], "{file}");
+                    assert_eq!(push.git_ref, raw["ref"], "{file}");
+                    assert_eq!(push.after.as_str(), raw["after"], "{file}");
+                    assert_eq!(push.deleted, raw["deleted"] == true, "{file}");
+                    assert_eq!(push.before.is_none(), raw["before"].as_str().unwrap().bytes().all(|b| b == b'0'));
+                    assert_eq!(push.message.as_deref(), raw["head_commit"]["message"].as_str(), "{file}");
+                }
+                Event::PullRequest(pr) => {
+                    pulls += 1;
+                    let raw_pr = &raw["pull_request"];
+                    assert_eq!(pr.action, raw["action"], "{file}");
+                    assert_eq!(pr.number, raw["number"].as_u64().unwrap(), "{file}");
+                    assert_eq!(pr.base.as_str(), raw_pr["base"]["ref"], "{file}");
+                    assert_eq!(pr.head_sha.as_str(), raw_pr["head"]["sha"], "{file}");
+                    assert_eq!(pr.head_repository.as_deref(), raw_pr["head"]["repo"]["full_name"].as_str());
+                }
+                Event::Command(_) => panic!("{file}: no example comment holds an autobuilder command"),
+                Event::Ping => assert_eq!(event, "ping"),
+                Event::Other(_) => {
+                    assert!(!matches!(event.as_str(), "push" | "pull_request" | "ping"), "{event}/{file}");
+                    comments += usize::from(event == "issue_comment");
+                }
+            }
+        }
+        assert_eq!((pushes, pulls, comments), (6, 28, 8), "every push, pull_request and issue_comment example");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::app::App;
-use crate::git::RecipesMirror;
+use crate::git::Mirror;
 use crate::github::status::CommitStatus;
 use crate::model::{Branch, BuildId, BuildKind, BuildStatus, CommitSha, RepoName};
 use crate::recipes::RecipeSet;
@@ -15,10 +15,10 @@ use crate::store::{NewBuild, Outcome};
 /// Script name of reload entries in the history, and the suffix of their status context.
 pub const RELOAD_SCRIPT: &str = "recipes";
 
-/// The recipes currently loaded, per project.
+/// The recipes currently loaded, per project, and the recipes commit each was loaded from.
 #[derive(Default)]
 pub struct Recipes {
-    sets: RwLock<HashMap<String, Arc<RecipeSet>>>,
+    sets: RwLock<HashMap<String, Loaded>>,
     /// Reloads run one at a time, so an older fetch never overwrites a newer one.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -26,17 +26,40 @@ pub struct Recipes {
 impl Recipes {
     /// The recipes of `project`, if any were ever loaded.
     pub fn get(&self, project: &str) -> Option<Arc<RecipeSet>> {
-        self.sets.read().expect("not poisoned").get(project).cloned()
+        self.sets.read().expect("not poisoned").get(project).map(|loaded| loaded.set.clone())
     }
 
-    fn replace(&self, project: &str, set: RecipeSet) -> Option<Arc<RecipeSet>> {
-        self.sets.write().expect("not poisoned").insert(project.to_string(), Arc::new(set))
+    /// The recipes commit the loaded recipes of `project` come from.
+    fn commit(&self, project: &str) -> Option<CommitSha> {
+        self.sets.read().expect("not poisoned").get(project).map(|loaded| loaded.commit.clone())
+    }
+
+    fn replace(&self, project: &str, set: RecipeSet, commit: &CommitSha) -> Option<Arc<RecipeSet>> {
+        let loaded = Loaded { set: Arc::new(set), commit: commit.clone() };
+        self.sets.write().expect("not poisoned").insert(project.to_string(), loaded).map(|previous| previous.set)
     }
 }
 
-/// Fetches the project's recipes repository at `sha` (or its branch head), parses it, swaps the
-/// loaded recipes, and records the reload. A failed fetch keeps the recipes loaded before.
-pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> anyhow::Result<BuildId> {
+/// The recipes of one project and the recipes commit they come from.
+struct Loaded {
+    set: Arc<RecipeSet>,
+    commit: CommitSha,
+}
+
+/// What a fetch of the recipes repository found.
+enum Fetched {
+    /// The branch head, to load, with its recipe files.
+    Head(CommitSha, Vec<(String, Vec<u8>)>),
+    /// The branch head is what is loaded already, or older than it (a late delivery).
+    NotNewer { head: CommitSha, loaded: CommitSha },
+}
+
+/// Fetches the project's recipes repository, parses its branch head, swaps the loaded recipes,
+/// and records the reload. `pushed` is the commit a push delivery named: the head is loaded
+/// whatever it names, as deliveries may arrive out of order, and recipes older than (or the same
+/// as) those loaded are never loaded again. A failed fetch keeps the recipes loaded before.
+/// Returns the history entry of the reload, `None` when there was nothing newer to load.
+pub async fn reload(app: &Arc<App>, project: &str, pushed: Option<CommitSha>) -> anyhow::Result<Option<BuildId>> {
     let _one_at_a_time = app.recipes.reloading.lock().await;
     let settings = app.config.projects.get(project).ok_or_else(|| anyhow::anyhow!("unknown project {project}"))?;
     let repository = RepoName::parse(&settings.recipes)?;
@@ -45,19 +68,39 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
     let url = app.config.clone_url(&repository);
 
     let fetched = {
-        let (branch, sha) = (branch.clone(), sha.clone());
+        let (branch, loaded) = (branch.clone(), app.recipes.commit(project));
         tokio::task::spawn_blocking(move || {
-            let mirror = RecipesMirror { path: &mirror_path, url: &url };
-            let commit = mirror.fetch(&branch, sha.as_ref())?;
-            let files = mirror.recipe_files(&commit)?;
-            Ok::<_, anyhow::Error>((commit, files))
+            let mirror = Mirror { path: &mirror_path, url: &url };
+            let head = mirror.fetch(&branch, None)?;
+            if let Some(loaded) = loaded
+                && (head == loaded || mirror.is_ancestor(&head, &loaded)? == Some(true))
+            {
+                return Ok(Fetched::NotNewer { head, loaded });
+            }
+            let files = mirror.recipe_files(&head)?;
+            Ok::<_, anyhow::Error>(Fetched::Head(head, files))
         })
         .await?
     };
 
     let mut lines = Vec::new();
+    let not_the_head = match (&pushed, &fetched) {
+        (Some(pushed), Ok(Fetched::Head(head, _))) if head != pushed => {
+            Some(format!("the push named {}, the branch head is {}: the head is loaded", pushed.short(), head.short()))
+        }
+        _ => None,
+    };
     let (commit, outcome) = match fetched {
-        Ok((commit, files)) => {
+        Ok(Fetched::NotNewer { head, loaded }) => {
+            tracing::info!(
+                project,
+                "recipes at {} not loaded: {} is loaded, which is not older",
+                head.short(),
+                loaded.short()
+            );
+            return Ok(None);
+        }
+        Ok(Fetched::Head(commit, files)) => {
             let mut set = RecipeSet::parse(files.iter().map(|(path, content)| (path.clone(), content.as_slice())));
             set.refuse(|script| app.config.builds.limits(&script.limits).map(drop));
             crate::recipes::chains::resolve(&mut set);
@@ -65,7 +108,8 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
                 script.recipes_commit = Some(commit.to_string());
             }
             let outcome = describe(&set, &mut lines, &repository, &commit);
-            let previous = app.recipes.replace(project, set);
+            lines.extend(not_the_head);
+            let previous = app.recipes.replace(project, set, &commit);
             let now = app.recipes.get(project).expect("just stored");
             let before: Vec<&RepoName> = previous.as_ref().map(|p| p.repositories()).unwrap_or_default();
             for repo in &before {
@@ -84,7 +128,7 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
             let reason = format!("cannot fetch {repository} {branch}: {e:#}");
             lines.push(reason.clone());
             lines.push("the recipes loaded before stay in use".into());
-            (sha, Outcome::failed(BuildStatus::Error, reason))
+            (pushed, Outcome::failed(BuildStatus::Error, reason))
         }
     };
 
@@ -127,7 +171,7 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
     app.announce(&app.store.finish(id, &outcome, status.as_ref()).await?);
     app.statuses.wake();
     tracing::info!(project, status = %outcome.status, "recipes reloaded: {}", outcome.error.as_deref().unwrap_or("all files loaded"));
-    Ok(id)
+    Ok(Some(id))
 }
 
 /// `[hooks] auto`: gives newly tracked repositories their webhook.

@@ -1,19 +1,20 @@
-//! `POST /build/<project>/hook`: verify the signature, store the delivery, act on it, answer at
-//! once (builds and reloads run after the answer). A delivery seen before is not acted on again.
+//! `POST /build/<project>/hook`: the delivery, verified at the edge ([`SignedDelivery`]), is
+//! stored, acted on, and answered at once (builds and reloads run after the answer). A delivery
+//! seen before is not acted on again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Json;
 use serde_json::{Value, json};
 
 use super::ApiError;
+use super::intake::SignedDelivery;
 use crate::app::App;
+use crate::build::order::{Lineage, newer_than};
 use crate::build::{Source, enqueue};
-use crate::github::webhook::{Command, CommandKind, Event, PullRequest, parse_event, verify_signature};
+use crate::github::webhook::{Command, CommandKind, Event, PullRequest, parse_event};
 use crate::metrics::EventLabel;
 use crate::model::BuildStatus;
 use crate::model::{Branch, CommitSha, RepoName};
@@ -21,54 +22,27 @@ use crate::recipes::Recipe;
 use crate::recipes::reload::reload;
 use crate::store::{HistoryFilter, MAX_HISTORY};
 
-/// Headers kept with a stored delivery.
-const KEPT_HEADERS: &[&str] =
-    &["x-github-event", "x-github-delivery", "x-github-hook-id", "user-agent", "content-type"];
-
 pub async fn receive(
     State(app): State<Arc<App>>,
-    Path(project): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    delivery: SignedDelivery,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let settings = app
-        .config
-        .projects
-        .get(&project)
-        .ok_or_else(|| ApiError::not_found(format!("no project {project:?} is configured")))?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if !verify_signature(settings.webhook_secret.expose().as_bytes(), &body, header("x-hub-signature-256")) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong X-Hub-Signature-256: the webhook secret must equal the project's webhook_secret",
-        ));
-    }
-    let event = header("x-github-event")
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header"))?
-        .to_string();
-    let delivery = match header("x-github-delivery") {
-        Some(id) if !id.is_empty() && id.len() <= 100 => id.to_string(),
-        _ => local_delivery_id(),
-    };
-    let kept: serde_json::Map<String, Value> =
-        KEPT_HEADERS.iter().filter_map(|name| Some((name.to_string(), Value::from(header(name)?)))).collect();
-    let headers = Value::Object(kept).to_string();
+    let SignedDelivery { project, event, id, headers, payload } = delivery;
     app.metrics.deliveries.get_or_create(&EventLabel { event: event.clone() }).inc();
     // A delivery that starts nothing is stored with its answer in one write; one that starts a
     // build or a reload is stored first, then acted on, then its outcome recorded.
-    let decision = decide(&app, &project, &event, &body);
+    let decision = decide(&app, &project, &event, &payload);
     if let Decision::Answer(code, answer) = &decision {
-        let outcome = outcome_of(*code, answer, &delivery);
-        let new = app.store.record_delivery(&delivery, &project, &event, &headers, &body, Some(&outcome)).await?;
+        let outcome = outcome_of(*code, answer, &id);
+        let new = app.store.record_delivery(&id, &project, &event, &headers, &payload, Some(&outcome)).await?;
         if new {
             return Ok((*code, Json(outcome["answer"].clone())));
         }
-        return Ok(seen_before(&app, &delivery).await?);
+        return Ok(seen_before(&app, &id).await?);
     }
-    if !app.store.record_delivery(&delivery, &project, &event, &headers, &body, None).await? {
-        return Ok(seen_before(&app, &delivery).await?);
+    if !app.store.record_delivery(&id, &project, &event, &headers, &payload, None).await? {
+        return Ok(seen_before(&app, &id).await?);
     }
-    Ok(carry_out_and_record(&app, &delivery, &project, decision).await)
+    Ok(carry_out_and_record(&app, &id, &project, decision).await)
 }
 
 async fn seen_before(app: &App, delivery: &str) -> anyhow::Result<(StatusCode, Json<Value>)> {
@@ -128,7 +102,7 @@ enum Decision {
     /// Nothing to do but answer.
     Answer(StatusCode, Value),
     Reload(CommitSha),
-    Build(Box<Recipe>, Source),
+    Build(Box<Recipe>, Source, Lineage),
     /// Cancel the builds of a closed pull request (its `pull/<n>` branch).
     Cancel(RepoName, Branch, String),
     /// A pull request comment's command (it asks GitHub who may, so it is carried out).
@@ -163,6 +137,7 @@ fn decide_pull_request(app: &App, project: &str, pr: PullRequest) -> Decision {
             pr.repository, pr.base, pr.number
         ));
     };
+    let lineage = Lineage { before: pr.before, forced: false };
     let source = Source {
         project: project.to_string(),
         repository: pr.repository,
@@ -171,7 +146,7 @@ fn decide_pull_request(app: &App, project: &str, pr: PullRequest) -> Decision {
         message: pr.title,
         author: pr.user,
     };
-    Decision::Build(Box::new(recipe), source)
+    Decision::Build(Box::new(recipe), source, lineage)
 }
 
 fn decide(app: &App, project: &str, event: &str, body: &[u8]) -> Decision {
@@ -222,6 +197,7 @@ fn decide(app: &App, project: &str, event: &str, body: &[u8]) -> Decision {
     let Some(recipe) = recipes.get(&push.repository, &branch).cloned() else {
         return answer(StatusCode::OK, format!("no recipe for {} branch {branch}: nothing to build", push.repository));
     };
+    let lineage = Lineage { before: push.before, forced: push.forced };
     let source = Source {
         project: project.to_string(),
         repository: push.repository,
@@ -230,7 +206,7 @@ fn decide(app: &App, project: &str, event: &str, body: &[u8]) -> Decision {
         message: push.message,
         author: push.author,
     };
-    Decision::Build(Box::new(recipe), source)
+    Decision::Build(Box::new(recipe), source, lineage)
 }
 
 async fn carry_out(app: &Arc<App>, project: &str, decision: Decision) -> Result<(StatusCode, Value), ApiError> {
@@ -251,18 +227,47 @@ async fn carry_out(app: &Arc<App>, project: &str, decision: Decision) -> Result<
             let cancelled = app.active.cancel_branch(project, &repository, &branch, &reason);
             Ok(said(StatusCode::OK, format!("{reason}: {cancelled} builds cancelled")))
         }
-        Decision::Build(recipe, source) => queue_builds(app, &recipe, source).await,
+        Decision::Build(recipe, source, lineage) => queue_builds(app, &recipe, source, &lineage).await,
     }
 }
 
-/// Queues one build per script of `recipe` (superseding the branch's older ones); the answer.
-async fn queue_builds(app: &Arc<App>, recipe: &Recipe, source: Source) -> Result<(StatusCode, Value), ApiError> {
-    let (count, repository, branch, commit) =
-        (recipe.scripts.len(), source.repository.clone(), source.branch.clone(), source.commit.clone());
-    let ids = enqueue(app, recipe, source, true).await?;
-    let message = format!("{count} builds queued for {repository} {branch} at {}", commit.short());
+/// Queues one build per script of `recipe` (superseding the branch's builds of other commits);
+/// the answer. A commit older than one already seen on the branch starts and cancels nothing,
+/// and a script already queued or running for this very commit is not started again.
+async fn queue_builds(
+    app: &Arc<App>,
+    recipe: &Recipe,
+    source: Source,
+    lineage: &Lineage,
+) -> Result<(StatusCode, Value), ApiError> {
+    let _turn = app.heads.turn(&source).await;
+    let (repository, branch, commit) = (source.repository.clone(), source.branch.clone(), source.commit.clone());
+    if let Some(newer) = newer_than(app, &source, lineage).await {
+        let message = format!(
+            "{} is older than {}, already seen on {repository} {branch}: nothing started or cancelled",
+            commit.short(),
+            newer.short()
+        );
+        return Ok(said(StatusCode::OK, message));
+    }
+    app.heads.saw(&source);
+    let enqueued = enqueue(app, recipe, source, true).await?;
+    let (code, message) = match (enqueued.queued.len(), enqueued.already.len()) {
+        (0, _) => (StatusCode::OK, format!("already building {} for {repository} {branch}", commit.short())),
+        (queued, 0) => {
+            (StatusCode::ACCEPTED, format!("{queued} builds queued for {repository} {branch} at {}", commit.short()))
+        }
+        (queued, already) => (
+            StatusCode::ACCEPTED,
+            format!(
+                "{queued} builds queued for {repository} {branch} at {}; {already} already building",
+                commit.short()
+            ),
+        ),
+    };
+    let ids: Vec<_> = enqueued.queued.iter().chain(&enqueued.already).copied().collect();
     let urls: Vec<String> = ids.iter().map(|id| app.build_url(*id)).collect();
-    Ok((StatusCode::ACCEPTED, json!({ "message": message, "builds": ids, "urls": urls })))
+    Ok((code, json!({ "message": message, "builds": ids, "urls": urls })))
 }
 
 /// `@autobuilder rebuild` builds the pull request's head (a fork too: someone with write access
@@ -292,7 +297,7 @@ async fn run_command(app: &Arc<App>, project: &str, command: Command) -> Result<
                 message: pr.title,
                 author: pr.user,
             };
-            queue_builds(app, &recipe, source).await
+            queue_builds(app, &recipe, source, &Lineage::default()).await
         }
         CommandKind::Status => {
             let filter = HistoryFilter {
@@ -326,11 +331,4 @@ async fn run_command(app: &Arc<App>, project: &str, command: Command) -> Result<
 
 fn said(code: StatusCode, message: String) -> (StatusCode, Value) {
     (code, json!({ "message": message, "builds": [] }))
-}
-
-/// An id for a delivery that came without `X-GitHub-Delivery` (not from GitHub itself).
-fn local_delivery_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("local-{nanos:x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }

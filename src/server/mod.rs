@@ -3,6 +3,7 @@
 mod admin;
 mod api;
 pub mod hooks;
+mod intake;
 mod ops;
 mod pages;
 
@@ -18,9 +19,6 @@ use tower_http::services::ServeDir;
 use crate::app::App;
 use crate::live::Live;
 
-/// Largest webhook body accepted: GitHub caps payloads at 25 MB.
-pub const MAX_HOOK_BODY: usize = 26 * 1024 * 1024;
-
 /// All routes of `serve`. Without Redis, the live websocket (`/live`) is served here too.
 pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
     let pages = pages::Pages::new()?;
@@ -30,7 +28,7 @@ pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
         _ => Router::new(),
     };
     Ok(Router::new()
-        .route("/build/{project}/hook", post(hooks::receive).layer(DefaultBodyLimit::max(MAX_HOOK_BODY)))
+        .route("/build/{project}/hook", post(hooks::receive).layer(DefaultBodyLimit::disable()))
         .route("/build/status", get(api::status))
         .route("/build/history", get(api::history))
         .route("/build/logs/{*path}", get(api::branch_log))
@@ -51,6 +49,7 @@ pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
 }
 
 /// An error answer: a status code and a JSON body `{"error": "..."}` that says what to do.
+#[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
 impl ApiError {

@@ -21,9 +21,14 @@ pub const TEST_IMAGE: &str = "autobuilder-test-busybox:latest";
 pub const WAIT: Duration = Duration::from_secs(120);
 
 /// Imports [`TEST_IMAGE`] from the host's static busybox (Debian's busybox-static) unless present.
+/// Every test that touches Docker calls it first (`Server::start` does): it runs once per test
+/// process, and a file lock makes concurrent test processes import the image once between them.
 pub fn ensure_test_image() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
+        let lock_path = std::env::temp_dir().join("autobuilder-test-image.lock");
+        let lock = std::fs::File::create(&lock_path).expect("cannot create the test image lock file");
+        lock.lock().expect("cannot lock the test image lock file");
         let present = Command::new("docker").args(["image", "inspect", TEST_IMAGE]).output().expect("docker CLI");
         if present.status.success() {
             return;
@@ -31,7 +36,7 @@ pub fn ensure_test_image() {
         let busybox = ["/bin/busybox", "/usr/bin/busybox"]
             .into_iter()
             .find(|p| Path::new(p).exists())
-            .expect("busybox not found: apt-get install busybox-static");
+            .expect("busybox not found: apt-get install busybox-static (or run scripts/install-deps.sh)");
         let root = tempfile::tempdir().unwrap();
         let bin = root.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
@@ -448,6 +453,8 @@ pub struct Server {
     pub http: reqwest::Client,
     /// Every line the server printed (its own log).
     pub output: Arc<Mutex<Vec<String>>>,
+    /// Environment variables of the server process beyond the test's own.
+    env: Vec<(String, String)>,
 }
 
 pub const SECRET: &str = "test-secret";
@@ -497,6 +504,11 @@ impl Server {
     /// Starts the binary in a new directory, on the configuration `config` makes for that
     /// directory (see [`test_config`]), and waits until it listens.
     pub fn start(config: impl FnOnce(&Path) -> String) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`Server::start`] with more environment variables (`AUTOBUILDER_*` overrides).
+    pub fn start_with_env(config: impl FnOnce(&Path) -> String, env: &[(&str, &str)]) -> Self {
         ensure_test_image();
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
@@ -509,6 +521,7 @@ impl Server {
             child: None,
             http: reqwest::Client::new(),
             output: Arc::default(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         server.spawn();
         server
@@ -521,6 +534,7 @@ impl Server {
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -1034,6 +1048,7 @@ impl Drop for Browser {
 /// `docker run` of `script` in the test image with `log_driver`, its output read and dropped: the
 /// baseline of the benchmarks.
 pub fn docker_run(script: &str, log_driver: &str) -> Duration {
+    ensure_test_image();
     let start = Instant::now();
     let status = Command::new("docker")
         .args(["run", "--rm", "--network", "none", "--log-driver", log_driver, TEST_IMAGE, "sh", "-c"])

@@ -1,0 +1,179 @@
+//! The edge of `POST /build/<project>/hook`: a delivery is checked before its body is read (a known
+//! project and a signature header), read within a shared byte budget, verified (HMAC-SHA256), and
+//! unwrapped from either content type GitHub sends (`application/json`, or
+//! `application/x-www-form-urlencoded` with the JSON in its `payload` field).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use super::ApiError;
+use crate::app::App;
+use crate::github::webhook::SignatureCheck;
+
+/// Largest webhook body accepted: GitHub caps payloads at 25 MB.
+pub const MAX_HOOK_BODY: usize = 26 * 1024 * 1024;
+/// Bytes of webhook bodies being read at once, over all requests; more wait for their turn, so
+/// that strangers sending large bodies cannot exhaust the memory.
+const BODY_BUDGET: usize = 32 * 1024 * 1024;
+/// Headers kept with a stored delivery.
+const KEPT_HEADERS: &[&str] =
+    &["x-github-event", "x-github-delivery", "x-github-hook-id", "user-agent", "content-type"];
+/// The one answer to an unknown project, a missing signature and a wrong one alike, so that the
+/// configured projects cannot be found out by trying names.
+const NOT_SIGNED: &str = "missing or wrong X-Hub-Signature-256: the hook URL must name a configured project, and the \
+                          webhook secret must equal that project's webhook_secret";
+
+/// A webhook delivery whose signature was verified, with its JSON payload.
+pub struct SignedDelivery {
+    pub project: String,
+    /// `X-GitHub-Event`.
+    pub event: String,
+    /// `X-GitHub-Delivery`, or a local id when the sender gave none.
+    pub id: String,
+    /// The headers kept with the stored delivery, as a JSON object.
+    pub headers: String,
+    /// The JSON payload (taken out of the form of a form-encoded delivery).
+    pub payload: Bytes,
+}
+
+/// The semaphore of [`BODY_BUDGET`], in KiB permits.
+fn budget() -> &'static Semaphore {
+    static BUDGET: Semaphore = Semaphore::const_new(BODY_BUDGET / 1024);
+    &BUDGET
+}
+
+impl FromRequest<Arc<App>> for SignedDelivery {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, app: &Arc<App>) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let Path(project) = Path::<String>::from_request_parts(&mut parts, app)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let headers = parts.headers;
+        let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        // Nothing is read for a request that cannot be a delivery.
+        let signature = text("x-hub-signature-256").filter(|s| s.len() == 71 && s.starts_with("sha256="));
+        let Some(signature) = signature else {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED));
+        };
+        let length = match text(header::CONTENT_LENGTH.as_str()).map(str::parse::<usize>) {
+            Some(Ok(length)) if length > MAX_HOOK_BODY => return Err(too_large()),
+            Some(Ok(length)) => length,
+            // Without a length (chunked), the body may be as large as the largest accepted.
+            _ => MAX_HOOK_BODY,
+        };
+        let permits = u32::try_from(length.div_ceil(1024).max(1)).expect("bounded by MAX_HOOK_BODY");
+        let _reading = budget().acquire_many(permits).await.expect("the budget is never closed");
+        // An unknown project is answered like a wrong signature, after the same work.
+        let secret = app.config.projects.get(&project).map(|p| p.webhook_secret.expose().as_bytes());
+        let check = SignatureCheck::new(secret.unwrap_or_default(), Some(signature))
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED))?;
+        let Some(body) = read_signed(body, check).await? else {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED));
+        };
+        if secret.is_none() {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED));
+        }
+        let event = text("x-github-event")
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header"))?
+            .to_string();
+        let id = match text("x-github-delivery") {
+            Some(id) if !id.is_empty() && id.len() <= 100 => id.to_string(),
+            _ => local_delivery_id(),
+        };
+        let payload = payload_of(&headers, body)?;
+        let kept: serde_json::Map<String, Value> =
+            KEPT_HEADERS.iter().filter_map(|name| Some((name.to_string(), Value::from(text(name)?)))).collect();
+        Ok(SignedDelivery { project, event, id, headers: Value::Object(kept).to_string(), payload })
+    }
+}
+
+/// Reads a body, checking its signature on the way; the body when the signature holds. The
+/// pieces are joined only then: a stranger's body is never copied into one large buffer.
+async fn read_signed(body: axum::body::Body, mut check: SignatureCheck) -> Result<Option<Bytes>, ApiError> {
+    let (mut pieces, mut length) = (Vec::new(), 0);
+    let mut stream = body.into_data_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")))?;
+        length += piece.len();
+        if length > MAX_HOOK_BODY {
+            return Err(too_large());
+        }
+        check.update(&piece);
+        pieces.push(piece);
+    }
+    if !check.verify() {
+        return Ok(None);
+    }
+    Ok(Some(match pieces.as_slice() {
+        [only] => only.clone(),
+        _ => Bytes::from(pieces.concat()),
+    }))
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("webhook bodies are limited to {MAX_HOOK_BODY} bytes"))
+}
+
+/// The JSON payload of a verified body, by its content type (none given: JSON).
+fn payload_of(headers: &HeaderMap, body: Bytes) -> Result<Bytes, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let media_type = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    match media_type.as_str() {
+        "application/json" => Ok(body),
+        "application/x-www-form-urlencoded" => form_urlencoded::parse(&body)
+            .find(|(name, _)| name == "payload")
+            .map(|(_, payload)| Bytes::from(payload.into_owned()))
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "form-encoded delivery without a `payload` field")),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content type {content_type:?} is not accepted: set the webhook's content type to application/json \
+                 (or application/x-www-form-urlencoded)"
+            ),
+        )),
+    }
+}
+
+/// An id for a delivery that came without `X-GitHub-Delivery` (not from GitHub itself).
+fn local_delivery_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("local-{nanos:x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(content_type: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(content_type) = content_type {
+            headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn both_content_types_github_sends_give_the_json() {
+        let json = Bytes::from_static(br#"{"zen":"a b&c=d"}"#);
+        assert_eq!(payload_of(&headers(None), json.clone()).unwrap(), json);
+        assert_eq!(payload_of(&headers(Some("application/json; charset=utf-8")), json.clone()).unwrap(), json);
+        let form = Bytes::from_static(b"payload=%7B%22zen%22%3A%22a+b%26c%3Dd%22%7D");
+        let form_type = Some("application/x-www-form-urlencoded");
+        assert_eq!(payload_of(&headers(form_type), form).unwrap(), json);
+        let missing = payload_of(&headers(form_type), Bytes::from_static(b"other=1")).err().unwrap();
+        assert_eq!(missing.0, StatusCode::BAD_REQUEST);
+        let other = payload_of(&headers(Some("text/plain")), json).err().unwrap();
+        assert_eq!(other.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(other.1.contains("application/json"), "{}", other.1);
+    }
+}
