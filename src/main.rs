@@ -188,7 +188,7 @@ fn hooks_sync(config_path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<Exi
             })
             .await?
             .with_context(|| format!("cannot read the recipes of project {project}"))?;
-            let set = RecipeSet::parse(files.iter().map(|(p, c)| (p.clone(), c.as_slice())));
+            let set = RecipeSet::parse(project, files.iter().map(|(p, c)| (p.clone(), c.as_slice())));
             let mut repos = vec![recipes.clone()];
             repos.extend(set.repositories().into_iter().cloned());
             let hook_url = config.hook_url(project);
@@ -222,8 +222,10 @@ async fn shutdown_signal() {
 }
 
 fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let mut set = RecipeSet::parse_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    // Image names hold the project, which a checkout alone does not know; any name checks the same.
+    let mut set = RecipeSet::parse_dir("check", dir).with_context(|| format!("cannot read {}", dir.display()))?;
     autobuilder::recipes::chains::resolve(&mut set);
+    autobuilder::recipes::names::refuse_collisions(&mut set, &[]);
     for recipe in set.recipes.values() {
         let scripts: Vec<&str> = recipe.scripts.iter().map(|s| s.script.as_str()).collect();
         println!("ok       {}: {} {} builds {}", recipe.file, recipe.repository, recipe.branch, scripts.join(", "));

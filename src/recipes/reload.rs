@@ -29,6 +29,12 @@ impl Recipes {
         self.sets.read().expect("not poisoned").get(project).cloned()
     }
 
+    /// The recipes every other project has loaded (they share the artifact store).
+    fn others(&self, project: &str) -> Vec<(String, Arc<RecipeSet>)> {
+        let sets = self.sets.read().expect("not poisoned");
+        sets.iter().filter(|(name, _)| name.as_str() != project).map(|(n, s)| (n.clone(), s.clone())).collect()
+    }
+
     fn replace(&self, project: &str, set: RecipeSet) -> Option<Arc<RecipeSet>> {
         self.sets.write().expect("not poisoned").insert(project.to_string(), Arc::new(set))
     }
@@ -58,9 +64,19 @@ pub async fn reload(app: &Arc<App>, project: &str, sha: Option<CommitSha>) -> an
     let mut lines = Vec::new();
     let (commit, outcome) = match fetched {
         Ok((commit, files)) => {
-            let mut set = RecipeSet::parse(files.iter().map(|(path, content)| (path.clone(), content.as_slice())));
-            set.refuse(|script| app.config.builds.limits(&script.limits).map(drop));
+            let mut set =
+                RecipeSet::parse(project, files.iter().map(|(path, content)| (path.clone(), content.as_slice())));
+            set.refuse(|script| {
+                app.config.builds.limits(&script.limits)?;
+                match &script.baseimage {
+                    Some(image) => crate::recipes::chains::check_baseimage(&app.config, project, image),
+                    None => Ok(()),
+                }
+            });
             crate::recipes::chains::resolve(&mut set);
+            let others = app.recipes.others(project);
+            let others: Vec<(&str, &RecipeSet)> = others.iter().map(|(p, s)| (p.as_str(), s.as_ref())).collect();
+            crate::recipes::names::refuse_collisions(&mut set, &others);
             for script in set.recipes.values_mut().flat_map(|r| r.scripts.iter_mut()) {
                 script.recipes_commit = Some(commit.to_string());
             }
