@@ -435,7 +435,7 @@ impl Config {
             bail!("[builds] cpus, max_cpus, pids and max_pids cannot be negative");
         }
         for (key, cpus) in [("cpus", self.builds.cpus), ("max_cpus", self.builds.max_cpus)] {
-            if cpus != 0.0 && !(cpus >= MIN_CPUS) {
+            if cpus != 0.0 && (cpus.is_nan() || cpus < MIN_CPUS) {
                 bail!("[builds] {key} = {cpus} is below Docker's minimum of {MIN_CPUS} (0 means no limit)");
             }
         }
@@ -445,7 +445,9 @@ impl Config {
         let mut namespaces: BTreeMap<String, &str> = BTreeMap::new();
         for (name, project) in &self.projects {
             if let Some(other) = namespaces.insert(crate::recipes::chains::project_namespace(name), name) {
-                bail!("projects {other:?} and {name:?} would share the image namespace of Docker (lower case): rename one");
+                bail!(
+                    "projects {other:?} and {name:?} would share the image namespace of Docker (lower case): rename one"
+                );
             }
             for other in &project.images_from {
                 if !self.projects.contains_key(other) {
@@ -515,7 +517,7 @@ impl BuildsConfig {
         if self.max_cpus > 0.0 && (cpus > self.max_cpus || cpus == 0.0) {
             return Err(format!("cpus {cpus} is above [builds] max_cpus = {}", self.max_cpus));
         }
-        if cpus != 0.0 && !(cpus >= MIN_CPUS) {
+        if cpus != 0.0 && (cpus.is_nan() || cpus < MIN_CPUS) {
             return Err(format!("cpus {cpus} is below Docker's minimum of {MIN_CPUS}"));
         }
         let pids = asked.pids.unwrap_or(self.pids);

@@ -255,9 +255,8 @@ pub fn parse_file(project: &str, file: &str, content: &[u8]) -> Result<Recipe, S
             .scripts
             .get(script)
             .ok_or_else(|| format!("build script `{script}` has no settings: it needs at least `artifact`"))?;
-        scripts.push(
-            validate_script(project, script, settings, &repository).map_err(|why| format!("`{script}`: {why}"))?,
-        );
+        scripts
+            .push(validate_script(project, script, settings, &repository).map_err(|why| format!("`{script}`: {why}"))?);
     }
     let mut names: BTreeMap<(Option<&str>, ArtifactFormat), &str> = BTreeMap::new();
     for script in &scripts {
@@ -271,12 +270,7 @@ pub fn parse_file(project: &str, file: &str, content: &[u8]) -> Result<Recipe, S
     Ok(Recipe { repository, branch, file: file.to_string(), scripts })
 }
 
-fn validate_script(
-    project: &str,
-    script: &str,
-    raw: &RawScript,
-    repository: &RepoName,
-) -> Result<BuildScript, String> {
+fn validate_script(project: &str, script: &str, raw: &RawScript, repository: &RepoName) -> Result<BuildScript, String> {
     let artifact = raw.artifact.clone().ok_or("`artifact` is missing: name the file the script produces")?;
     if artifact.is_empty()
         || artifact == "."
@@ -323,7 +317,7 @@ fn validate_script(
         return Err("timeout_minutes, cpus and pids must be positive".into());
     }
     if let Some(cpus) = limits.cpus
-        && !(cpus >= crate::config::MIN_CPUS)
+        && (cpus.is_nan() || cpus < crate::config::MIN_CPUS)
     {
         return Err(format!("cpus {cpus} is below Docker's minimum of {}", crate::config::MIN_CPUS));
     }
@@ -500,12 +494,15 @@ autobuild/build-2.sh:
 
     #[test]
     fn a_broken_file_does_not_stop_the_others() {
-        let set = RecipeSet::parse("demo", [
-            ("org/a/master.yaml".to_string(), GOOD.as_bytes()),
-            ("org/b/master.yaml".to_string(), b"buildscripts: [".as_slice()),
-            ("org/c/dev.yml".to_string(), GOOD.as_bytes()),
-            ("README.md".to_string(), b"hello".as_slice()),
-        ]);
+        let set = RecipeSet::parse(
+            "demo",
+            [
+                ("org/a/master.yaml".to_string(), GOOD.as_bytes()),
+                ("org/b/master.yaml".to_string(), b"buildscripts: [".as_slice()),
+                ("org/c/dev.yml".to_string(), GOOD.as_bytes()),
+                ("README.md".to_string(), b"hello".as_slice()),
+            ],
+        );
         assert_eq!(set.recipes.len(), 2);
         assert_eq!(set.problems.len(), 1);
         assert_eq!(set.problems[0].file, "org/b/master.yaml");

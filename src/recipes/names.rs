@@ -56,6 +56,14 @@ impl Name {
     }
 }
 
+/// A name and who publishes it: the project (None: the set being loaded), the file, the file's part.
+struct Owned {
+    project: Option<String>,
+    file: String,
+    what: String,
+    name: Name,
+}
+
 /// The names of one recipe: (what publishes it, name), the moving and the versioned of each file.
 fn names_of(recipe: &Recipe) -> Vec<(String, Name)> {
     let mut names = Vec::new();
@@ -79,46 +87,45 @@ fn names_of(recipe: &Recipe) -> Vec<(String, Name)> {
 /// recipes of `set` are refused; one of `others` stays (it was there first) and is named.
 pub fn refuse_collisions(set: &mut RecipeSet, others: &[(&str, &RecipeSet)]) {
     // (where, what, name) grouped by length: names of different lengths never meet.
-    let mut by_length: BTreeMap<usize, Vec<(Option<String>, String, String, Name)>> = BTreeMap::new();
+    let mut by_length: BTreeMap<usize, Vec<Owned>> = BTreeMap::new();
     for recipe in set.recipes.values() {
         for (what, name) in names_of(recipe) {
-            by_length.entry(name.len()).or_default().push((None, recipe.file.clone(), what, name));
+            let owned = Owned { project: None, file: recipe.file.clone(), what, name };
+            by_length.entry(owned.name.len()).or_default().push(owned);
         }
     }
     for (project, other) in others {
         for recipe in other.recipes.values() {
             for (what, name) in names_of(recipe) {
                 if let Some(list) = by_length.get_mut(&name.len()) {
-                    list.push((Some(project.to_string()), recipe.file.clone(), what, name));
+                    list.push(Owned { project: Some(project.to_string()), file: recipe.file.clone(), what, name });
                 }
             }
         }
     }
     let mut refused: BTreeMap<String, String> = BTreeMap::new();
     for list in by_length.values() {
-        for (i, (project_a, file_a, what_a, a)) in list.iter().enumerate() {
-            for (project_b, file_b, what_b, b) in &list[i + 1..] {
-                let same = project_a == project_b && file_a == file_b && what_a == what_b;
-                if same || project_a.is_some() && project_b.is_some() || !a.meets(b) {
+        for (i, a) in list.iter().enumerate() {
+            for b in &list[i + 1..] {
+                let same = a.project == b.project && a.file == b.file && a.what == b.what;
+                if same || a.project.is_some() && b.project.is_some() || !a.name.meets(&b.name) {
                     continue;
                 }
-                let place = |project: &Option<String>, file: &str| match project {
-                    Some(project) => format!("{file} of project {project}"),
-                    None => file.to_string(),
-                };
-                let (side_a, side_b) = ((project_a, file_a, what_a, a), (project_b, file_b, what_b, b));
-                for (mine, theirs) in [(side_a, side_b), (side_b, side_a)] {
-                    if mine.0.is_some() {
+                for (mine, theirs) in [(a, b), (b, a)] {
+                    if mine.project.is_some() {
                         continue;
                     }
+                    let place = match &theirs.project {
+                        Some(project) => format!("{} of project {project}", theirs.file),
+                        None => theirs.file.clone(),
+                    };
                     let reason = format!(
-                        "{} publishes {}, a name that {} ({}) publishes too: give one a `tag` or rename the output",
-                        mine.2,
-                        mine.3.show(),
-                        place(theirs.0, theirs.1),
-                        theirs.2
+                        "{} publishes {}, a name that {place} ({}) publishes too: give one a `tag` or rename the output",
+                        mine.what,
+                        mine.name.show(),
+                        theirs.what
                     );
-                    refused.entry(mine.1.clone()).or_insert(reason);
+                    refused.entry(mine.file.clone()).or_insert(reason);
                 }
             }
         }
@@ -165,11 +172,13 @@ mod tests {
 
     #[test]
     fn an_output_cannot_take_another_repositorys_download() {
-        let evil = "buildscripts: [b.sh]\nb.sh: {artifact: e.tar.gz, outputs: [{file: x.tar.gz, name: org-evil-app-x}]}\n";
+        let evil =
+            "buildscripts: [b.sh]\nb.sh: {artifact: e.tar.gz, outputs: [{file: x.tar.gz, name: org-evil-app-x}]}\n";
         let app = "buildscripts: [b.sh]\nb.sh: {artifact: e.tar.gz, tag: app}\n";
         let set = load(&[("org/evil/master.yaml", evil), ("org/evil/x.yaml", app)]);
         assert!(set.problems.iter().any(|p| p.reason.contains("output x.tar.gz")), "{:?}", set.problems);
-        let stranger = "buildscripts: [b.sh]\nb.sh: {artifact: e.tar.gz, outputs: [{file: x.tar.gz, name: org-app-master}]}\n";
+        let stranger =
+            "buildscripts: [b.sh]\nb.sh: {artifact: e.tar.gz, outputs: [{file: x.tar.gz, name: org-app-master}]}\n";
         let set = load(&[("org/evil/master.yaml", stranger)]);
         assert!(set.problems[0].reason.contains("must begin with {org}-{repo}"), "{:?}", set.problems);
     }
