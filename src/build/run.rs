@@ -131,17 +131,22 @@ fn secrets_of(app: &App, job: &Job) -> Vec<String> {
 /// tmp_directory, data_dir, the artifact directory and Docker's own directories are named, not shown.
 /// The details go to the server log.
 fn public(app: &App, text: &str) -> String {
-    let mut paths: Vec<(String, &str)> = vec![
+    let paths = [
         (app.config.tmp_directory.display().to_string(), "<tmp_directory>"),
         (app.config.data_dir.display().to_string(), "<data_dir>"),
         (app.config.artifacts.directory.display().to_string(), "<artifacts directory>"),
         (app.artifacts.directory().display().to_string(), "<artifacts directory>"),
     ];
-    paths.retain(|(path, _)| path.len() > 1);
+    hide_paths(text, &paths)
+}
+
+/// `text` with every one of `paths` replaced by its name, and anything under /var/lib/docker too.
+fn hide_paths(text: &str, paths: &[(String, &str)]) -> String {
+    let mut paths: Vec<&(String, &str)> = paths.iter().filter(|(path, _)| path.len() > 1).collect();
     paths.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
     let mut text = text.to_string();
     for (path, name) in paths {
-        text = text.replace(&path, name);
+        text = text.replace(path.as_str(), name);
     }
     let mut out = String::with_capacity(text.len());
     let mut rest = text.as_str();
@@ -550,5 +555,22 @@ async fn remove_workspace(app: &App, id: BuildId, workspace: PathBuf, image: &st
     let dir = workspace.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await.expect("does not panic") {
         tracing::warn!(build = %id, "build directory {} is left behind: {e}", workspace.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_errors_name_directories_instead_of_showing_them() {
+        let paths = [("/srv/ab/tmp".to_string(), "<tmp_directory>"), ("/srv/ab".to_string(), "<data_dir>")];
+        let text = "mkdir /srv/ab/tmp/7-x: denied; kept in /srv/ab/unpublished/7; \
+                    error mounting \"/var/lib/docker/overlay2/abc/merged\": bad";
+        assert_eq!(
+            hide_paths(text, &paths),
+            "mkdir <tmp_directory>/7-x: denied; kept in <data_dir>/unpublished/7; \
+             error mounting \"<docker data>\": bad"
+        );
     }
 }
