@@ -53,7 +53,7 @@ impl App {
         let store = Store::open(&config.data_dir).await?;
         let data_dir = config.data_dir.canonicalize()?;
         let instance = hex::encode(Sha256::digest(data_dir.to_string_lossy().as_bytes()))[..12].to_string();
-        let docker = DockerEngine::connect(instance.clone(), config.docker.network.clone()).await?;
+        let docker = DockerEngine::connect(instance.clone(), config.docker.clone()).await?;
         let statuses = StatusReporter::start(&config.github, store.clone())?;
         let github = GithubApi::new(&config.github)?;
         let artifacts = ArtifactStore::from_config(&config)?;

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::model::RepoName;
 use crate::recipes::ScriptLimits;
 
+/// The fewest CPUs Docker can limit a container to; fewer would truncate to no limit at all.
+pub const MIN_CPUS: f64 = 0.01;
+
 /// Prefix of the environment variables that override configuration keys.
 /// `AUTOBUILDER_GITHUB_TOKEN` sets `[github] token`, `AUTOBUILDER_PROJECTS_DEMO_WEBHOOK_SECRET` sets
 /// `[projects.demo] webhook_secret`.
@@ -95,6 +98,12 @@ pub struct DockerConfig {
     /// Images a `commit` recipe made, kept per image and branch (older ones are removed; images
     /// autobuilder did not make are never touched).
     pub keep_images: usize,
+    /// Registry hosts images may be pulled from (e.g. `docker.io`, `ghcr.io`). Empty: never pull,
+    /// build only from images already on the Docker host.
+    pub allowed_registries: Vec<String>,
+    /// Linux capabilities build containers keep; every other one is dropped (and
+    /// `no-new-privileges` is always set).
+    pub capabilities: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +127,8 @@ pub struct BuildsConfig {
     pub max_pids: i64,
     /// On cancel, seconds between SIGTERM and SIGKILL.
     pub cancel_grace_seconds: u64,
+    /// Largest file a build may write (ulimit fsize), e.g. `10g`.
+    pub max_file_size: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +227,10 @@ pub struct ProjectConfig {
     /// Whether pull requests from forks are built (their scripts run with this project's secrets).
     #[serde(default)]
     pub allow_forks: bool,
+    /// Other projects whose committed images (`autobuilder/<project>/...`) this project's recipes
+    /// may name as `baseimage`. Empty: only its own.
+    #[serde(default)]
+    pub images_from: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -292,7 +307,15 @@ impl Default for GithubConfig {
 
 impl Default for DockerConfig {
     fn default() -> Self {
-        Self { default_image: "ubuntu:16.04".into(), network: "bridge".into(), keep_images: 3 }
+        Self {
+            default_image: "ubuntu:16.04".into(),
+            network: "bridge".into(),
+            keep_images: 3,
+            allowed_registries: Vec::new(),
+            capabilities: ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID", "KILL"]
+                .map(String::from)
+                .to_vec(),
+        }
     }
 }
 
@@ -309,6 +332,7 @@ impl Default for BuildsConfig {
             max_cpus: 0.0,
             max_pids: 32768,
             cancel_grace_seconds: 10,
+            max_file_size: "10g".into(),
         }
     }
 }
@@ -408,13 +432,30 @@ impl Config {
         }
         parse_memory(&self.builds.memory).context("[builds] memory")?;
         parse_memory(&self.builds.max_memory).context("[builds] max_memory")?;
+        parse_memory(&self.builds.max_file_size).context("[builds] max_file_size")?;
         if self.builds.cpus < 0.0 || self.builds.max_cpus < 0.0 || self.builds.pids < 0 || self.builds.max_pids < 0 {
             bail!("[builds] cpus, max_cpus, pids and max_pids cannot be negative");
+        }
+        for (key, cpus) in [("cpus", self.builds.cpus), ("max_cpus", self.builds.max_cpus)] {
+            if cpus != 0.0 && (cpus.is_nan() || cpus < MIN_CPUS) {
+                bail!("[builds] {key} = {cpus} is below Docker's minimum of {MIN_CPUS} (0 means no limit)");
+            }
         }
         if self.artifacts.kind == ArtifactsKind::Hub && self.artifacts.hub.token.is_empty() {
             bail!("[artifacts] kind = \"hub\" needs [artifacts.hub] token (or AUTOBUILDER_ARTIFACTS_HUB_TOKEN)");
         }
+        let mut namespaces: BTreeMap<String, &str> = BTreeMap::new();
         for (name, project) in &self.projects {
+            if let Some(other) = namespaces.insert(crate::recipes::chains::project_namespace(name), name) {
+                bail!(
+                    "projects {other:?} and {name:?} would share the image namespace of Docker (lower case): rename one"
+                );
+            }
+            for other in &project.images_from {
+                if !self.projects.contains_key(other) {
+                    bail!("[projects.{name}] images_from names {other:?}, which is not a project");
+                }
+            }
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 bail!("project name {name:?} may only hold letters, digits, '-' and '_' (it is part of the hook URL)");
             }
@@ -478,13 +519,21 @@ impl BuildsConfig {
         if self.max_cpus > 0.0 && (cpus > self.max_cpus || cpus == 0.0) {
             return Err(format!("cpus {cpus} is above [builds] max_cpus = {}", self.max_cpus));
         }
+        if cpus != 0.0 && (cpus.is_nan() || cpus < MIN_CPUS) {
+            return Err(format!("cpus {cpus} is below Docker's minimum of {MIN_CPUS}"));
+        }
         let pids = asked.pids.unwrap_or(self.pids);
         if self.max_pids > 0 && (pids > self.max_pids || pids == 0) {
             return Err(format!("pids {pids} is above [builds] max_pids = {}", self.max_pids));
         }
         Ok(BuildLimits {
             timeout: std::time::Duration::from_secs(minutes * 60),
-            container: crate::docker::Limits { memory, nano_cpus: (cpus * 1e9) as i64, pids },
+            container: crate::docker::Limits {
+                memory,
+                nano_cpus: (cpus * 1e9) as i64,
+                pids,
+                file_size: parse_memory(&self.max_file_size).map_err(|e| e.to_string())?,
+            },
         })
     }
 }
@@ -647,6 +696,20 @@ mod tests {
         assert!(config.builds.limits(&greedy).unwrap_err().contains("max_memory"));
         let slow = ScriptLimits { timeout_minutes: Some(10_000), ..Default::default() };
         assert!(config.builds.limits(&slow).unwrap_err().contains("max_timeout_minutes"));
+    }
+
+    #[test]
+    fn cpus_below_dockers_minimum_are_refused() {
+        let config = Config::from_toml_and_env(SAMPLE, env(&[])).unwrap();
+        let tiny = ScriptLimits { cpus: Some(0.000_000_000_1), ..Default::default() };
+        assert!(config.builds.limits(&tiny).unwrap_err().contains("minimum"));
+        let capped = Config::from_toml_and_env(&format!("[builds]\nmax_cpus = 2.0\n{SAMPLE}"), env(&[])).unwrap();
+        assert!(capped.builds.limits(&tiny).unwrap_err().contains("minimum"));
+        let err = Config::from_toml_and_env(&format!("[builds]\ncpus = 0.001\n{SAMPLE}"), env(&[])).unwrap_err();
+        assert!(format!("{err:#}").contains("minimum"), "{err:#}");
+        let recipe = "buildscripts: [a.sh]\na.sh: {artifact: a.tar.gz, cpus: 0.0000000001}";
+        let err = crate::recipes::parse_file("demo", "o/r/master.yaml", recipe.as_bytes()).unwrap_err();
+        assert!(err.contains("below Docker's minimum of 0.01"), "{err}");
     }
 
     #[test]

@@ -54,6 +54,9 @@ enum Command {
         /// are applied as `serve` applies them. Without it, the defaults.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// The project these recipes belong to (its image namespace and `images_from` apply).
+        #[arg(long, default_value = "check")]
+        project: String,
     },
 }
 
@@ -78,7 +81,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Live { config } => live(config),
         Command::Hooks { action: HooksAction::Sync { config, dry_run } } => hooks_sync(config, dry_run),
-        Command::Check { dir, config } => check(&dir, config),
+        Command::Check { dir, config, project } => check(&dir, config, &project),
     };
     match result {
         Ok(code) => code,
@@ -207,7 +210,7 @@ fn hooks_sync(config_path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<Exi
             })
             .await?
             .with_context(|| format!("cannot read the recipes of project {project}"))?;
-            let set = RecipeSet::parse(files.iter().map(|(p, c)| (p.clone(), c.as_slice())));
+            let set = RecipeSet::parse(project, files.iter().map(|(p, c)| (p.clone(), c.as_slice())));
             let mut repos = vec![recipes.clone()];
             repos.extend(set.repositories().into_iter().cloned());
             let hook_url = config.hook_url(project);
@@ -240,11 +243,10 @@ async fn shutdown_signal() {
     }
 }
 
-fn check(dir: &std::path::Path, config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn check(dir: &std::path::Path, config_path: Option<PathBuf>, project: &str) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path.as_deref())?;
-    let mut set = RecipeSet::parse_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    set.refuse(|script| config.builds.limits(&script.limits).map(drop));
-    autobuilder::recipes::chains::resolve(&mut set);
+    let mut set = RecipeSet::parse_dir(project, dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    autobuilder::recipes::reload::apply_rules(&mut set, &config, project, &[]);
     for recipe in set.recipes.values() {
         let scripts: Vec<&str> = recipe.scripts.iter().map(|s| s.script.as_str()).collect();
         println!("ok       {}: {} {} builds {}", recipe.file, recipe.repository, recipe.branch, scripts.join(", "));

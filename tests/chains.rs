@@ -25,7 +25,7 @@ kernel.sh:
   rebuild_dependents: true
   outputs:
     - file: vmlinuz.efi
-      name: chains-{branch}-generic
+      name: '{org}-{repo}-{branch}-generic'
 ";
 
 const KERNEL_SH: &str = "#!/bin/sh
@@ -85,24 +85,25 @@ async fn a_producer_image_feeds_its_dependents_and_cleanup_keeps_foreign_images(
     let k1 = server.push_builds("chains/kernel", "master", &v1).await[0];
     let built = server.wait_build(k1).await;
     assert_eq!(built["status"], "success", "{built}");
-    assert!(image_exists("autobuilder/chains-kernel:master"));
-    assert!(image_exists(&format!("autobuilder/chains-kernel:{}", &v1[..10])));
-    let labels = docker(&["image", "inspect", "-f", "{{json .Config.Labels}}", "autobuilder/chains-kernel:master"]);
+    assert!(image_exists("autobuilder/demo/chains-kernel:master"));
+    assert!(image_exists(&format!("autobuilder/demo/chains-kernel:master-{}", &v1[..10])));
+    let labels =
+        docker(&["image", "inspect", "-f", "{{json .Config.Labels}}", "autobuilder/demo/chains-kernel:master"]);
     let labels: serde_json::Value = serde_json::from_str(&labels).unwrap();
     assert_eq!(labels["autobuilder.repository"], "chains/kernel");
     assert_eq!(labels["autobuilder.commit"], v1.as_str());
     assert!(labels["autobuilder.recipes"].as_str().is_some_and(|c| c.len() == 40), "{labels}");
-    let efi = format!("chains-master-generic-{}.efi", &v1[..10]);
+    let efi = format!("chains-kernel-master-generic-{}.efi", &v1[..10]);
     assert_eq!(built["outputs"][0]["name"], efi.as_str(), "{built}");
     assert_eq!(std::fs::read_to_string(server.artifacts_dir().join(&efi)).unwrap(), "efi v1\n");
     assert_eq!(
-        std::fs::read_link(server.artifacts_dir().join("chains-master-generic.efi")).unwrap().to_str(),
+        std::fs::read_link(server.artifacts_dir().join("chains-kernel-master-generic.efi")).unwrap().to_str(),
         Some(efi.as_str())
     );
 
     let dependent = next_build_of(&server, "chains/core", early["id"].as_i64().unwrap()).await;
     assert_eq!(dependent["status"], "success", "{dependent}");
-    assert_eq!(dependent["baseimage"], "autobuilder/chains-kernel:master");
+    assert_eq!(dependent["baseimage"], "autobuilder/demo/chains-kernel:master");
     let (_, log) = server.get_text(&format!("/build/{}/log", dependent["id"])).await;
     assert!(log.contains("core on kernel v1"), "{log}");
 
@@ -115,10 +116,10 @@ async fn a_producer_image_feeds_its_dependents_and_cleanup_keeps_foreign_images(
     let (_, log) = server.get_text(&format!("/build/{}/log", again["id"])).await;
     assert!(log.contains("core on kernel v2"), "{log}");
     assert!(
-        !image_exists(&format!("autobuilder/chains-kernel:{}", &v1[..10])),
+        !image_exists(&format!("autobuilder/demo/chains-kernel:master-{}", &v1[..10])),
         "keep_images = 1 keeps only the newest"
     );
-    assert!(image_exists(&format!("autobuilder/chains-kernel:{}", &v2[..10])));
+    assert!(image_exists(&format!("autobuilder/demo/chains-kernel:master-{}", &v2[..10])));
     assert!(image_exists(&foreign_untagged), "a foreign untagged image was removed");
     assert!(image_exists("chains-foreign:kept"), "a foreign tagged image was removed");
     docker(&["rmi", "-f", &foreign_untagged, "chains-foreign:kept"]);

@@ -121,7 +121,11 @@ async fn failing_script_missing_artifact_and_missing_image_each_end_with_a_reaso
         ],
     );
     let github = FakeGithub::start().await;
-    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
+    // The registry must be allowed for a pull to be tried at all (nothing listens there).
+    let server = Server::start(|dir| {
+        test_config(dir, &git, Some(&github.url), "")
+            .replace("[docker]", "[docker]\nallowed_registries = [\"127.0.0.1:9\"]")
+    });
 
     let ids = server.push_builds("org/multi", "master", &sha).await;
     assert_eq!(ids.len(), 4, "one build per build script");

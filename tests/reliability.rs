@@ -251,6 +251,7 @@ async fn a_full_tmp_directory_is_an_error_that_says_so() {
     let build = server.wait_build(id).await;
     assert_eq!(build["status"], "error", "{build}");
     assert!(build["error"].as_str().unwrap().starts_with("no space left in tmp_directory"), "{build}");
+    assert!(!build.to_string().contains(&mount.path().display().to_string()), "a host path in {build}");
 }
 
 struct Unmount(std::path::PathBuf);

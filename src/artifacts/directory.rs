@@ -46,9 +46,11 @@ fn copy_and_link(root: &Path, file: &Path, names: &ArtifactNames) -> std::io::Re
     let partial = root.join(format!(".{}.{}.partial", names.versioned, unique()));
     let sha256 = copy_hashing(file, &partial)?;
     std::fs::rename(&partial, root.join(&names.versioned))?;
-    let link = root.join(format!(".{}.{}.link", names.moving, unique()));
-    std::os::unix::fs::symlink(&names.versioned, &link)?;
-    std::fs::rename(&link, root.join(&names.moving))?;
+    if let Some(moving) = &names.moving {
+        let link = root.join(format!(".{moving}.{}.link", unique()));
+        std::os::unix::fs::symlink(&names.versioned, &link)?;
+        std::fs::rename(&link, root.join(moving))?;
+    }
     Ok(sha256)
 }
 
@@ -77,7 +79,7 @@ mod tests {
     async fn publishes_and_moves_the_link() {
         let dir = tempfile::tempdir().unwrap();
         let store = DirectoryStore::new(dir.path().join("store"), "http://x/artifacts".into());
-        let names = |v: &str| ArtifactNames { versioned: format!("a-{v}.tar.gz"), moving: "a.tar.gz".into() };
+        let names = |v: &str| ArtifactNames { versioned: format!("a-{v}.tar.gz"), moving: Some("a.tar.gz".into()) };
         for (version, content) in [("1", "one"), ("2", "two")] {
             let source = dir.path().join("source");
             std::fs::write(&source, content).unwrap();
@@ -95,7 +97,7 @@ mod tests {
         let store = std::sync::Arc::new(DirectoryStore::new(dir.path().join("store"), "http://x".into()));
         let source = dir.path().join("source");
         std::fs::write(&source, "same").unwrap();
-        let names = ArtifactNames { versioned: "a-1.tar.gz".into(), moving: "a.tar.gz".into() };
+        let names = ArtifactNames { versioned: "a-1.tar.gz".into(), moving: Some("a.tar.gz".into()) };
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (store, source, names) = (store.clone(), source.clone(), names.clone());

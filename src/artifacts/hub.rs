@@ -50,10 +50,12 @@ impl HubStore {
             .and_then(|n| n.as_str())
             .map(str::to_string)
             .unwrap_or_else(|| format!("{}.flist", names.versioned.trim_end_matches(".tar.gz")));
-        let link = format!("{}.flist", names.moving.trim_end_matches(".tar.gz"));
-        self.call(self.client.get(format!("{}/api/flist/me/{flist}/link/{link}", self.url)))
-            .await
-            .map_err(|e| format!("hub link {link} -> {flist} failed: {e}"))?;
+        if let Some(moving) = &names.moving {
+            let link = format!("{}.flist", moving.trim_end_matches(".tar.gz"));
+            self.call(self.client.get(format!("{}/api/flist/me/{flist}/link/{link}", self.url)))
+                .await
+                .map_err(|e| format!("hub link {link} -> {flist} failed: {e}"))?;
+        }
         Ok(Published { name: flist, url: None, sha256 })
     }
 

@@ -14,38 +14,52 @@ use crate::model::{Branch, CommitSha, RepoName};
 use crate::recipes::ArtifactFormat;
 
 /// The names of one artifact: `<org>-<repo>[-<tag>]-<branch>-<sha10><ext>` and the moving
-/// `<org>-<repo>[-<tag>]-<branch><ext>`, with every `/` replaced by `-`.
+/// `<org>-<repo>[-<tag>]-<branch><ext>`, with every `/` replaced by `-`. This scheme alone is
+/// ambiguous (`a/b-c` and `a-b/c`): recipes whose names could meet are refused at load
+/// (`recipes::names`). A pull request build (`pull/<n>`) has no moving name: it never moves a
+/// download that a branch build owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArtifactNames {
     pub versioned: String,
-    pub moving: String,
+    pub moving: Option<String>,
 }
 
 impl ArtifactNames {
     pub fn new(repo: &RepoName, tag: Option<&str>, branch: &Branch, sha: &CommitSha, artifact_file: &str) -> Self {
-        let mut base = format!("{}-{}", repo.org(), repo.name());
-        if let Some(tag) = tag {
-            base.push('-');
-            base.push_str(tag);
-        }
-        base.push('-');
-        base.push_str(branch.as_str());
-        let base = base.replace('/', "-");
-        let ext = extension(artifact_file);
-        Self { versioned: format!("{base}-{}{ext}", sha.short()), moving: format!("{base}{ext}") }
+        Self::named(&artifact_base(repo, tag, branch), branch, sha, artifact_file)
+    }
+
+    /// The names of an extra output: `<name>-<sha10><ext>` and the moving `<name><ext>`.
+    pub fn output(name: &str, branch: &Branch, sha: &CommitSha, file: &str) -> Self {
+        Self::named(name, branch, sha, file)
+    }
+
+    fn named(base: &str, branch: &Branch, sha: &CommitSha, file: &str) -> Self {
+        let ext = extension(file);
+        let moving = (!is_pull_request(branch)).then(|| format!("{base}{ext}"));
+        Self { versioned: format!("{base}-{}{ext}", sha.short()), moving }
     }
 }
 
-impl ArtifactNames {
-    /// The names of an extra output: `<name>-<sha10><ext>` and the moving `<name><ext>`.
-    pub fn output(name: &str, sha: &CommitSha, file: &str) -> Self {
-        let ext = extension(file);
-        Self { versioned: format!("{name}-{}{ext}", sha.short()), moving: format!("{name}{ext}") }
+/// `<org>-<repo>[-<tag>]-<branch>` with every `/` as `-`: an artifact's name without version and extension.
+pub fn artifact_base(repo: &RepoName, tag: Option<&str>, branch: &Branch) -> String {
+    let mut base = format!("{}-{}", repo.org(), repo.name());
+    if let Some(tag) = tag {
+        base.push('-');
+        base.push_str(tag);
     }
+    base.push('-');
+    base.push_str(branch.as_str());
+    base.replace('/', "-")
+}
+
+/// Whether builds of `branch` are a pull request's (`pull/<n>`).
+pub fn is_pull_request(branch: &Branch) -> bool {
+    branch.as_str().strip_prefix("pull/").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `.tar.gz` for tarballs, the last extension otherwise, nothing for a file without one.
-fn extension(file: &str) -> &str {
+pub fn extension(file: &str) -> &str {
     if file.ends_with(".tar.gz") {
         return ".tar.gz";
     }
@@ -148,14 +162,16 @@ mod tests {
     fn names_follow_the_original_scheme() {
         let n = names(None, "master", "result.tar.gz");
         assert_eq!(n.versioned, "threefoldtech-0-core-master-0123456789.tar.gz");
-        assert_eq!(n.moving, "threefoldtech-0-core-master.tar.gz");
+        assert_eq!(n.moving.as_deref(), Some("threefoldtech-0-core-master.tar.gz"));
         let n = names(Some("special-tag"), "feature/x", "result.tar.gz");
         assert_eq!(n.versioned, "threefoldtech-0-core-special-tag-feature-x-0123456789.tar.gz");
         let n = names(None, "master", "kernel.efi");
         assert_eq!(
-            (n.versioned.as_str(), n.moving.as_str()),
-            ("threefoldtech-0-core-master-0123456789.efi", "threefoldtech-0-core-master.efi")
+            (n.versioned.as_str(), n.moving.as_deref()),
+            ("threefoldtech-0-core-master-0123456789.efi", Some("threefoldtech-0-core-master.efi"))
         );
-        assert_eq!(names(None, "master", "tool").moving, "threefoldtech-0-core-master");
+        assert_eq!(names(None, "master", "tool").moving.as_deref(), Some("threefoldtech-0-core-master"));
+        let pull = names(None, "pull/7", "result.tar.gz");
+        assert_eq!((pull.versioned.as_str(), pull.moving), ("threefoldtech-0-core-pull-7-0123456789.tar.gz", None));
     }
 }

@@ -42,6 +42,8 @@ pub enum BuildError {
     Timeout(u64),
     #[error("artifact {artifact} not found in {archives}")]
     ArtifactMissing { artifact: String, archives: String },
+    #[error("artifact {0} is not readable by autobuilder: make it readable in the script (e.g. chmod a+r {0})")]
+    ArtifactUnreadable(String),
     #[error("{0}")]
     Upload(String),
     #[error("{0}")]
@@ -71,6 +73,7 @@ impl BuildError {
             BuildError::OutOfMemory(_) => "OutOfMemory",
             BuildError::Timeout(_) => "Timeout",
             BuildError::ArtifactMissing { .. } => "ArtifactMissing",
+            BuildError::ArtifactUnreadable(_) => "ArtifactUnreadable",
             BuildError::Upload(_) => "Upload",
             BuildError::Limits(_) => "Limits",
             BuildError::Cancelled(_) => "Cancelled",
@@ -85,7 +88,8 @@ impl BuildError {
             BuildError::ScriptFailed(_)
             | BuildError::OutOfMemory(_)
             | BuildError::Timeout(_)
-            | BuildError::ArtifactMissing { .. } => BuildStatus::Failure,
+            | BuildError::ArtifactMissing { .. }
+            | BuildError::ArtifactUnreadable(_) => BuildStatus::Failure,
             BuildError::Cancelled(_) => BuildStatus::Cancelled,
             _ => BuildStatus::Error,
         }

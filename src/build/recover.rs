@@ -35,9 +35,7 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
             Some(id) => {
                 workspaces.insert(BuildId(id), entry.path());
             }
-            None if name.starts_with(&prefix) => {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
+            None if name.starts_with(&prefix) => remove_left_dir(&entry.path()),
             None => {}
         }
     }
@@ -61,7 +59,7 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
                     app.docker.remove_later(container);
                 }
                 if let Some(workspace) = workspace {
-                    let _ = std::fs::remove_dir_all(workspace);
+                    remove_left_dir(&workspace);
                 }
             }
         }
@@ -76,9 +74,16 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
         app.docker.remove_later(container);
     }
     for (_, workspace) in workspaces {
-        let _ = std::fs::remove_dir_all(workspace);
+        remove_left_dir(&workspace);
     }
     Ok(())
+}
+
+/// Removes a build directory a previous process left, saying so when it cannot.
+fn remove_left_dir(dir: &std::path::Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!("cannot remove the left build directory {}: {e}", dir.display());
+    }
 }
 
 /// The job of a stored build, or None for a reload or a build without readable settings.

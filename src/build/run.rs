@@ -12,10 +12,12 @@ use super::queue::{Place, Slot};
 use super::{ActiveBuild, BuildError, Job, status_of};
 use crate::app::App;
 use crate::artifacts::{ArtifactNames, Published};
-use crate::docker::ContainerSpec;
+use crate::docker::{
+    ContainerSpec, ImageOwner, LABEL_BRANCH, LABEL_COMMIT, LABEL_PROJECT, LABEL_RECIPES, LABEL_REPOSITORY,
+};
 use crate::model::{BuildId, BuildStatus};
 use crate::recipes::ArtifactFormat;
-use crate::recipes::chains::{ImageSource, branch_tag};
+use crate::recipes::chains::{ImageSource, branch_tag, commit_tag, project_image};
 use crate::store::Outcome;
 
 /// Runs a queued build to its end: waits for its turn (leaving the queue when cancelled first).
@@ -74,27 +76,88 @@ pub(super) async fn reattach(
             .map_err(BuildError::log)?
             .masking(secrets_of(app, &active.job));
         log.note("re-attached after a restart of autobuilder: output printed while it was down is not in this log");
-        let limits = app.config.builds.limits(&active.job.script.limits).map_err(BuildError::Limits)?;
-        let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
-        let code = app.docker.resume_wait(&container, &mut log, limits.timeout, &active.cancel, grace).await;
-        let result = match code {
-            Ok(0) => publish(app, id, &active.job, &workspace, &mut log).await,
-            Ok(code) => Err(BuildError::ScriptFailed(code)),
-            Err(e) => Err(e),
-        };
+        let result = resume(app, id, &active, &container, &workspace, &mut log).await;
         Ok::<_, BuildError>((result, log))
     }
     .await;
     let outcome = match result {
         Ok((result, log)) => conclude(app, id, &active, result, log).await,
-        Err(e) => Outcome::failed(e.status(), e.to_string()),
+        Err(e) => Outcome::failed(e.status(), public(app, &e.to_string())),
     };
     finish(app, id, &active, outcome, Some(container), Some(workspace)).await;
 }
 
+/// Waits for a re-attached container within what is left of the time limit, counted from the
+/// build's real start, then goes on as a normal build does.
+async fn resume(
+    app: &Arc<App>,
+    id: BuildId,
+    active: &ActiveBuild,
+    container: &str,
+    workspace: &Path,
+    log: &mut BuildLog,
+) -> Result<Results, BuildError> {
+    let limits = app.config.builds.limits(&active.job.script.limits).map_err(BuildError::Limits)?;
+    let started = app.store.get(id).await.ok().flatten().and_then(|b| b.started);
+    let elapsed = started
+        .and_then(|t| time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok())
+        .map(|t| (time::OffsetDateTime::now_utc() - t).unsigned_abs())
+        .unwrap_or_default();
+    let left = limits.timeout.saturating_sub(elapsed);
+    let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
+    let code = match app.docker.resume_wait(container, log, left, &active.cancel, grace).await {
+        Err(BuildError::Timeout(_)) => Err(BuildError::Timeout(limits.timeout.as_secs().div_ceil(60))),
+        other => other,
+    }?;
+    after_script(app, id, active, container, code, workspace, log).await
+}
+
+/// What a build's log masks: the project's secrets and every credential autobuilder holds (the
+/// clone URL's token, the GitHub token, the hub token), should a build ever come across one.
 fn secrets_of(app: &App, job: &Job) -> Vec<String> {
     let project = app.config.projects.get(&job.source.project);
-    project.map(|p| p.secrets.values().map(|s| s.expose().to_string()).collect()).unwrap_or_default()
+    let mut secrets: Vec<String> =
+        project.map(|p| p.secrets.values().map(|s| s.expose().to_string()).collect()).unwrap_or_default();
+    secrets.extend(crate::git::url_secrets(&app.config.git.clone_url));
+    for token in [&app.config.github.token, &app.config.artifacts.hub.token, &app.config.admin_token] {
+        if !token.is_empty() {
+            secrets.push(token.expose().to_string());
+        }
+    }
+    secrets
+}
+
+/// `text` for the public (build record, commit status, build log) without the host's paths:
+/// tmp_directory, data_dir, the artifact directory and Docker's own directories are named, not shown.
+/// The details go to the server log.
+fn public(app: &App, text: &str) -> String {
+    let paths = [
+        (app.config.tmp_directory.display().to_string(), "<tmp_directory>"),
+        (app.config.data_dir.display().to_string(), "<data_dir>"),
+        (app.config.artifacts.directory.display().to_string(), "<artifacts directory>"),
+        (app.artifacts.directory().display().to_string(), "<artifacts directory>"),
+    ];
+    hide_paths(text, &paths)
+}
+
+/// `text` with every one of `paths` replaced by its name, and anything under /var/lib/docker too.
+fn hide_paths(text: &str, paths: &[(String, &str)]) -> String {
+    let mut paths: Vec<&(String, &str)> = paths.iter().filter(|(path, _)| path.len() > 1).collect();
+    paths.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    let mut text = text.to_string();
+    for (path, name) in paths {
+        text = text.replace(path.as_str(), name);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("/var/lib/docker/") {
+        out.push_str(&rest[..at]);
+        out.push_str("<docker data>");
+        rest = &rest[at..];
+        rest = &rest[rest.find(|c: char| c.is_whitespace() || "\"':,;)]".contains(c)).unwrap_or(rest.len())..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A fresh directory for one build under `tmp_directory`, named so that recovery finds it.
@@ -106,13 +169,14 @@ fn new_workspace(app: &App, id: BuildId) -> Result<PathBuf, BuildError> {
     Ok(dir.keep())
 }
 
-/// A one-line reason for a failure writing under `tmp_directory`, saying so when it is full.
+/// A one-line reason for a failure writing under `tmp_directory`, saying so when it is full (the
+/// path is in the server log only).
 fn in_tmp_directory(app: &App, what: &str, error: &str) -> BuildError {
-    let dir = app.config.tmp_directory.display();
+    tracing::warn!(tmp_directory = %app.config.tmp_directory.display(), "{what}: {error}");
     if error.contains("No space left on device") || error.contains("os error 28") {
-        BuildError::Internal(format!("no space left in tmp_directory {dir}: {what}"))
+        BuildError::Internal(format!("no space left in tmp_directory: {what}"))
     } else {
-        BuildError::Internal(format!("{what} in tmp_directory {dir}: {error}"))
+        BuildError::Internal(format!("{what} in tmp_directory: {}", public(app, error)))
     }
 }
 
@@ -132,6 +196,11 @@ async fn execute(
 
     checkout(app, active, &source, log).await?;
     let image = job.script.baseimage.as_deref().unwrap_or(&app.config.docker.default_image);
+    if let Some(baseimage) = &job.script.baseimage {
+        // Settings stored before a rebuild were checked by an older autobuilder: check again.
+        crate::recipes::chains::check_baseimage(&app.config, &job.source.project, baseimage)
+            .map_err(|reason| BuildError::ImagePull { image: baseimage.clone(), reason })?;
+    }
     match &job.script.from {
         // autobuilder's own images are never pulled: they come from the producer's build.
         Some(from) => wait_for_image(app, active, from, image, log).await?,
@@ -160,10 +229,10 @@ async fn execute(
         script: format!("{mount}/{}", job.script.script),
         env,
         labels: HashMap::from([
-            ("autobuilder.project".into(), job.source.project.clone()),
-            ("autobuilder.repository".into(), job.source.repository.to_string()),
-            ("autobuilder.branch".into(), job.source.branch.to_string()),
-            ("autobuilder.commit".into(), job.source.commit.to_string()),
+            (LABEL_PROJECT.into(), job.source.project.clone()),
+            (LABEL_REPOSITORY.into(), job.source.repository.to_string()),
+            (LABEL_BRANCH.into(), job.source.branch.to_string()),
+            (LABEL_COMMIT.into(), job.source.commit.to_string()),
         ]),
         limits: limits.container,
     };
@@ -171,6 +240,21 @@ async fn execute(
     *container = Some(id_of_container.clone());
     let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
     let code = app.docker.attach_and_wait(&id_of_container, true, log, limits.timeout, &active.cancel, grace).await?;
+    after_script(app, id, active, &id_of_container, code, workspace, log).await
+}
+
+/// What follows the script, for a normal and a re-attached build alike: the exit code, then the
+/// image commit, then publishing.
+async fn after_script(
+    app: &Arc<App>,
+    id: BuildId,
+    active: &ActiveBuild,
+    container: &str,
+    code: i64,
+    workspace: &Path,
+    log: &mut BuildLog,
+) -> Result<Results, BuildError> {
+    let job = &active.job;
     if code != 0 {
         return Err(BuildError::ScriptFailed(code));
     }
@@ -178,13 +262,14 @@ async fn execute(
         return Err(BuildError::Cancelled(active.cancel.reason()));
     }
     if let Some(image) = &job.script.commit {
-        commit_image(app, job, &id_of_container, image, log).await?;
+        commit_image(app, job, container, image, log).await?;
     }
     publish(app, id, job, workspace, log).await
 }
 
-/// Commits the build container as `<image>:<branch>` and `<image>:<sha10>`, then removes this
-/// branch's images beyond `[docker] keep_images`.
+/// Commits the build container as `<image>:<branch>` and `<image>:<branch>-<sha10>`, then removes
+/// this branch's images beyond `[docker] keep_images`. Only the project's own image name is ever
+/// committed to, and never over an image made for another project, repository or branch.
 async fn commit_image(
     app: &App,
     job: &Job,
@@ -192,16 +277,20 @@ async fn commit_image(
     image: &str,
     log: &mut BuildLog,
 ) -> Result<(), BuildError> {
-    let (branch_tag, sha_tag) = (branch_tag(&job.source.branch), job.source.commit.short().to_string());
+    let own = project_image(&job.source.project, &job.source.repository);
+    if image != own {
+        return Err(BuildError::Docker(format!("refusing to commit to {image}: this build's image is {own}")));
+    }
+    let (branch_tag, sha_tag) = (branch_tag(&job.source.branch), commit_tag(&job.source.branch, &job.source.commit));
     log.note(&format!("committing the container as {image}:{branch_tag} and {image}:{sha_tag}"));
     let labels = HashMap::from([
-        ("autobuilder.repository".to_string(), job.source.repository.to_string()),
-        ("autobuilder.branch".to_string(), job.source.branch.to_string()),
-        ("autobuilder.commit".to_string(), job.source.commit.to_string()),
-        ("autobuilder.recipes".to_string(), job.script.recipes_commit.clone().unwrap_or_default()),
+        (LABEL_COMMIT.to_string(), job.source.commit.to_string()),
+        (LABEL_RECIPES.to_string(), job.script.recipes_commit.clone().unwrap_or_default()),
     ]);
-    app.docker.commit(container, image, &branch_tag, &sha_tag, labels).await?;
-    match app.docker.prune_images(image, job.source.branch.as_str(), app.config.docker.keep_images).await {
+    let (repository, branch) = (job.source.repository.to_string(), job.source.branch.to_string());
+    let owner = ImageOwner { project: &job.source.project, repository: &repository, branch: &branch };
+    app.docker.commit(container, image, (&branch_tag, &sha_tag), &owner, labels).await?;
+    match app.docker.prune_images(image, &owner, &branch_tag, app.config.docker.keep_images).await {
         Ok(0) => {}
         Ok(n) => log.note(&format!("removed {n} older images of {image}:{branch_tag}")),
         Err(e) => log.note(&format!("cannot remove older images of {image}: {e:#}")),
@@ -264,7 +353,7 @@ async fn checkout(app: &App, active: &ActiveBuild, source: &Path, log: &mut Buil
             let tries = if attempt == 0 { String::new() } else { format!(" (after {} attempts)", attempt + 1) };
             return Err(BuildError::Checkout(format!("{error}{tries}")));
         }
-        log.note(&format!("{error}: trying again in {}s", delay.as_secs()));
+        log.note(&format!("{}: trying again in {}s", public(app, &error), delay.as_secs()));
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = active.cancel.cancelled() => return Err(BuildError::Cancelled(active.cancel.reason())),
@@ -291,7 +380,7 @@ async fn publish(
     log: &mut BuildLog,
 ) -> Result<Results, BuildError> {
     let archives = workspace.join("archives");
-    let artifact = regular_file(&archives, &job.script.artifact, &job.script.archives)?;
+    let artifact = readable_file(&archives, &job.script.artifact, &job.script.archives)?;
     let names = ArtifactNames::new(
         &job.source.repository,
         job.script.tag.as_deref(),
@@ -302,22 +391,27 @@ async fn publish(
     let artifact = publish_one(app, id, &artifact, &names, job.script.format, log).await?;
     let mut outputs = Vec::new();
     for output in &job.script.outputs {
-        let file = regular_file(&archives, &output.file, &job.script.archives)?;
+        let file = readable_file(&archives, &output.file, &job.script.archives)?;
         let name = output.name_for(&job.source.repository, &job.source.branch);
-        let names = ArtifactNames::output(&name, &job.source.commit, &output.file);
+        let names = ArtifactNames::output(&name, &job.source.branch, &job.source.commit, &output.file);
         outputs.push(publish_one(app, id, &file, &names, ArtifactFormat::Binary, log).await?);
     }
     Ok(Results { artifact, outputs })
 }
 
-/// `archives/<name>` when it is a regular file. Not followed: a symlink made in the container
-/// would point at a file of the host.
-fn regular_file(archives: &Path, name: &str, in_container: &str) -> Result<PathBuf, BuildError> {
+/// `archives/<name>` when it is a regular file that autobuilder can read. Not followed: a symlink
+/// made in the container would point at a file of the host. A file readable by no one (mode
+/// 000, or `umask 077` under a service that is not root) is the script's to fix.
+fn readable_file(archives: &Path, name: &str, in_container: &str) -> Result<PathBuf, BuildError> {
+    use std::os::unix::fs::PermissionsExt;
     let path = archives.join(name);
-    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-        Ok(path)
-    } else {
-        Err(BuildError::ArtifactMissing { artifact: name.to_string(), archives: in_container.to_string() })
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_file() => {
+            let unreadable = meta.permissions().mode() & 0o444 == 0
+                || std::fs::File::open(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+            if unreadable { Err(BuildError::ArtifactUnreadable(name.to_string())) } else { Ok(path) }
+        }
+        _ => Err(BuildError::ArtifactMissing { artifact: name.to_string(), archives: in_container.to_string() }),
     }
 }
 
@@ -341,13 +435,18 @@ async fn publish_one(
                     let keep = std::fs::create_dir_all(&kept)
                         .and_then(|()| std::fs::copy(file, kept.join(&names.versioned)).map(drop));
                     let where_kept = match keep {
-                        Ok(()) => format!("; the artifact is kept in {}", kept.display()),
-                        Err(e) => format!("; the artifact could not be kept: {e}"),
+                        Ok(()) => format!("; the artifact is kept in data_dir/unpublished/{id}"),
+                        Err(e) => {
+                            tracing::warn!(build = %id, "cannot keep the artifact in {}: {e}", kept.display());
+                            "; the artifact could not be kept".to_string()
+                        }
                     };
+                    tracing::warn!(build = %id, "cannot publish {}: {reason}", names.versioned);
+                    let reason = public(app, &reason);
                     let tries = if attempt == 0 { String::new() } else { format!(" (after {} attempts)", attempt + 1) };
                     return Err(BuildError::Upload(format!("{reason}{tries}{where_kept}")));
                 }
-                log.note(&format!("{reason}: trying again in {}s", delay.as_secs()));
+                log.note(&format!("{}: trying again in {}s", public(app, &reason), delay.as_secs()));
                 log.write_pending().await.map_err(BuildError::log)?;
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -386,9 +485,10 @@ async fn conclude(
             }
         }
         Err(e) => {
-            log.note(&format!("{}: {e}", e.status()));
             tracing::debug!(build = %id, kind = e.kind(), "build did not succeed: {e}");
-            Outcome::failed(e.status(), e.to_string())
+            let said = public(app, &e.to_string());
+            log.note(&format!("{}: {said}", e.status()));
+            Outcome::failed(e.status(), said)
         }
     };
     app.metrics.log_lines.inc_by(log.lines());
@@ -432,7 +532,45 @@ async fn finish(
         app.docker.remove_later(container);
     }
     if let Some(workspace) = workspace {
-        // Build containers write as root; remove off the async threads.
-        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(workspace));
+        let image = job.script.baseimage.clone().unwrap_or_else(|| app.config.docker.default_image.clone());
+        let app = app.clone();
+        tokio::spawn(async move { remove_workspace(&app, id, workspace, &image).await });
+    }
+}
+
+/// Removes a build's directory. Build containers write as root: what a service that is not root
+/// cannot remove is removed by a throwaway container of the build's image (no network). Every
+/// failure is logged.
+async fn remove_workspace(app: &App, id: BuildId, workspace: PathBuf, image: &str) {
+    let dir = workspace.clone();
+    let first = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await.expect("does not panic");
+    let Err(e) = first else { return };
+    if !workspace.exists() {
+        return;
+    }
+    tracing::info!(build = %id, "cannot remove {} ({e}): removing it with a container", workspace.display());
+    if let Err(e) = app.docker.remove_as_root(&workspace, image).await {
+        tracing::warn!(build = %id, "cannot remove {} with a container: {e:#}", workspace.display());
+    }
+    let dir = workspace.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await.expect("does not panic") {
+        tracing::warn!(build = %id, "build directory {} is left behind: {e}", workspace.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_errors_name_directories_instead_of_showing_them() {
+        let paths = [("/srv/ab/tmp".to_string(), "<tmp_directory>"), ("/srv/ab".to_string(), "<data_dir>")];
+        let text = "mkdir /srv/ab/tmp/7-x: denied; kept in /srv/ab/unpublished/7; \
+                    error mounting \"/var/lib/docker/overlay2/abc/merged\": bad";
+        assert_eq!(
+            hide_paths(text, &paths),
+            "mkdir <tmp_directory>/7-x: denied; kept in <data_dir>/unpublished/7; \
+             error mounting \"<docker data>\": bad"
+        );
     }
 }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig, HostConfigLogConfig};
+use bollard::models::{ContainerConfig, ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use bollard::query_parameters::{
     AttachContainerOptions, CommitContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
     ListContainersOptions, ListImagesOptions, RemoveContainerOptions, RemoveImageOptions, StopContainerOptions,
@@ -29,6 +29,13 @@ pub const LABEL_INSTANCE: &str = "autobuilder.instance";
 pub const LABEL_IMAGE: &str = "autobuilder.image";
 /// Label holding the build id of a container.
 pub const LABEL_BUILD: &str = "autobuilder.build";
+/// Labels of build containers and committed images: whose build it is.
+pub const LABEL_PROJECT: &str = "autobuilder.project";
+pub const LABEL_REPOSITORY: &str = "autobuilder.repository";
+pub const LABEL_BRANCH: &str = "autobuilder.branch";
+pub const LABEL_COMMIT: &str = "autobuilder.commit";
+/// Label of a committed image: the recipes commit its recipe was loaded from.
+pub const LABEL_RECIPES: &str = "autobuilder.recipes";
 /// How long an image pull may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -41,6 +48,8 @@ pub struct Limits {
     pub nano_cpus: i64,
     /// Most processes and threads at once; 0 is no limit.
     pub pids: i64,
+    /// Largest file a process may write, in bytes (ulimit fsize).
+    pub file_size: i64,
 }
 
 /// What a build container runs.
@@ -65,23 +74,30 @@ pub struct Leftover {
     pub running: bool,
 }
 
+/// Who a committed image belongs to: the labels checked before a tag is moved onto a new image.
+pub struct ImageOwner<'a> {
+    pub project: &'a str,
+    pub repository: &'a str,
+    pub branch: &'a str,
+}
+
 /// A connection to the Docker engine with the settings of build containers.
 #[derive(Clone)]
 pub struct DockerEngine {
     docker: Docker,
     instance: String,
-    network: String,
+    settings: crate::config::DockerConfig,
 }
 
 impl DockerEngine {
     /// Connects (honouring `DOCKER_HOST`) and checks that the engine answers.
-    pub async fn connect(instance: String, network: String) -> anyhow::Result<Self> {
+    pub async fn connect(instance: String, settings: crate::config::DockerConfig) -> anyhow::Result<Self> {
         let docker = Docker::connect_with_defaults()
             .context("cannot reach the Docker engine (is DOCKER_HOST or /var/run/docker.sock right?)")?
             .negotiate_version()
             .await
             .context("the Docker engine does not answer (is it running?)")?;
-        Ok(Self { docker, instance, network })
+        Ok(Self { docker, instance, settings })
     }
 
     /// Answers whether the engine responds.
@@ -90,12 +106,24 @@ impl DockerEngine {
         Ok(())
     }
 
-    /// Makes sure `image` is on the host, pulling it when absent.
+    /// Makes sure `image` is on the host, pulling it when absent and its registry is one of
+    /// `[docker] allowed_registries` (Docker Hub for names without a host).
     pub async fn ensure_image(&self, image: &str, log: &mut BuildLog) -> Result<(), BuildError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
-            Err(e) => return Err(BuildError::Docker(format!("cannot inspect image {image}: {e}"))),
+            Err(e) => {
+                tracing::warn!(image, "cannot inspect the image: {e}");
+                return Err(BuildError::Docker(format!("cannot inspect image {image}: the Docker engine failed")));
+            }
+        }
+        let registry = crate::recipes::chains::registry_of(image).unwrap_or("docker.io");
+        if !self.settings.allowed_registries.iter().any(|allowed| allowed == registry) {
+            let reason = format!(
+                "it is not on the Docker host, and autobuilder pulls only from [docker] allowed_registries: \
+                 `docker pull` or `docker load` it there, or add {registry} to allowed_registries"
+            );
+            return Err(BuildError::ImagePull { image: image.to_string(), reason });
         }
         log.note(&format!("image {image} is not on this host: pulling it"));
         let options = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
@@ -144,7 +172,15 @@ impl DockerEngine {
                 nano_cpus: (spec.limits.nano_cpus > 0).then_some(spec.limits.nano_cpus),
                 pids_limit: (spec.limits.pids > 0).then_some(spec.limits.pids),
                 privileged: Some(false),
-                network_mode: Some(self.network.clone()),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(self.settings.capabilities.clone()),
+                ulimits: Some(vec![ResourcesUlimits {
+                    name: Some("fsize".into()),
+                    soft: Some(spec.limits.file_size),
+                    hard: Some(spec.limits.file_size),
+                }]),
+                network_mode: Some(self.settings.network.clone()),
                 log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
                 ..Default::default()
             }),
@@ -271,16 +307,43 @@ impl DockerEngine {
     }
 
     /// Commits container `id` as `<image>:<branch_tag>` and `<image>:<sha_tag>`, labelled as made
-    /// by autobuilder with `labels`.
+    /// by autobuilder for `owner` (and with `labels`). Refuses when either tag is already on an
+    /// image that does not carry autobuilder's labels of the same project, repository and branch.
     pub async fn commit(
         &self,
         id: &str,
         image: &str,
-        branch_tag: &str,
-        sha_tag: &str,
+        (branch_tag, sha_tag): (&str, &str),
+        owner: &ImageOwner<'_>,
         mut labels: HashMap<String, String>,
     ) -> Result<(), BuildError> {
+        for tag in [branch_tag, sha_tag] {
+            let name = format!("{image}:{tag}");
+            let found = match self.docker.inspect_image(&name).await {
+                Ok(found) => found,
+                Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(image = name, "cannot inspect the image: {e}");
+                    return Err(BuildError::Docker(format!("cannot inspect image {name}: the Docker engine failed")));
+                }
+            };
+            let theirs = found.config.and_then(|c| c.labels).unwrap_or_default();
+            let same = |label: &str, value: &str| theirs.get(label).map(String::as_str) == Some(value);
+            if !(same(LABEL_IMAGE, image)
+                && same(LABEL_PROJECT, owner.project)
+                && same(LABEL_REPOSITORY, owner.repository)
+                && same(LABEL_BRANCH, owner.branch))
+            {
+                return Err(BuildError::Docker(format!(
+                    "refusing to commit over the image {name}: it was not made by autobuilder for {} {} of project {}",
+                    owner.repository, owner.branch, owner.project
+                )));
+            }
+        }
         labels.insert(LABEL_IMAGE.into(), image.to_string());
+        labels.insert(LABEL_PROJECT.into(), owner.project.to_string());
+        labels.insert(LABEL_REPOSITORY.into(), owner.repository.to_string());
+        labels.insert(LABEL_BRANCH.into(), owner.branch.to_string());
         labels.insert(LABEL_INSTANCE.into(), self.instance.clone());
         let options = CommitContainerOptions {
             container: Some(id.to_string()),
@@ -298,19 +361,30 @@ impl DockerEngine {
         Ok(())
     }
 
-    /// Removes the images autobuilder committed for `image` and `branch` beyond the newest `keep`
-    /// (the branch's current one is always kept). Images autobuilder did not make are never touched.
-    pub async fn prune_images(&self, image: &str, branch: &str, keep: usize) -> anyhow::Result<usize> {
+    /// Removes the images autobuilder committed for `image` and `owner`'s branch beyond the newest
+    /// `keep` (`<image>:<branch_tag>` is always kept). Images autobuilder did not make are never touched.
+    pub async fn prune_images(
+        &self,
+        image: &str,
+        owner: &ImageOwner<'_>,
+        branch_tag: &str,
+        keep: usize,
+    ) -> anyhow::Result<usize> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![format!("{LABEL_IMAGE}={image}"), format!("autobuilder.branch={branch}")],
+            vec![
+                format!("{LABEL_IMAGE}={image}"),
+                format!("{LABEL_PROJECT}={}", owner.project),
+                format!("{LABEL_REPOSITORY}={}", owner.repository),
+                format!("{LABEL_BRANCH}={}", owner.branch),
+            ],
         )]);
         let options = ListImagesOptions { filters: Some(filters), ..Default::default() };
         let mut images = self.docker.list_images(Some(options)).await?;
         images.sort_by_key(|i| std::cmp::Reverse(i.created));
         let mut removed = 0;
         for old in images.iter().skip(keep.max(1)) {
-            let current = format!("{image}:{}", branch.replace('/', "-"));
+            let current = format!("{image}:{branch_tag}");
             if old.repo_tags.contains(&current) {
                 continue;
             }
@@ -320,6 +394,33 @@ impl DockerEngine {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Empties `dir` (a build's directory, with files the build made as root) from a throwaway
+    /// container of `image`, without network, that removes what is inside.
+    pub async fn remove_as_root(&self, dir: &Path, image: &str) -> anyhow::Result<()> {
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(["rm", "-rf", "/workspace/src", "/workspace/archives"].map(String::from).to_vec()),
+            labels: Some(HashMap::from([(LABEL_INSTANCE.to_string(), self.instance.clone())])),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{}:/workspace", dir.display())]),
+                network_mode: Some("none".into()),
+                log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = self.docker.create_container(None::<CreateContainerOptions>, body).await?.id;
+        let run = async {
+            self.docker.start_container(&id, None).await?;
+            let code = self.exit_code(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::ensure!(code == 0, "rm exited {code}");
+            Ok(())
+        };
+        let result = run.await;
+        self.remove_later(id);
+        result
     }
 
     /// Removes a container in the background (after the build's result is recorded).

@@ -27,7 +27,8 @@ pub fn checkout_commit(url: &str, branch: &Branch, sha: &CommitSha, dest: &Path)
     let commit = repo.find_commit(oid).map_err(|_| {
         anyhow::anyhow!("commit {sha} is not on branch {branch} of {} (force-pushed away?)", redact_url(url))
     })?;
-    repo.remote("origin", url)?;
+    // The checkout is mounted into the build container: its origin never holds credentials.
+    repo.remote("origin", &split_credentials(url).0)?;
     repo.set_head_detached(commit.id())?;
     repo.checkout_head(Some(CheckoutBuilder::new().force()))?;
     Ok(())
@@ -138,14 +139,52 @@ fn one_at_a_time(path: &Path) -> Arc<Mutex<()>> {
 }
 
 fn fetch(repo: &Repository, url: &str, refspecs: &[&str]) -> anyhow::Result<()> {
-    let mut remote = repo.remote_anonymous(url)?;
+    let (clean, credentials) = split_credentials(url);
+    let mut remote = repo.remote_anonymous(&clean)?;
     let mut options = FetchOptions::new();
     options.download_tags(git2::AutotagOption::None);
     options.update_fetchhead(false);
+    if let Some((user, password)) = credentials {
+        // Given to libgit2 when the server asks, so the URL it records (FETCH_HEAD) holds none.
+        let mut asked = false;
+        let mut callbacks = git2::RemoteCallbacks::new();
+        callbacks.credentials(move |_, _, _| {
+            if std::mem::replace(&mut asked, true) {
+                return Err(git2::Error::from_str("the credentials of [git] clone_url were refused"));
+            }
+            git2::Cred::userpass_plaintext(&user, &password)
+        });
+        options.remote_callbacks(callbacks);
+    }
     remote
         .fetch(refspecs, Some(&mut options), None)
         .with_context(|| format!("git fetch of {} failed", redact_url(url)))?;
     Ok(())
+}
+
+/// An `http(s)://` URL without its user info, and that user info as (user, password) when it has
+/// one (`https://x-access-token:TOKEN@github.com/a/b.git`; a lone `https://TOKEN@host/...` is a
+/// user with an empty password). Other URLs (`ssh://git@host/...`) are left as they are.
+pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some((scheme, rest)) = url.split_once("://").filter(|(s, _)| matches!(*s, "http" | "https")) else {
+        return (url.to_string(), None);
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let Some(at) = authority.rfind('@') else {
+        return (url.to_string(), None);
+    };
+    let (user, password) = authority[..at].split_once(':').unwrap_or((&authority[..at], ""));
+    (format!("{scheme}://{}", &rest[at + 1..]), Some((user.to_string(), password.to_string())))
+}
+
+/// The values of a clone URL that are secret, to mask in build logs: the password, or the user
+/// when it has none (a token given as the user).
+pub fn url_secrets(url: &str) -> Vec<String> {
+    match split_credentials(url).1 {
+        Some((_, password)) if !password.is_empty() => vec![password],
+        Some((user, _)) if !user.is_empty() => vec![user],
+        _ => Vec::new(),
+    }
 }
 
 /// The URL without credentials (`https://user:token@host/x` -> `https://***@host/x`).
@@ -166,5 +205,34 @@ mod tests {
     fn credentials_never_show() {
         assert_eq!(redact_url("https://x:tok@github.com/a/b.git"), "https://***@github.com/a/b.git");
         assert_eq!(redact_url("file:///tmp/a/b.git"), "file:///tmp/a/b.git");
+    }
+
+    #[test]
+    fn credentials_are_split_from_the_url() {
+        let (clean, credentials) = split_credentials("https://x-access-token:tok@github.com/a/b.git");
+        assert_eq!(clean, "https://github.com/a/b.git");
+        assert_eq!(credentials, Some(("x-access-token".into(), "tok".into())));
+        assert_eq!(url_secrets("https://x-access-token:tok@github.com/a/b.git"), ["tok"]);
+        assert_eq!(url_secrets("https://ghp_abc@github.com/a/b.git"), ["ghp_abc"]);
+        assert_eq!(split_credentials("https://github.com/a@b.git"), ("https://github.com/a@b.git".into(), None));
+        assert_eq!(split_credentials("ssh://git@host/a/b.git").1, None);
+        assert_eq!(split_credentials("file:///tmp/a/b.git").1, None);
+        assert!(url_secrets("https://github.com/{repo}.git").is_empty());
+    }
+
+    #[test]
+    fn the_checkout_origin_holds_no_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path().join("src")).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let tree = repo.find_tree(repo.index().unwrap().write_tree().unwrap()).unwrap();
+        let oid = repo.commit(Some("refs/heads/master"), &sig, &sig, "c", &tree, &[]).unwrap();
+        // A file URL cannot carry credentials; the origin is what split_credentials leaves.
+        let url = format!("file://{}", dir.path().join("src").display());
+        let dest = dir.path().join("checkout");
+        checkout_commit(&url, &Branch::parse("master").unwrap(), &CommitSha::parse(&oid.to_string()).unwrap(), &dest)
+            .unwrap();
+        let origin = Repository::open(&dest).unwrap().find_remote("origin").unwrap().url().unwrap().to_string();
+        assert_eq!(origin, split_credentials(&url).0);
     }
 }

@@ -3,6 +3,7 @@
 //! A broken file is reported with its path and reason and skipped; every other file still loads.
 
 pub mod chains;
+pub mod names;
 pub mod reload;
 
 use std::collections::BTreeMap;
@@ -54,7 +55,8 @@ pub struct BuildScript {
     pub format: ArtifactFormat,
     #[serde(default)]
     pub limits: ScriptLimits,
-    /// Image repository the container is committed to after a successful script.
+    /// Image repository the container is committed to after a successful script (always
+    /// `autobuilder/<project>/<org>-<repo>`, see `chains::project_image`).
     #[serde(default)]
     pub commit: Option<String>,
     /// Start from the image this recipe commits (its `baseimage` is set from it at load).
@@ -96,15 +98,15 @@ pub struct RecipeSet {
 }
 
 impl RecipeSet {
-    /// Parses every recipe file among `files` (path relative to the repository root, content).
-    /// Files that are not `.yaml`/`.yml`, or that live under a hidden folder, are not recipes.
-    pub fn parse<'a>(files: impl IntoIterator<Item = (String, &'a [u8])>) -> Self {
+    /// Parses every recipe file of `project` among `files` (path relative to the repository root,
+    /// content). Files that are not `.yaml`/`.yml`, or that live under a hidden folder, are not recipes.
+    pub fn parse<'a>(project: &str, files: impl IntoIterator<Item = (String, &'a [u8])>) -> Self {
         let mut set = RecipeSet::default();
         for (file, content) in files {
             if !is_recipe_path(&file) {
                 continue;
             }
-            match parse_file(&file, content) {
+            match parse_file(project, &file, content) {
                 Ok(recipe) => {
                     let key = (recipe.repository.clone(), recipe.branch.clone());
                     if let Some(other) = set.recipes.get(&key) {
@@ -155,10 +157,10 @@ impl RecipeSet {
     }
 
     /// Reads every file of a checkout on disk (for `autobuilder check`), skipping `.git`.
-    pub fn parse_dir(root: &Path) -> std::io::Result<Self> {
+    pub fn parse_dir(project: &str, root: &Path) -> std::io::Result<Self> {
         let mut files = Vec::new();
         collect_files(root, root, &mut files)?;
-        Ok(Self::parse(files.iter().map(|(path, content)| (path.clone(), content.as_slice()))))
+        Ok(Self::parse(project, files.iter().map(|(path, content)| (path.clone(), content.as_slice()))))
     }
 }
 
@@ -216,7 +218,7 @@ struct RawScript {
     outputs: Option<Vec<Output>>,
 }
 
-/// `commit: true` (autobuilder names the image) or `commit: <image name>`.
+/// `commit: true` (autobuilder names the image); `commit: <image name>` is refused with a reason.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum CommitSpec {
@@ -224,8 +226,8 @@ enum CommitSpec {
     Named(String),
 }
 
-/// Parses and validates one recipe file; the error is a one-line reason.
-pub fn parse_file(file: &str, content: &[u8]) -> Result<Recipe, String> {
+/// Parses and validates one recipe file of `project`; the error is a one-line reason.
+pub fn parse_file(project: &str, file: &str, content: &[u8]) -> Result<Recipe, String> {
     let (repository, branch) = target_of(file)?;
     if content.len() > MAX_RECIPE_BYTES {
         return Err(format!("file is larger than {MAX_RECIPE_BYTES} bytes"));
@@ -253,7 +255,8 @@ pub fn parse_file(file: &str, content: &[u8]) -> Result<Recipe, String> {
             .scripts
             .get(script)
             .ok_or_else(|| format!("build script `{script}` has no settings: it needs at least `artifact`"))?;
-        scripts.push(validate_script(script, settings, &repository).map_err(|why| format!("`{script}`: {why}"))?);
+        scripts
+            .push(validate_script(project, script, settings, &repository).map_err(|why| format!("`{script}`: {why}"))?);
     }
     let mut names: BTreeMap<(Option<&str>, ArtifactFormat), &str> = BTreeMap::new();
     for script in &scripts {
@@ -267,7 +270,7 @@ pub fn parse_file(file: &str, content: &[u8]) -> Result<Recipe, String> {
     Ok(Recipe { repository, branch, file: file.to_string(), scripts })
 }
 
-fn validate_script(script: &str, raw: &RawScript, repository: &RepoName) -> Result<BuildScript, String> {
+fn validate_script(project: &str, script: &str, raw: &RawScript, repository: &RepoName) -> Result<BuildScript, String> {
     let artifact = raw.artifact.clone().ok_or("`artifact` is missing: name the file the script produces")?;
     if artifact.is_empty()
         || artifact == "."
@@ -313,12 +316,20 @@ fn validate_script(script: &str, raw: &RawScript, repository: &RepoName) -> Resu
     {
         return Err("timeout_minutes, cpus and pids must be positive".into());
     }
+    if let Some(cpus) = limits.cpus
+        && (cpus.is_nan() || cpus < crate::config::MIN_CPUS)
+    {
+        return Err(format!("cpus {cpus} is below Docker's minimum of {}", crate::config::MIN_CPUS));
+    }
     let commit = match &raw.commit {
         None | Some(CommitSpec::Yes(false)) => None,
-        Some(CommitSpec::Yes(true)) => Some(chains::default_image(repository)),
+        Some(CommitSpec::Yes(true)) => Some(chains::project_image(project, repository)),
         Some(CommitSpec::Named(name)) => {
-            chains::check_image_name(name)?;
-            Some(name.clone())
+            return Err(format!(
+                "commit takes true or false, not {name:?}: autobuilder names the image {} (a chosen name could \
+                 overwrite any image)",
+                chains::project_image(project, repository)
+            ));
         }
     };
     let from = raw.from.as_deref().map(ImageSource::parse).transpose()?;
@@ -335,6 +346,14 @@ fn validate_script(script: &str, raw: &RawScript, repository: &RepoName) -> Resu
             return Err(format!("output file {:?} must be a plain file name in archives", output.file));
         }
         let sample = output.name_for(repository, &Branch::parse("b").expect("valid"));
+        let own = format!("{}-{}", repository.org(), repository.name());
+        if !sample.starts_with(&own) {
+            return Err(format!(
+                "output name {:?} must begin with {{org}}-{{repo}} ({own}), so that it cannot take another \
+                 repository's names",
+                output.name
+            ));
+        }
         if sample.is_empty()
             || !sample.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             || sample.starts_with('.')
@@ -416,7 +435,7 @@ autobuild/build-2.sh:
 ";
 
     fn parse(file: &str, text: &str) -> Result<Recipe, String> {
-        parse_file(file, text.as_bytes())
+        parse_file("demo", file, text.as_bytes())
     }
 
     #[test]
@@ -475,12 +494,15 @@ autobuild/build-2.sh:
 
     #[test]
     fn a_broken_file_does_not_stop_the_others() {
-        let set = RecipeSet::parse([
-            ("org/a/master.yaml".to_string(), GOOD.as_bytes()),
-            ("org/b/master.yaml".to_string(), b"buildscripts: [".as_slice()),
-            ("org/c/dev.yml".to_string(), GOOD.as_bytes()),
-            ("README.md".to_string(), b"hello".as_slice()),
-        ]);
+        let set = RecipeSet::parse(
+            "demo",
+            [
+                ("org/a/master.yaml".to_string(), GOOD.as_bytes()),
+                ("org/b/master.yaml".to_string(), b"buildscripts: [".as_slice()),
+                ("org/c/dev.yml".to_string(), GOOD.as_bytes()),
+                ("README.md".to_string(), b"hello".as_slice()),
+            ],
+        );
         assert_eq!(set.recipes.len(), 2);
         assert_eq!(set.problems.len(), 1);
         assert_eq!(set.problems[0].file, "org/b/master.yaml");

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::app::App;
+use crate::config::Config;
 use crate::git::Mirror;
 use crate::github::status::CommitStatus;
 use crate::model::{Branch, BuildId, BuildKind, BuildStatus, CommitSha, RepoName};
@@ -32,6 +33,12 @@ impl Recipes {
     /// The recipes commit the loaded recipes of `project` come from.
     fn commit(&self, project: &str) -> Option<CommitSha> {
         self.sets.read().expect("not poisoned").get(project).map(|loaded| loaded.commit.clone())
+    }
+
+    /// The recipes every other project has loaded (they share the artifact store).
+    fn others(&self, project: &str) -> Vec<(String, Arc<RecipeSet>)> {
+        let sets = self.sets.read().expect("not poisoned");
+        sets.iter().filter(|(name, _)| name.as_str() != project).map(|(n, l)| (n.clone(), l.set.clone())).collect()
     }
 
     fn replace(&self, project: &str, set: RecipeSet, commit: &CommitSha) -> Option<Arc<RecipeSet>> {
@@ -101,9 +108,11 @@ pub async fn reload(app: &Arc<App>, project: &str, pushed: Option<CommitSha>) ->
             return Ok(None);
         }
         Ok(Fetched::Head(commit, files)) => {
-            let mut set = RecipeSet::parse(files.iter().map(|(path, content)| (path.clone(), content.as_slice())));
-            set.refuse(|script| app.config.builds.limits(&script.limits).map(drop));
-            crate::recipes::chains::resolve(&mut set);
+            let mut set =
+                RecipeSet::parse(project, files.iter().map(|(path, content)| (path.clone(), content.as_slice())));
+            let others = app.recipes.others(project);
+            let others: Vec<(&str, &RecipeSet)> = others.iter().map(|(p, s)| (p.as_str(), s.as_ref())).collect();
+            apply_rules(&mut set, &app.config, project, &others);
             for script in set.recipes.values_mut().flat_map(|r| r.scripts.iter_mut()) {
                 script.recipes_commit = Some(commit.to_string());
             }
@@ -172,6 +181,22 @@ pub async fn reload(app: &Arc<App>, project: &str, pushed: Option<CommitSha>) ->
     app.statuses.wake();
     tracing::info!(project, status = %outcome.status, "recipes reloaded: {}", outcome.error.as_deref().unwrap_or("all files loaded"));
     Ok(Some(id))
+}
+
+/// What the operator and the other recipes rule out, applied to freshly parsed recipes (by
+/// `serve` and by `autobuilder check`): limits within the caps, base images from allowed
+/// registries and projects, image chains resolved, and no artifact name that another recipe,
+/// of this project or of `others`, could also publish.
+pub fn apply_rules(set: &mut RecipeSet, config: &Config, project: &str, others: &[(&str, &RecipeSet)]) {
+    set.refuse(|script| {
+        config.builds.limits(&script.limits)?;
+        match &script.baseimage {
+            Some(image) => crate::recipes::chains::check_baseimage(config, project, image),
+            None => Ok(()),
+        }
+    });
+    crate::recipes::chains::resolve(set);
+    crate::recipes::names::refuse_collisions(set, others);
 }
 
 /// `[hooks] auto`: gives newly tracked repositories their webhook.
