@@ -709,7 +709,7 @@ mod tests {
         assert!(format!("{err:#}").contains("minimum"), "{err:#}");
         let recipe = "buildscripts: [a.sh]\na.sh: {artifact: a.tar.gz, cpus: 0.0000000001}";
         let err = crate::recipes::parse_file("demo", "o/r/master.yaml", recipe.as_bytes()).unwrap_err();
-        assert!(err.contains("below Docker's minimum of 0.01"), "{err}");
+        assert!(err[0].contains("below Docker's minimum of 0.01"), "{err:?}");
     }
 
     #[test]

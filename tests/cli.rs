@@ -36,6 +36,23 @@ fn check_applies_the_configured_caps_and_warns_about_an_empty_checkout() {
     let out = autobuilder(&["check", "recipes", "--config", "config.toml"], dir.path());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("max_timeout_minutes = 60"), "{}", text(&out));
+
+    // Every problem of a file, each on its line, and a YAML error at its own line.
+    std::fs::write(
+        recipes.join("org/app/dev.yaml"),
+        "buildscripts: [a.sh, b.sh]\na.sh: {artifact: ../x}\nb.sh: {artifact: b.zip}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        recipes.join("org/app/typo.yaml"),
+        "buildscripts: [a.sh]\na.sh:\n  artifact: a.tar.gz\n  artefact: x\n",
+    )
+    .unwrap();
+    let out = autobuilder(&["check", "recipes"], dir.path());
+    let said = text(&out);
+    assert!(said.contains("problem  org/app/dev.yaml: `a.sh`: artifact \"../x\""), "{said}");
+    assert!(said.contains("problem  org/app/dev.yaml: `b.sh`: artifact \"b.zip\""), "{said}");
+    assert!(said.contains("problem  org/app/typo.yaml: error: line 4"), "{said}");
 }
 
 #[test]

@@ -118,7 +118,9 @@ impl RecipeSet {
                         set.recipes.insert(key, recipe);
                     }
                 }
-                Err(reason) => set.problems.push(RecipeProblem { file, reason }),
+                Err(reasons) => {
+                    set.problems.extend(reasons.into_iter().map(|reason| RecipeProblem { file: file.clone(), reason }))
+                }
             }
         }
         set.problems.sort_by(|a, b| a.file.cmp(&b.file));
@@ -192,12 +194,39 @@ pub fn is_recipe_path(path: &str) -> bool {
     (path.ends_with(".yaml") || path.ends_with(".yml")) && !path.split('/').any(|part| part.starts_with('.'))
 }
 
-/// The raw YAML shape: `buildscripts` plus one mapping per script path.
-#[derive(Deserialize)]
+/// The raw YAML shape: `buildscripts` plus one mapping per script path. Read key by key (not
+/// with `#[serde(flatten)]`, which buffers), so that an error names the line where it is.
 struct RawRecipe {
     buildscripts: Vec<String>,
-    #[serde(flatten)]
     scripts: BTreeMap<String, RawScript>,
+}
+
+impl<'de> Deserialize<'de> for RawRecipe {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = RawRecipe;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping of `buildscripts` and the settings of each build script")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawRecipe, A::Error> {
+                let (mut buildscripts, mut scripts) = (None, BTreeMap::new());
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "buildscripts" {
+                        buildscripts = Some(map.next_value()?);
+                    } else {
+                        let settings = map.next_value()?;
+                        scripts.insert(key, settings);
+                    }
+                }
+                let buildscripts = buildscripts.ok_or_else(|| serde::de::Error::missing_field("buildscripts"))?;
+                Ok(RawRecipe { buildscripts, scripts })
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
 }
 
 #[derive(Deserialize)]
@@ -227,81 +256,80 @@ enum CommitSpec {
 }
 
 /// Parses and validates one recipe file of `project`; the error is a one-line reason.
-pub fn parse_file(project: &str, file: &str, content: &[u8]) -> Result<Recipe, String> {
-    let (repository, branch) = target_of(file)?;
+pub fn parse_file(project: &str, file: &str, content: &[u8]) -> Result<Recipe, Vec<String>> {
+    let (repository, branch) = target_of(file).map_err(|why| vec![why])?;
     if content.len() > MAX_RECIPE_BYTES {
-        return Err(format!("file is larger than {MAX_RECIPE_BYTES} bytes"));
+        return Err(vec![format!("file is larger than {MAX_RECIPE_BYTES} bytes")]);
     }
-    let text = std::str::from_utf8(content).map_err(|_| "file is not UTF-8".to_string())?;
+    let text = std::str::from_utf8(content).map_err(|_| vec!["file is not UTF-8".to_string()])?;
     if text.trim().is_empty() {
-        return Err("file is empty: it needs a `buildscripts` list".into());
+        return Err(vec!["file is empty: it needs a `buildscripts` list".into()]);
     }
-    let raw: RawRecipe = serde_saphyr::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+    let raw: RawRecipe = serde_saphyr::from_str(text).map_err(|e| vec![one_line(&e.to_string())])?;
+    let mut problems = Vec::new();
     if raw.buildscripts.is_empty() {
-        return Err("`buildscripts` is empty: list at least one script".into());
+        problems.push("`buildscripts` is empty: list at least one script".into());
     }
-    for key in raw.scripts.keys() {
-        if !raw.buildscripts.contains(key) {
-            return Err(format!("`{key}` has settings but is not listed in `buildscripts`"));
-        }
+    for key in raw.scripts.keys().filter(|key| !raw.buildscripts.contains(key)) {
+        problems.push(format!("`{key}` has settings but is not listed in `buildscripts`"));
     }
     let mut scripts = Vec::new();
     for (index, script) in raw.buildscripts.iter().enumerate() {
         if raw.buildscripts[..index].contains(script) {
-            return Err(format!("`{script}` is listed twice in `buildscripts`"));
+            problems.push(format!("`{script}` is listed twice in `buildscripts`"));
+            continue;
         }
-        check_relative_path(script).map_err(|why| format!("build script `{script}`: {why}"))?;
-        let settings = raw
-            .scripts
-            .get(script)
-            .ok_or_else(|| format!("build script `{script}` has no settings: it needs at least `artifact`"))?;
-        scripts
-            .push(validate_script(project, script, settings, &repository).map_err(|why| format!("`{script}`: {why}"))?);
+        if let Err(why) = check_relative_path(script) {
+            problems.push(format!("build script `{script}`: {why}"));
+            continue;
+        }
+        let Some(settings) = raw.scripts.get(script) else {
+            problems.push(format!("build script `{script}` has no settings: it needs at least `artifact`"));
+            continue;
+        };
+        match validate_script(project, script, settings, &repository) {
+            Ok(valid) => scripts.push(valid),
+            Err(whys) => problems.extend(whys.into_iter().map(|why| format!("`{script}`: {why}"))),
+        }
     }
     let mut names: BTreeMap<(Option<&str>, ArtifactFormat), &str> = BTreeMap::new();
     for script in &scripts {
         if let Some(other) = names.insert((script.tag.as_deref(), script.format), &script.script) {
-            return Err(format!(
+            problems.push(format!(
                 "`{other}` and `{}` would publish artifacts under the same name: give one of them a `tag`",
                 script.script
             ));
         }
     }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
     Ok(Recipe { repository, branch, file: file.to_string(), scripts })
 }
 
-fn validate_script(project: &str, script: &str, raw: &RawScript, repository: &RepoName) -> Result<BuildScript, String> {
-    let artifact = raw.artifact.clone().ok_or("`artifact` is missing: name the file the script produces")?;
-    if artifact.is_empty()
-        || artifact == "."
-        || artifact == ".."
-        || artifact.contains('/')
-        || artifact.contains('\\')
-        || artifact.chars().any(char::is_control)
-    {
-        return Err(format!("artifact {artifact:?} must be a plain file name"));
-    }
-    let archives = raw.archives.clone().unwrap_or_else(|| "/tmp/archives".into());
-    let inside = archives
-        .strip_prefix('/')
-        .ok_or_else(|| format!("archives {archives:?} must be an absolute path in the container"))?;
-    check_relative_path(inside).map_err(|why| format!("archives {archives:?}: {why}"))?;
-    if archives.contains([':', ',']) {
-        return Err(format!("archives {archives:?} must not hold ':' or ','"));
-    }
+/// Checks the settings of one build script; every problem found, each a one-line reason.
+fn validate_script(
+    project: &str,
+    script: &str,
+    raw: &RawScript,
+    repository: &RepoName,
+) -> Result<BuildScript, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut keep = |result: Result<(), String>| problems.extend(result.err());
     let format = raw.format.unwrap_or_default();
-    if format == ArtifactFormat::Flist && !artifact.ends_with(".tar.gz") {
-        return Err(format!("artifact {artifact:?} must end in .tar.gz for format flist (or set `format: binary`)"));
-    }
+    let artifact = raw.artifact.clone().unwrap_or_default();
+    keep(check_artifact(raw.artifact.as_deref(), format));
+    let archives = raw.archives.clone().unwrap_or_else(|| "/tmp/archives".into());
+    keep(check_archives(&archives));
     if let Some(image) = &raw.baseimage
         && (image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()))
     {
-        return Err(format!("baseimage {image:?} is not an image name"));
+        keep(Err(format!("baseimage {image:?} is not an image name")));
     }
     if let Some(tag) = &raw.tag
         && (tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(format!("tag {tag:?} may only hold letters, digits, '-', '_' and '.'"));
+        keep(Err(format!("tag {tag:?} may only hold letters, digits, '-', '_' and '.'")));
     }
     let limits = ScriptLimits {
         timeout_minutes: raw.timeout_minutes,
@@ -309,60 +337,35 @@ fn validate_script(project: &str, script: &str, raw: &RawScript, repository: &Re
         cpus: raw.cpus,
         pids: raw.pids,
     };
-    if let Some(memory) = &limits.memory {
-        crate::config::parse_memory(memory).map_err(|e| format!("memory: {e:#}"))?;
-    }
-    if limits.timeout_minutes == Some(0) || limits.cpus.is_some_and(|c| c <= 0.0) || limits.pids.is_some_and(|p| p <= 0)
-    {
-        return Err("timeout_minutes, cpus and pids must be positive".into());
-    }
-    if let Some(cpus) = limits.cpus
-        && (cpus.is_nan() || cpus < crate::config::MIN_CPUS)
-    {
-        return Err(format!("cpus {cpus} is below Docker's minimum of {}", crate::config::MIN_CPUS));
-    }
+    keep(check_limits(&limits));
     let commit = match &raw.commit {
         None | Some(CommitSpec::Yes(false)) => None,
         Some(CommitSpec::Yes(true)) => Some(chains::project_image(project, repository)),
         Some(CommitSpec::Named(name)) => {
-            return Err(format!(
+            keep(Err(format!(
                 "commit takes true or false, not {name:?}: autobuilder names the image {} (a chosen name could \
                  overwrite any image)",
                 chains::project_image(project, repository)
-            ));
+            )));
+            None
         }
     };
-    let from = raw.from.as_deref().map(ImageSource::parse).transpose()?;
-    if from.is_some() && raw.baseimage.is_some() {
-        return Err("`from` and `baseimage` both name the image to start from: keep one".into());
+    let from = match raw.from.as_deref().map(ImageSource::parse).transpose() {
+        Ok(from) => from,
+        Err(why) => {
+            keep(Err(why));
+            None
+        }
+    };
+    if raw.from.is_some() && raw.baseimage.is_some() {
+        keep(Err("`from` and `baseimage` both name the image to start from: keep one".into()));
     }
     let outputs = raw.outputs.clone().unwrap_or_default();
     for output in &outputs {
-        if output.file.is_empty()
-            || output.file.contains(['/', '\\'])
-            || output.file == ".."
-            || output.file.chars().any(char::is_control)
-        {
-            return Err(format!("output file {:?} must be a plain file name in archives", output.file));
-        }
-        let sample = output.name_for(repository, &Branch::parse("b").expect("valid"));
-        let own = format!("{}-{}", repository.org(), repository.name());
-        if !sample.starts_with(&own) {
-            return Err(format!(
-                "output name {:?} must begin with {{org}}-{{repo}} ({own}), so that it cannot take another \
-                 repository's names",
-                output.name
-            ));
-        }
-        if sample.is_empty()
-            || !sample.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            || sample.starts_with('.')
-        {
-            return Err(format!(
-                "output name {:?} may only hold letters, digits, '-', '_', '.' and {{org}}, {{repo}}, {{branch}}",
-                output.name
-            ));
-        }
+        keep(check_output(output, repository));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
     }
     Ok(BuildScript {
         script: script.to_string(),
@@ -378,6 +381,76 @@ fn validate_script(project: &str, script: &str, raw: &RawScript, repository: &Re
         outputs,
         recipes_commit: None,
     })
+}
+
+fn check_artifact(artifact: Option<&str>, format: ArtifactFormat) -> Result<(), String> {
+    let artifact = artifact.ok_or("`artifact` is missing: name the file the script produces")?;
+    if artifact.is_empty()
+        || artifact == "."
+        || artifact == ".."
+        || artifact.contains('/')
+        || artifact.contains('\\')
+        || artifact.chars().any(char::is_control)
+    {
+        return Err(format!("artifact {artifact:?} must be a plain file name"));
+    }
+    if format == ArtifactFormat::Flist && !artifact.ends_with(".tar.gz") {
+        return Err(format!("artifact {artifact:?} must end in .tar.gz for format flist (or set `format: binary`)"));
+    }
+    Ok(())
+}
+
+fn check_archives(archives: &str) -> Result<(), String> {
+    let inside = archives
+        .strip_prefix('/')
+        .ok_or_else(|| format!("archives {archives:?} must be an absolute path in the container"))?;
+    check_relative_path(inside).map_err(|why| format!("archives {archives:?}: {why}"))?;
+    if archives.contains([':', ',']) {
+        return Err(format!("archives {archives:?} must not hold ':' or ','"));
+    }
+    Ok(())
+}
+
+fn check_limits(limits: &ScriptLimits) -> Result<(), String> {
+    if let Some(memory) = &limits.memory {
+        crate::config::parse_memory(memory).map_err(|e| format!("memory: {e:#}"))?;
+    }
+    if limits.timeout_minutes == Some(0) || limits.cpus.is_some_and(|c| c <= 0.0) || limits.pids.is_some_and(|p| p <= 0)
+    {
+        return Err("timeout_minutes, cpus and pids must be positive".into());
+    }
+    if let Some(cpus) = limits.cpus
+        && (cpus.is_nan() || cpus < crate::config::MIN_CPUS)
+    {
+        return Err(format!("cpus {cpus} is below Docker's minimum of {}", crate::config::MIN_CPUS));
+    }
+    Ok(())
+}
+
+fn check_output(output: &Output, repository: &RepoName) -> Result<(), String> {
+    if output.file.is_empty()
+        || output.file.contains(['/', '\\'])
+        || output.file == ".."
+        || output.file.chars().any(char::is_control)
+    {
+        return Err(format!("output file {:?} must be a plain file name in archives", output.file));
+    }
+    let sample = output.name_for(repository, &Branch::parse("b").expect("valid"));
+    let own = format!("{}-{}", repository.org(), repository.name());
+    if !sample.starts_with(&own) {
+        return Err(format!(
+            "output name {:?} must begin with {{org}}-{{repo}} ({own}), so that it cannot take another \
+             repository's names",
+            output.name
+        ));
+    }
+    if !sample.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!(
+            "output name {:?} may only hold letters, digits, '-', '_', '.' and {{org}}, {{repo}}, {{branch}}",
+            output.name
+        ));
+    }
+    Ok(())
 }
 
 /// `org/repo/branch/with/slashes.yaml` -> (`org/repo`, `branch/with/slashes`).
@@ -435,7 +508,39 @@ autobuild/build-2.sh:
 ";
 
     fn parse(file: &str, text: &str) -> Result<Recipe, String> {
-        parse_file("demo", file, text.as_bytes())
+        parse_file("demo", file, text.as_bytes()).map_err(|problems| problems.join("; "))
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported() {
+        let text = "buildscripts: [a.sh, b.sh, b.sh, c.sh]
+a.sh: {artifact: ../x, archives: relative, cpus: -1}
+b.sh: {artifact: b.zip}
+d.sh: {artifact: d.tar.gz}
+";
+        let problems = parse_file("demo", "org/app/master.yaml", text.as_bytes()).unwrap_err();
+        let expected = [
+            "`d.sh` has settings but is not listed",
+            "`a.sh`: artifact \"../x\" must be a plain file name",
+            "`a.sh`: archives \"relative\" must be an absolute path",
+            "`a.sh`: timeout_minutes, cpus and pids must be positive",
+            "`b.sh`: artifact \"b.zip\" must end in .tar.gz",
+            "`b.sh` is listed twice",
+            "build script `c.sh` has no settings",
+        ];
+        assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+        for (problem, expected) in problems.iter().zip(expected) {
+            assert!(problem.starts_with(expected), "{problem:?} should start with {expected:?}");
+        }
+    }
+
+    #[test]
+    fn a_yaml_error_names_its_line() {
+        let text = "buildscripts: [a.sh]\na.sh:\n  artifact: a.tar.gz\n  artefact: typo\n";
+        let err = parse("org/app/master.yaml", text).unwrap_err();
+        assert!(err.contains("line 4") && err.contains("artefact"), "{err}");
+        let err = parse("org/app/master.yaml", "buildscripts: [a.sh]\na.sh:\n  artifact: [\n").unwrap_err();
+        assert!(err.contains("line 3") || err.contains("line 4"), "{err}");
     }
 
     #[test]

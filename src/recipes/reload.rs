@@ -245,10 +245,13 @@ fn describe(set: &RecipeSet, lines: &mut Vec<String>, repository: &RepoName, com
             artifact_sha256: None,
             outputs: None,
         },
-        [only] => Outcome::failed(BuildStatus::Failure, format!("{}: {}", only.file, only.reason)),
-        [first, rest @ ..] => Outcome::failed(
-            BuildStatus::Failure,
-            format!("{} broken files; {}: {}", rest.len() + 1, first.file, first.reason),
-        ),
+        [first, ..] => {
+            let files: std::collections::BTreeSet<&str> = set.problems.iter().map(|p| p.file.as_str()).collect();
+            let error = match files.len() {
+                1 => format!("{}: {}", first.file, first.reason),
+                n => format!("{n} broken files; {}: {}", first.file, first.reason),
+            };
+            Outcome::failed(BuildStatus::Failure, error)
+        }
     }
 }
