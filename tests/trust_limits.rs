@@ -87,7 +87,7 @@ async fn oversized_websocket_messages_end_the_connection_and_cost_no_memory() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_clients_are_capped_and_the_service_keeps_answering() {
-    let git = GitHost::new();
+    let (git, _) = setup("#!/bin/sh\n");
     let server = Server::start(|dir| {
         test_config(dir, &git, None, "[live]\nmax_clients = 8\nmax_clients_per_address = 5\n")
     });
@@ -164,7 +164,9 @@ async fn a_flooding_build_is_cut_at_the_log_cap_and_ends_well() {
     let script = "#!/bin/sh\necho first line\ni=0\nwhile [ $i -lt 50 ]; do head -c 100000 /dev/zero | tr '\\0' 'y'; echo; \
                   i=$((i+1)); done\necho after the flood\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
     let (git, sha) = setup(script);
-    let server = Server::start(|dir| test_config(dir, &git, None, "[builds]\nmax_log_bytes = 1000000\n"));
+    let server = Server::start(|dir| {
+        test_config(dir, &git, None, "").replace("[builds]\n", "[builds]\nmax_log_bytes = 1000000\n")
+    });
     let id = server.push_builds("org/app", "master", &sha).await[0];
     let build = server.wait_build(id).await;
     assert_eq!(build["status"], "success", "{build}");

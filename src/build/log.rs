@@ -281,7 +281,7 @@ fn bytes_text(bytes: u64) -> String {
 }
 
 /// The text without terminal escape sequences (CSI `ESC [ ... letter`, OSC `ESC ] ... BEL` or
-/// `ESC ] ... ESC \`, and two-character `ESC x`).
+/// `ESC ] ... ESC \`, character sets `ESC ( x`, and two-character `ESC x`).
 fn strip_escapes(text: &str) -> String {
     let mut plain = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
