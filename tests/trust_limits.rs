@@ -88,9 +88,8 @@ async fn oversized_websocket_messages_end_the_connection_and_cost_no_memory() {
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_clients_are_capped_and_the_service_keeps_answering() {
     let (git, _) = setup("#!/bin/sh\n");
-    let server = Server::start(|dir| {
-        test_config(dir, &git, None, "[live]\nmax_clients = 8\nmax_clients_per_address = 5\n")
-    });
+    let server =
+        Server::start(|dir| test_config(dir, &git, None, "[live]\nmax_clients = 8\nmax_clients_per_address = 5\n"));
     let url = ws_url(&server);
 
     // One address opens more than its share: the sixth is refused, saying why.
@@ -204,9 +203,8 @@ async fn secrets_across_the_line_cut_and_inside_escapes_stay_masked() {
                   printf 'pw: hunter2-\\033[0msupersecret\\n'\necho \"plain $TOKEN\"\n\
                   tar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
     let (git, sha) = setup(script);
-    let server = Server::start(|dir| {
-        test_config(dir, &git, None, "[projects.demo.secrets]\nTOKEN = \"hunter2-supersecret\"\n")
-    });
+    let server =
+        Server::start(|dir| test_config(dir, &git, None, "[projects.demo.secrets]\nTOKEN = \"hunter2-supersecret\"\n"));
     let id = server.push_builds("org/app", "master", &sha).await[0];
     assert_eq!(server.wait_build(id).await["status"], "success");
     let (_, log) = server.get_text(&format!("/build/{id}/log")).await;
@@ -235,7 +233,9 @@ async fn artifacts_are_downloads_and_pages_carry_security_headers() {
         let response = server.http.get(format!("{}{page}", server.url)).send().await.unwrap();
         let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
         let policy = header("content-security-policy").unwrap_or_default();
-        for part in ["default-src 'self'", "script-src 'self';", "connect-src 'self' ws: wss:", "frame-ancestors 'none'"] {
+        for part in
+            ["default-src 'self'", "script-src 'self';", "connect-src 'self' ws: wss:", "frame-ancestors 'none'"]
+        {
             assert!(policy.contains(part), "{page}: {policy}");
         }
         assert!(!policy.contains("unsafe-inline"), "{page}: {policy}");
@@ -255,9 +255,11 @@ async fn artifacts_are_downloads_and_pages_carry_security_headers() {
 async fn a_browser_asking_for_a_missing_page_gets_an_html_page() {
     let git = GitHost::new();
     let server = Server::start(|dir| test_config(dir, &git, None, ""));
-    for (path, says) in
-        [("/monitor/build/999999", "no build 999999"), ("/monitor/build/abc", "is not a build id"), ("/monitor/nope", "/monitor/nope")]
-    {
+    for (path, says) in [
+        ("/monitor/build/999999", "no build 999999"),
+        ("/monitor/build/abc", "is not a build id"),
+        ("/monitor/nope", "/monitor/nope"),
+    ] {
         let response = server
             .http
             .get(format!("{}{path}", server.url))

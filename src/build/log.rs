@@ -227,7 +227,8 @@ impl BuildLog {
         }
         if self.max_bytes > 0 && self.size + text.len() as u64 + 1 > self.max_bytes {
             self.cut = true;
-            let note = format!("log cut at {}: the build goes on; later output is not kept", bytes_text(self.max_bytes));
+            let note =
+                format!("log cut at {}: the build goes on; later output is not kept", bytes_text(self.max_bytes));
             return self.push(&format!("{NOTE_PREFIX}{note}"));
         }
         self.push(text);
@@ -519,8 +520,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_secret_split_by_escape_sequences_is_masked() {
-        let text = logged(&["hunter2-supersecret"], 0, &[b"pw: hunter2-\x1b[0msupersecret\n", b"\x1b[1mbold\x1b[0m\n"])
-            .await;
+        let text =
+            logged(&["hunter2-supersecret"], 0, &[b"pw: hunter2-\x1b[0msupersecret\n", b"\x1b[1mbold\x1b[0m\n"]).await;
         assert!(!text.contains("supersecret"), "{text:?}");
         assert!(text.starts_with("pw: ***\n"), "{text:?}");
         // Lines without a secret keep their colours.
@@ -538,7 +539,10 @@ mod tests {
         let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
         let text = logged(&[], 1000, &chunks).await;
         assert_eq!(text.lines().filter(|l| l.starts_with('z')).count(), 10);
-        assert!(text.contains("[autobuilder] log cut at 1 kB: the build goes on; later output is not kept\n"), "{text}");
+        assert!(
+            text.contains("[autobuilder] log cut at 1 kB: the build goes on; later output is not kept\n"),
+            "{text}"
+        );
         assert!(text.ends_with("[autobuilder] done\n"), "{text}");
         assert_eq!(text.matches("log cut").count(), 1);
     }
@@ -561,7 +565,8 @@ mod tests {
         for block in [16, 64, 4096] {
             for n in [0u64, 1, 2, 17, 299, 300, 301, 5000] {
                 let offset = tail_offset(&mut file, n, block).await.unwrap();
-                let expected = if n == 0 { complete } else { starts.get(300 - n.min(300) as usize).copied().unwrap_or(0) };
+                let expected =
+                    if n == 0 { complete } else { starts.get(300 - n.min(300) as usize).copied().unwrap_or(0) };
                 assert_eq!(offset, expected, "tail {n}, block {block}");
                 assert_eq!(lines_before(&mut file, offset).await.unwrap(), 300 - n.min(300), "tail {n}");
             }

@@ -65,11 +65,7 @@ async fn monitor(State(app): State<Arc<App>>, pages: Pages) -> Result<impl IntoR
     pages.render("monitor.html", &context)
 }
 
-async fn build(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    pages: Pages,
-) -> Result<Response, ApiError> {
+async fn build(State(app): State<Arc<App>>, Path(id): Path<String>, pages: Pages) -> Result<Response, ApiError> {
     let build = match find(&app, &id).await {
         Ok(build) => build,
         Err(ApiError(StatusCode::NOT_FOUND, what)) => return Ok(pages.not_found(&what)),

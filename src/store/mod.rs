@@ -505,8 +505,14 @@ impl Store {
     }
 
     /// Records what was done with delivery `id` of `project`; returns once committed.
-    pub async fn set_delivery_outcome(&self, project: &str, id: &str, outcome: &serde_json::Value) -> anyhow::Result<()> {
-        let write = DeliveryWrite::Outcome { project: project.to_string(), id: id.to_string(), outcome: outcome.to_string() };
+    pub async fn set_delivery_outcome(
+        &self,
+        project: &str,
+        id: &str,
+        outcome: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let write =
+            DeliveryWrite::Outcome { project: project.to_string(), id: id.to_string(), outcome: outcome.to_string() };
         self.write_delivery(write).await.map(drop)
     }
 
@@ -589,11 +595,8 @@ async fn migrate(conn: &mut SqliteConnection) -> anyhow::Result<()> {
     let applied: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *conn).await?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
         // One transaction per step: a step is applied whole, with its number, or not at all.
-        let step = format!(
-            "BEGIN; {}; PRAGMA user_version = {}; COMMIT;",
-            migration.trim().trim_end_matches(';'),
-            index + 1
-        );
+        let step =
+            format!("BEGIN; {}; PRAGMA user_version = {}; COMMIT;", migration.trim().trim_end_matches(';'), index + 1);
         if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(step)).execute(&mut *conn).await {
             let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
             return Err(anyhow::Error::from(e).context(format!("database migration {} failed", index + 1)));
