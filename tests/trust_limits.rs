@@ -354,3 +354,39 @@ async fn hub_uploads_are_streamed_from_the_file() {
     }
     assert!(peak < 100 * 1024, "peak RSS {peak} KiB: the artifact was held in memory");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_100_mb_log_opens_on_its_tail_without_reading_it_into_memory() {
+    // `seq` prints 169 MB; the default cap keeps 100 MB of it.
+    let (git, sha) = setup("#!/bin/sh\nseq 1 20000000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
+    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    assert_eq!(server.wait_build(id).await["status"], "success");
+    let path = server.dir.path().join(format!("data/logs/{id}.log"));
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!((99_000_000..=100_001_000).contains(&size), "the log holds {size} bytes");
+    let log = std::fs::read_to_string(&path).unwrap();
+    let total = log.lines().count() as u64;
+    let last: Vec<&str> = log.lines().skip(total as usize - 10).collect();
+    assert!(log.contains("log cut at 100 MB"));
+    let before = server.peak_rss_kib();
+
+    let started = std::time::Instant::now();
+    let (code, tail) = server.get_text(&format!("/build/{id}/log?tail=10")).await;
+    let api = started.elapsed();
+    assert_eq!((code, tail.lines().collect::<Vec<_>>()), (200, last.clone()));
+
+    let started = std::time::Instant::now();
+    let mut client = LiveClient::connect(&ws_url(&server)).await;
+    client.received.insert(id, (total - 9, String::new()));
+    client.send(json!({"type": "subscribe", "id": id, "tail": 10})).await;
+    client.until_lines(id, total).await;
+    let live = started.elapsed();
+    assert_eq!(client.text(id).lines().collect::<Vec<_>>(), last);
+    let peak = server.peak_rss_kib();
+    eprintln!(
+        "figure: {size}-byte log of {total} lines: ?tail=10 in {api:?}, live tail of 10 in {live:?}; \
+         peak RSS {before} KiB before, {peak} KiB after"
+    );
+    assert!(peak < before + 20 * 1024, "opening the tail took {} KiB", peak - before);
+}
