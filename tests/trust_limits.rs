@@ -21,13 +21,23 @@ fn ws_url(server: &Server) -> String {
 /// Connects to `url` from the local address `from` (any 127.x.y.z works on Linux): the socket and
 /// its `hello`, or the HTTP status and body of the refusal.
 async fn connect_from(url: &str, from: &str) -> Result<Socket, (u16, String)> {
+    connect_forwarded(url, from, None).await
+}
+
+/// [`connect_from`], through a proxy on this machine that says the client is `forwarded_for`.
+async fn connect_forwarded(url: &str, from: &str, forwarded_for: Option<&str>) -> Result<Socket, (u16, String)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let port_and_path = url.rsplit_once(':').unwrap().1;
     let port: u16 = port_and_path.split('/').next().unwrap().parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
     let stream = socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    match tokio_tungstenite::client_async(url, stream).await {
+    let mut request = url.into_client_request().unwrap();
+    if let Some(client) = forwarded_for {
+        request.headers_mut().insert("x-forwarded-for", format!("198.51.100.66, {client}").parse().unwrap());
+    }
+    match tokio_tungstenite::client_async(request, stream).await {
         Ok((mut socket, _)) => {
             let hello = tokio::time::timeout(WAIT, socket.next()).await.unwrap().unwrap().unwrap();
             assert_eq!(hello.into_text().unwrap().as_str(), r#"{"type":"hello"}"#);
@@ -100,10 +110,12 @@ async fn websocket_clients_are_capped_and_the_service_keeps_answering() {
     let (code, reason) = connect_from(&url, "127.0.0.1").await.map(drop).unwrap_err();
     assert_eq!(code, 503);
     assert!(reason.contains("max_clients_per_address"), "{reason}");
+    // Clients of a reverse proxy on this machine count by the address it forwards.
+    let proxied = connect_forwarded(&url, "127.0.0.1", Some("192.0.2.1")).await.expect("a proxied client");
 
     // Others fill the server: past max_clients everyone is refused.
     let mut second = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..2 {
         second.push(connect_from(&url, "127.0.0.2").await.expect("within the caps"));
     }
     for _ in 0..20 {
@@ -128,7 +140,7 @@ async fn websocket_clients_are_capped_and_the_service_keeps_answering() {
             Err(refused) => panic!("the freed place was not given back: {refused:?}"),
         }
     };
-    drop((again, first, second));
+    drop((again, first, second, proxied));
 }
 
 #[tokio::test(flavor = "multi_thread")]

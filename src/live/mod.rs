@@ -11,7 +11,8 @@
 //!
 //! Strangers reach this endpoint without authentication, so it is bounded: a client message may
 //! hold at most [`MAX_CLIENT_MESSAGE`] bytes (a larger one ends the connection), and `[live]
-//! max_clients` / `max_clients_per_address` cap the connections (more are answered 503).
+//! max_clients` / `max_clients_per_address` cap the connections (more are answered 503). Behind a
+//! reverse proxy on the same machine, a client's address is the one the proxy forwarded.
 
 use std::collections::HashMap;
 use std::io::SeekFrom;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -125,12 +126,24 @@ pub fn dedicated_router(live: Arc<Live>) -> Router {
         .with_state(live)
 }
 
+/// The client's address: the peer's, or behind a reverse proxy on this machine (a loopback peer),
+/// the address that proxy appended to `X-Forwarded-For` (the last one; earlier ones are whatever
+/// the client claimed).
+fn client_address(peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if !peer.ip().is_loopback() {
+        return peer.ip();
+    }
+    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).last();
+    forwarded.and_then(|list| list.rsplit(',').next()).and_then(|last| last.trim().parse().ok()).unwrap_or(peer.ip())
+}
+
 async fn upgrade(
     ws: WebSocketUpgrade,
     State(live): State<Arc<Live>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
-    let admitted = match live.admit(peer.ip()) {
+    let admitted = match live.admit(client_address(peer, &headers)) {
         Ok(admitted) => admitted,
         Err(reason) => {
             tracing::debug!(%peer, "live client refused: {reason}");
@@ -361,6 +374,23 @@ async fn locate(path: &Path, start: Start) -> Position {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_addresses_behind_a_local_proxy() {
+        let headers = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+            headers
+        };
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(client_address(local, &headers("198.51.100.1, 192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_address(local, &headers("garbage")), ip("127.0.0.1"));
+        assert_eq!(client_address(local, &HeaderMap::new()), ip("127.0.0.1"));
+        // A client reaching the server directly cannot choose its address.
+        assert_eq!(client_address(remote, &headers("192.0.2.7")), ip("203.0.113.9"));
+    }
 
     #[test]
     fn unseen_parts_of_events() {
