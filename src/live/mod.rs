@@ -133,7 +133,7 @@ fn client_address(peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     if !peer.ip().is_loopback() {
         return peer.ip();
     }
-    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).last();
+    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).next_back();
     forwarded.and_then(|list| list.rsplit(',').next()).and_then(|last| last.trim().parse().ok()).unwrap_or(peer.ip())
 }
 
