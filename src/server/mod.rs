@@ -1,4 +1,5 @@
-//! HTTP: webhook intake, the build API, the monitor pages and the artifact downloads.
+//! HTTP: webhook intake, the build API, the monitor pages and the artifact downloads (served as
+//! downloads), every answer with security headers (a Content-Security-Policy without inline script).
 
 mod admin;
 mod api;
