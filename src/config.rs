@@ -129,6 +129,8 @@ pub struct BuildsConfig {
     pub cancel_grace_seconds: u64,
     /// Largest file a build may write (ulimit fsize), e.g. `10g`.
     pub max_file_size: String,
+    /// Most bytes of one build's log; later output is drained but not kept. 0: no cap.
+    pub max_log_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,11 +196,20 @@ pub struct LiveConfig {
     /// Websocket URL the monitor page connects to (e.g. `wss://ci.example/live`). Empty: the
     /// `/live` endpoint of the host that served the page.
     pub public_url: String,
+    /// Websocket clients connected at once; more are answered 503. 0: no cap.
+    pub max_clients: usize,
+    /// Websocket clients connected at once from one address; more are answered 503. 0: no cap.
+    pub max_clients_per_address: usize,
 }
 
 impl Default for LiveConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:3333".into(), public_url: String::new() }
+        Self {
+            listen: "127.0.0.1:3333".into(),
+            public_url: String::new(),
+            max_clients: 10_000,
+            max_clients_per_address: 64,
+        }
     }
 }
 
@@ -333,6 +344,7 @@ impl Default for BuildsConfig {
             max_pids: 32768,
             cancel_grace_seconds: 10,
             max_file_size: "10g".into(),
+            max_log_bytes: 100_000_000,
         }
     }
 }

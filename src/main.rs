@@ -124,7 +124,8 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         tokio::spawn(retention(app.clone()));
         tracing::info!("listening on http://{}", listener.local_addr()?);
         let router = autobuilder::server::router(app)?;
-        axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
         tracing::info!(
             "stopped taking webhooks; running builds are handed over to the next start, which re-attaches them"
         );
@@ -173,13 +174,13 @@ fn live(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let bus = Bus::redis_subscriber(&config.redis.url)?;
-        let router = autobuilder::live::router(Arc::new(Live { bus, logs_dir: config.logs_dir() }))
-            .route("/healthz", axum::routing::get(|| async { "ok" }));
+        let router = autobuilder::live::dedicated_router(Arc::new(Live::new(bus, config.logs_dir(), &config.live)));
         let listener = tokio::net::TcpListener::bind(&config.live.listen)
             .await
             .with_context(|| format!("cannot listen on [live] listen = {}", config.live.listen))?;
         tracing::info!("live websocket listening on ws://{}/live", listener.local_addr()?);
-        axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

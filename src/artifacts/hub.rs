@@ -1,5 +1,5 @@
 //! The Zero-OS hub store (threefoldtech/0-hub API): upload the `.tar.gz` as a flist with a bearer
-//! token, then point the moving link at it.
+//! token (streamed from the file), then point the moving link at it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -35,10 +35,13 @@ impl HubStore {
 
     pub async fn publish(&self, file: &Path, names: &ArtifactNames) -> Result<Published, String> {
         let sha256 = sha256_file(file).await.map_err(|e| format!("cannot read the artifact: {e}"))?;
-        let body = tokio::fs::read(file).await.map_err(|e| format!("cannot read the artifact: {e}"))?;
+        // Streamed from the file, never held in memory (artifacts can be gigabytes).
+        let opened = tokio::fs::File::open(file).await.map_err(|e| format!("cannot read the artifact: {e}"))?;
+        let length = opened.metadata().await.map_err(|e| format!("cannot read the artifact: {e}"))?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(opened));
         let upload_name = format!("{}.tar.gz", names.versioned.trim_end_matches(".tar.gz"));
-        let form = Form::new()
-            .part("file", Part::bytes(body).file_name(upload_name).mime_str("application/gzip").expect("valid mime"));
+        let part = Part::stream_with_length(body, length).file_name(upload_name);
+        let form = Form::new().part("file", part.mime_str("application/gzip").expect("valid mime"));
         let reply = self
             .call(self.client.post(format!("{}/api/flist/me/upload", self.url)).multipart(form))
             .await

@@ -1,9 +1,12 @@
 //! A build's full log: output split into lines on bytes (so a multi-byte character cut between two
-//! chunks survives), decoded lossily, and appended to `<data_dir>/logs/<id>.log`.
+//! chunks survives), decoded lossily, masked, and appended to `<data_dir>/logs/<id>.log`, up to
+//! `[builds] max_log_bytes` (past it the output is still read, so the build goes on, but not kept).
 
+use std::borrow::Cow;
+use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::bus::{Bus, Event};
 use crate::model::BuildId;
@@ -12,10 +15,19 @@ use crate::model::BuildId;
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Prefix of the lines autobuilder itself writes into a build's log.
 pub const NOTE_PREFIX: &str = "[autobuilder] ";
+/// Bytes read at once when a log file is scanned.
+const READ_BLOCK: usize = 256 * 1024;
 
 /// Path of the log file of build `id`.
 pub fn log_path(logs_dir: &Path, id: BuildId) -> PathBuf {
     logs_dir.join(format!("{}.log", id.0))
+}
+
+/// Which output of the build a chunk comes from (each is split into lines on its own).
+#[derive(Debug, Clone, Copy)]
+pub enum Stream {
+    Stdout = 0,
+    Stderr = 1,
 }
 
 /// Appends lines to one build's log file. Lines are buffered in memory and written out by
@@ -30,6 +42,21 @@ pub struct BuildLog {
     published: u64,
     /// Secret values replaced by `***` in every line.
     masks: Vec<String>,
+    /// Bytes in the file and in `pending`.
+    size: u64,
+    /// Most bytes of build output kept (0: no cap); once reached, `cut` is set.
+    max_bytes: u64,
+    cut: bool,
+    /// The build's stdout and stderr, split into lines.
+    outputs: [Output; 2],
+}
+
+/// One output stream of a build: its unfinished line, and the end of a long line cut by the
+/// splitter that is held back because it may be the start of a secret.
+#[derive(Default)]
+struct Output {
+    splitter: LineSplitter,
+    held: String,
 }
 
 /// What a masked secret shows as.
@@ -42,24 +69,52 @@ impl BuildLog {
     pub async fn create(logs_dir: &Path, id: BuildId, bus: Bus) -> std::io::Result<Self> {
         tokio::fs::create_dir_all(logs_dir).await?;
         let file = tokio::fs::File::create(log_path(logs_dir, id)).await?;
-        Ok(Self { id, file, bus, pending: Vec::with_capacity(64 * 1024), lines: 0, published: 0, masks: Vec::new() })
+        Ok(Self::new(id, file, bus, 0, 0))
+    }
+
+    fn new(id: BuildId, file: tokio::fs::File, bus: Bus, lines: u64, size: u64) -> Self {
+        Self {
+            id,
+            file,
+            bus,
+            pending: Vec::with_capacity(64 * 1024),
+            lines,
+            published: lines,
+            masks: Vec::new(),
+            size,
+            max_bytes: 0,
+            cut: false,
+            outputs: Default::default(),
+        }
     }
 
     /// Opens the log of a build to append to it (after a restart), numbering on from its end.
     pub async fn reopen(logs_dir: &Path, id: BuildId, bus: Bus) -> std::io::Result<Self> {
         let path = log_path(logs_dir, id);
-        let existing = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        let (mut lines, mut size, mut last) = (0u64, 0u64, b'\n');
+        match tokio::fs::File::open(&path).await {
+            Ok(mut existing) => {
+                let mut block = vec![0; READ_BLOCK];
+                loop {
+                    let read = existing.read(&mut block).await?;
+                    if read == 0 {
+                        break;
+                    }
+                    lines += count_newlines(&block[..read]);
+                    size += read as u64;
+                    last = block[read - 1];
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
-        };
-        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
-        if existing.last().is_some_and(|&b| b != b'\n') {
-            file.write_all(b"\n").await?; // end a line cut by the crash
         }
-        let lines = existing.iter().filter(|&&b| b == b'\n').count() as u64
-            + u64::from(existing.last().is_some_and(|&b| b != b'\n'));
-        Ok(Self { id, file, bus, pending: Vec::with_capacity(64 * 1024), lines, published: lines, masks: Vec::new() })
+        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
+        if last != b'\n' {
+            file.write_all(b"\n").await?; // end a line cut by the crash
+            lines += 1;
+            size += 1;
+        }
+        Ok(Self::new(id, file, bus, lines, size))
     }
 
     /// Masks these secret values (and each long enough line of a multi-line one) in every line.
@@ -78,22 +133,119 @@ impl BuildLog {
         self
     }
 
-    /// Appends one line (without its newline), decoding invalid UTF-8 lossily.
-    pub fn line(&mut self, bytes: &[u8]) {
-        let mut text = String::from_utf8_lossy(bytes);
-        for mask in &self.masks {
-            if text.contains(mask.as_str()) {
-                text = text.replace(mask.as_str(), MASK).into();
+    /// Keeps at most `max_bytes` of build output (0: no cap); past it, one note says so and later
+    /// output is dropped (autobuilder's own notes are still written).
+    pub fn capped(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Takes a chunk of the build's output on `stream`: complete lines are masked and kept.
+    pub fn output(&mut self, stream: Stream, chunk: &[u8]) {
+        let mut splitter = std::mem::take(&mut self.outputs[stream as usize].splitter);
+        splitter.feed(chunk, |piece, ends_line| self.piece(stream, piece, ends_line));
+        self.outputs[stream as usize].splitter = splitter;
+    }
+
+    /// The output ended: keeps the last lines of both streams, even without a final newline.
+    pub fn end_output(&mut self) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let mut splitter = std::mem::take(&mut self.outputs[stream as usize].splitter);
+            splitter.finish(|piece, ends_line| self.piece(stream, piece, ends_line));
+            let held = std::mem::take(&mut self.outputs[stream as usize].held);
+            if !held.is_empty() {
+                self.line(held.as_bytes());
             }
         }
+    }
+
+    /// A piece of output from the splitter: a whole line, or (`ends_line` false) the first part of
+    /// a line too long to hold. The part is masked joined with what was held back of the previous
+    /// one, and its end (as long as the longest secret) is held back again, so that a secret
+    /// across the cut is masked whole.
+    fn piece(&mut self, stream: Stream, bytes: &[u8], ends_line: bool) {
+        if self.cut {
+            return; // drained, not kept
+        }
+        let held = std::mem::take(&mut self.outputs[stream as usize].held);
+        let text = String::from_utf8_lossy(bytes);
+        let joined = if held.is_empty() { text } else { Cow::Owned(held + text.as_ref()) };
+        if ends_line {
+            return self.line(joined.as_bytes());
+        }
+        let masked = self.mask(&joined);
+        let overlap = self.masks.first().map_or(0, |longest| (longest.len() - 1).min(MAX_LINE_BYTES));
+        let mut split = masked.len().saturating_sub(overlap);
+        while !masked.is_char_boundary(split) {
+            split -= 1;
+        }
+        if split > 0 {
+            self.keep(&masked[..split]);
+        }
+        self.outputs[stream as usize].held = masked[split..].to_string();
+    }
+
+    /// Appends one line (without its newline), decoding invalid UTF-8 lossily; a line longer than
+    /// [`MAX_LINE_BYTES`] is kept as several.
+    pub fn line(&mut self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let masked = self.mask(&text);
+        let mut rest: &str = &masked;
+        loop {
+            let cut = utf8_boundary(rest.as_bytes(), MAX_LINE_BYTES);
+            self.keep(&rest[..cut]);
+            rest = &rest[cut..];
+            if rest.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// The text with every secret masked; when the text holds terminal escape sequences and a
+    /// secret shows once they are removed (`hunt\e[0mer2` shows as `hunter2`), the line is kept
+    /// without its escapes, masked.
+    fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut masked = Cow::Borrowed(text);
+        for mask in &self.masks {
+            if masked.contains(mask.as_str()) {
+                masked = Cow::Owned(masked.replace(mask.as_str(), MASK));
+            }
+        }
+        if !self.masks.is_empty() && masked.contains('\x1b') {
+            let plain = strip_escapes(&masked);
+            if self.masks.iter().any(|mask| plain.contains(mask.as_str())) {
+                return Cow::Owned(self.mask(&plain).into_owned());
+            }
+        }
+        masked
+    }
+
+    /// Keeps one masked line of build output, within the cap.
+    fn keep(&mut self, text: &str) {
+        if self.cut {
+            return;
+        }
+        if self.max_bytes > 0 && self.size + text.len() as u64 + 1 > self.max_bytes {
+            self.cut = true;
+            let note =
+                format!("log cut at {}: the build goes on; later output is not kept", bytes_text(self.max_bytes));
+            return self.push(&format!("{NOTE_PREFIX}{note}"));
+        }
+        self.push(text);
+    }
+
+    fn push(&mut self, text: &str) {
         self.pending.extend_from_slice(text.as_bytes());
         self.pending.push(b'\n');
         self.lines += 1;
+        self.size += text.len() as u64 + 1;
     }
 
-    /// Appends a line of autobuilder's own, marked with [`NOTE_PREFIX`].
+    /// Appends a line of autobuilder's own, marked with [`NOTE_PREFIX`] (kept past the cap too).
     pub fn note(&mut self, text: &str) {
-        self.line(format!("{NOTE_PREFIX}{text}").as_bytes());
+        let text = format!("{NOTE_PREFIX}{text}");
+        let masked = self.mask(&text);
+        self.push(&masked);
     }
 
     /// Lines written so far.
@@ -114,9 +266,102 @@ impl BuildLog {
     }
 
     pub async fn close(mut self) -> std::io::Result<()> {
+        self.end_output();
         self.write_pending().await?;
         self.file.flush().await
     }
+}
+
+/// `100 MB`, `512 kB`, `1234 bytes`.
+fn bytes_text(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1_000_000 && b % 1_000_000 == 0 => format!("{} MB", b / 1_000_000),
+        b if b >= 1_000 && b % 1_000 == 0 => format!("{} kB", b / 1_000),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// The text without terminal escape sequences (CSI `ESC [ ... letter`, OSC `ESC ] ... BEL` or
+/// `ESC ] ... ESC \`, character sets `ESC ( x`, and two-character `ESC x`).
+fn strip_escapes(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            plain.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('\x40'..='\x7e').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                        break;
+                    }
+                }
+            }
+            Some('(' | ')' | '*' | '+') => {
+                chars.next(); // a character set: `ESC ( B`
+            }
+            _ => {}
+        }
+    }
+    plain
+}
+
+fn count_newlines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// Where the last `n` complete lines of a log start, found by reading backwards from the end
+/// in blocks of `block` bytes: the offset of the first of them (past the last newline for
+/// `n` = 0; 0 when the file has `n` lines or fewer). A last line without its newline is not
+/// complete and is not counted.
+pub async fn tail_offset(file: &mut tokio::fs::File, n: u64, block: usize) -> std::io::Result<u64> {
+    let mut end = file.seek(SeekFrom::End(0)).await?;
+    let mut buffer = vec![0; block];
+    // The newline ending the last complete line is the first found; the one before the n lines
+    // is the (n + 1)th.
+    let mut newlines = 0;
+    while end > 0 {
+        let start = end.saturating_sub(block as u64);
+        let length = (end - start) as usize;
+        file.seek(SeekFrom::Start(start)).await?;
+        file.read_exact(&mut buffer[..length]).await?;
+        for (index, &byte) in buffer[..length].iter().enumerate().rev() {
+            if byte == b'\n' {
+                newlines += 1;
+                if newlines == n + 1 {
+                    return Ok(start + index as u64 + 1);
+                }
+            }
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Lines (newlines) in the first `length` bytes of a file.
+pub async fn lines_before(file: &mut tokio::fs::File, length: u64) -> std::io::Result<u64> {
+    file.seek(SeekFrom::Start(0)).await?;
+    let mut buffer = vec![0; READ_BLOCK];
+    let (mut lines, mut left) = (0, length);
+    while left > 0 {
+        let want = (left as usize).min(READ_BLOCK);
+        let read = file.read(&mut buffer[..want]).await?;
+        if read == 0 {
+            break;
+        }
+        lines += count_newlines(&buffer[..read]);
+        left -= read as u64;
+    }
+    Ok(lines)
 }
 
 /// Cuts a byte stream into lines; keeps the unfinished tail for the next chunk.
@@ -126,15 +371,16 @@ pub struct LineSplitter {
 }
 
 impl LineSplitter {
-    /// Feeds `chunk` and calls `emit` for each finished line (newline and `\r\n` removed).
-    pub fn feed(&mut self, mut chunk: &[u8], mut emit: impl FnMut(&[u8])) {
+    /// Feeds `chunk` and calls `emit(line, true)` for each finished line (newline and `\r\n`
+    /// removed), and `emit(part, false)` for the first [`MAX_LINE_BYTES`] of a line that long.
+    pub fn feed(&mut self, mut chunk: &[u8], mut emit: impl FnMut(&[u8], bool)) {
         while let Some(at) = chunk.iter().position(|&b| b == b'\n') {
             let (line, rest) = (&chunk[..at], &chunk[at + 1..]);
             if self.partial.is_empty() {
-                emit(strip_cr(line));
+                emit(strip_cr(line), true);
             } else {
                 self.partial.extend_from_slice(line);
-                emit(strip_cr(&self.partial));
+                emit(strip_cr(&self.partial), true);
                 self.partial.clear();
             }
             chunk = rest;
@@ -142,15 +388,15 @@ impl LineSplitter {
         self.partial.extend_from_slice(chunk);
         while self.partial.len() >= MAX_LINE_BYTES {
             let cut = utf8_boundary(&self.partial, MAX_LINE_BYTES);
-            emit(&self.partial[..cut]);
+            emit(&self.partial[..cut], false);
             self.partial.drain(..cut);
         }
     }
 
     /// The last line when the stream did not end with a newline.
-    pub fn finish(&mut self, mut emit: impl FnMut(&[u8])) {
+    pub fn finish(&mut self, mut emit: impl FnMut(&[u8], bool)) {
         if !self.partial.is_empty() {
-            emit(strip_cr(&self.partial));
+            emit(strip_cr(&self.partial), true);
             self.partial.clear();
         }
     }
@@ -177,9 +423,9 @@ mod tests {
         let mut splitter = LineSplitter::default();
         let mut lines = Vec::new();
         for chunk in chunks {
-            splitter.feed(chunk, |l| lines.push(String::from_utf8_lossy(l).into_owned()));
+            splitter.feed(chunk, |l, _| lines.push(String::from_utf8_lossy(l).into_owned()));
         }
-        splitter.finish(|l| lines.push(String::from_utf8_lossy(l).into_owned()));
+        splitter.finish(|l, _| lines.push(String::from_utf8_lossy(l).into_owned()));
         lines
     }
 
@@ -208,10 +454,9 @@ mod tests {
             .await
             .unwrap()
             .masking(vec!["hunter22".into(), key]);
-        let mut splitter = LineSplitter::default();
         // The secret arrives cut across two chunks of output.
         for chunk in [b"token=hun".as_slice(), b"ter22 ok\n", b"MIIEpAIBAAKCAQEA7\n"] {
-            splitter.feed(chunk, |line| log.line(line));
+            log.output(Stream::Stdout, chunk);
         }
         log.close().await.unwrap();
         let text = std::fs::read_to_string(log_path(dir.path(), BuildId(1))).unwrap();
@@ -235,5 +480,102 @@ mod tests {
         let lines = split(&[&long]);
         assert_eq!(lines.len(), 3);
         assert_eq!(lines.iter().map(String::len).sum::<usize>(), long.len());
+    }
+
+    async fn logged(secrets: &[&str], max_bytes: u64, chunks: &[&[u8]]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = BuildLog::create(dir.path(), BuildId(3), Bus::in_process())
+            .await
+            .unwrap()
+            .masking(secrets.iter().map(|s| s.to_string()).collect())
+            .capped(max_bytes);
+        for chunk in chunks {
+            log.output(Stream::Stdout, chunk);
+            log.write_pending().await.unwrap();
+        }
+        log.note("done");
+        log.close().await.unwrap();
+        std::fs::read_to_string(log_path(dir.path(), BuildId(3))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_secret_across_the_long_line_cut_is_masked() {
+        let secret = "hunter2-supersecret";
+        // The secret starts a few bytes before the splitter's cut at MAX_LINE_BYTES, and arrives
+        // in two chunks.
+        let mut line = vec![b'x'; MAX_LINE_BYTES - 7];
+        line.extend_from_slice(secret.as_bytes());
+        line.extend_from_slice(&vec![b'y'; MAX_LINE_BYTES * 2]);
+        line.push(b'\n');
+        let (a, b) = line.split_at(MAX_LINE_BYTES - 3);
+        let text = logged(&[secret], 0, &[a, b]).await;
+        assert!(!text.contains("hunter2"), "secret start leaked");
+        assert!(!text.contains("supersecret"), "secret end leaked");
+        assert!(!text.contains("-super"), "a piece of the secret leaked");
+        assert_eq!(text.matches(MASK).count(), 1);
+        assert_eq!(text.matches('x').count(), MAX_LINE_BYTES - 7);
+        assert_eq!(text.matches('y').count(), MAX_LINE_BYTES * 2);
+        assert!(text.lines().all(|l| l.len() <= MAX_LINE_BYTES));
+    }
+
+    #[tokio::test]
+    async fn a_secret_split_by_escape_sequences_is_masked() {
+        let text =
+            logged(&["hunter2-supersecret"], 0, &[b"pw: hunter2-\x1b[0msupersecret\n", b"\x1b[1mbold\x1b[0m\n"]).await;
+        assert!(!text.contains("supersecret"), "{text:?}");
+        assert!(text.starts_with("pw: ***\n"), "{text:?}");
+        // Lines without a secret keep their colours.
+        assert!(text.contains("\x1b[1mbold\x1b[0m\n"), "{text:?}");
+        assert_eq!(strip_escapes("a\x1b]0;title\x07b\x1b]8;;x\x1b\\c\x1b(Bd"), "abcd");
+    }
+
+    #[tokio::test]
+    async fn a_log_is_cut_at_the_cap_and_the_notes_go_on() {
+        let line = [b'z'; 99];
+        let mut chunks = Vec::new();
+        for _ in 0..50 {
+            chunks.push([line.as_slice(), b"\n"].concat());
+        }
+        let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+        let text = logged(&[], 1000, &chunks).await;
+        assert_eq!(text.lines().filter(|l| l.starts_with('z')).count(), 10);
+        assert!(
+            text.contains("[autobuilder] log cut at 1 kB: the build goes on; later output is not kept\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("[autobuilder] done\n"), "{text}");
+        assert_eq!(text.matches("log cut").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn tails_are_found_from_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.log");
+        // Lines of every length, some longer than the read block, and no final newline.
+        let mut content = String::new();
+        let mut starts = Vec::new();
+        for i in 0..300 {
+            starts.push(content.len() as u64);
+            content.push_str(&format!("{i}:{}\n", "w".repeat((i * 7) % 90)));
+        }
+        let complete = content.len() as u64;
+        content.push_str("unfinished");
+        std::fs::write(&path, &content).unwrap();
+        let mut file = tokio::fs::File::open(&path).await.unwrap();
+        for block in [16, 64, 4096] {
+            for n in [0u64, 1, 2, 17, 299, 300, 301, 5000] {
+                let offset = tail_offset(&mut file, n, block).await.unwrap();
+                let expected =
+                    if n == 0 { complete } else { starts.get(300 - n.min(300) as usize).copied().unwrap_or(0) };
+                assert_eq!(offset, expected, "tail {n}, block {block}");
+                assert_eq!(lines_before(&mut file, offset).await.unwrap(), 300 - n.min(300), "tail {n}");
+            }
+        }
+        // A file ending with its newline, an empty file, a file without any newline.
+        for (content, n, expected) in [("a\nb\n", 1, 2), ("", 3, 0), ("no newline", 1, 0), ("x\n", 0, 2)] {
+            std::fs::write(&path, content).unwrap();
+            let mut file = tokio::fs::File::open(&path).await.unwrap();
+            assert_eq!(tail_offset(&mut file, n, 3).await.unwrap(), expected, "{content:?}");
+        }
     }
 }

@@ -43,7 +43,7 @@ pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, p
     active.running.store(true, Ordering::Relaxed);
 
     let mut log = match BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await {
-        Ok(log) => log.masking(secrets_of(app, &active.job)),
+        Ok(log) => log.masking(secrets_of(app, &active.job)).capped(app.config.builds.max_log_bytes),
         Err(e) => {
             let outcome = Outcome::failed(BuildStatus::Error, format!("cannot create the build log: {e}"));
             return finish(app, id, &active, outcome, None, None).await;
@@ -74,7 +74,8 @@ pub(super) async fn reattach(
         let mut log = BuildLog::reopen(&app.config.logs_dir(), id, app.bus.clone())
             .await
             .map_err(BuildError::log)?
-            .masking(secrets_of(app, &active.job));
+            .masking(secrets_of(app, &active.job))
+            .capped(app.config.builds.max_log_bytes);
         log.note("re-attached after a restart of autobuilder: output printed while it was down is not in this log");
         let result = resume(app, id, &active, &container, &workspace, &mut log).await;
         Ok::<_, BuildError>((result, log))

@@ -19,7 +19,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use crate::build::log::{BuildLog, LineSplitter};
+use crate::build::log::{BuildLog, Stream};
 use crate::build::{BuildError, Cancel};
 use crate::model::BuildId;
 
@@ -222,13 +222,12 @@ impl DockerEngine {
         }
 
         let run = async {
-            let (mut stdout, mut stderr) = (LineSplitter::default(), LineSplitter::default());
             while let Some(chunk) = output.next().await {
                 match chunk {
                     Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                        stdout.feed(&message, |line| log.line(line))
+                        log.output(Stream::Stdout, &message)
                     }
-                    Ok(LogOutput::StdErr { message }) => stderr.feed(&message, |line| log.line(line)),
+                    Ok(LogOutput::StdErr { message }) => log.output(Stream::Stderr, &message),
                     Ok(LogOutput::StdIn { .. }) => {}
                     Err(e) => {
                         return Err(BuildError::Docker(format!("lost the build output: {}", docker_message(&e))));
@@ -236,8 +235,7 @@ impl DockerEngine {
                 }
                 log.write_pending().await.map_err(BuildError::log)?;
             }
-            stdout.finish(|line| log.line(line));
-            stderr.finish(|line| log.line(line));
+            log.end_output();
             self.exit_code(id).await
         };
         tokio::select! {

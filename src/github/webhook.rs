@@ -216,6 +216,19 @@ fn known_commit(text: Option<&str>) -> Option<CommitSha> {
     text.and_then(|text| CommitSha::parse(text).ok()).filter(|sha| !sha.is_zero())
 }
 
+/// Most characters kept of a commit message (or pull request title) and of an author name: they
+/// are stored with every build and sent to every monitor page.
+pub const MAX_MESSAGE_CHARS: usize = 4096;
+pub const MAX_AUTHOR_CHARS: usize = 200;
+
+/// `text` cut to `max` characters, with `…` where it was cut.
+fn bounded(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
 /// Parses a delivery of type `event` (the `X-GitHub-Event` header). The error says what is wrong.
 pub fn parse_event(event: &str, body: &[u8]) -> anyhow::Result<Event> {
     Ok(match event {
@@ -230,8 +243,8 @@ pub fn parse_event(event: &str, body: &[u8]) -> anyhow::Result<Event> {
                 before: known_commit(raw.before.as_deref()),
                 forced: raw.forced,
                 deleted: raw.deleted,
-                message: head.as_ref().and_then(|c| c.message.clone()),
-                author: head.and_then(|c| c.author).and_then(|a| a.name),
+                message: head.as_ref().and_then(|c| c.message.clone()).map(|m| bounded(m, MAX_MESSAGE_CHARS)),
+                author: head.and_then(|c| c.author).and_then(|a| a.name).map(|a| bounded(a, MAX_AUTHOR_CHARS)),
             })
         }
         "pull_request" => {
@@ -245,8 +258,8 @@ pub fn parse_event(event: &str, body: &[u8]) -> anyhow::Result<Event> {
                 head_sha: CommitSha::parse(&pr.head.sha)?,
                 before: known_commit(raw.before.as_deref()),
                 head_repository: pr.head.repo.map(|r| r.full_name),
-                title: pr.title,
-                user: pr.user.map(|u| u.login),
+                title: pr.title.map(|t| bounded(t, MAX_MESSAGE_CHARS)),
+                user: pr.user.map(|u| bounded(u.login, MAX_AUTHOR_CHARS)),
             })
         }
         "issue_comment" => {
@@ -294,6 +307,16 @@ mod tests {
         assert_eq!(push.branch().unwrap().unwrap().as_str(), "feature/x");
         assert_eq!(push.message.as_deref(), Some("fix it"));
         assert_eq!(push.author.as_deref(), Some("Ada"));
+
+        // A 5 MB message and a long author name are cut.
+        let huge = serde_json::json!({
+            "ref": "refs/heads/x", "after": "0123456789abcdef0123456789abcdef01234567",
+            "repository": {"full_name": "org/repo"},
+            "head_commit": {"message": "é".repeat(5_000_000), "author": {"name": "A".repeat(10_000)}}
+        });
+        let Event::Push(push) = parse_event("push", huge.to_string().as_bytes()).unwrap() else { panic!() };
+        assert_eq!(push.message.unwrap().chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert_eq!(push.author.unwrap(), format!("{}…", "A".repeat(MAX_AUTHOR_CHARS)));
 
         let tag = serde_json::json!({
             "ref": "refs/tags/v1", "after": "0123456789abcdef0123456789abcdef01234567",

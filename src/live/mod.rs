@@ -8,26 +8,33 @@
 //! (`{"type":"build","build":{...}}`), the `lines` of subscribed builds
 //! (`{"type":"lines","id":7,"seq":1,"text":"line 1\nline 2\n"}`), and `{"type":"resync"}` when build
 //! events may have been missed (the client then refetches `/build/status` and `/build/history`).
+//!
+//! Strangers reach this endpoint without authentication, so it is bounded: a client message may
+//! hold at most [`MAX_CLIENT_MESSAGE`] bytes (a larger one ends the connection), and `[live]
+//! max_clients` / `max_clients_per_address` cap the connections (more are answered 503). Behind a
+//! reverse proxy on the same machine, a client's address is the one the proxy forwarded.
 
 use std::collections::HashMap;
 use std::io::SeekFrom;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::HeaderValue;
-use axum::response::Response;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use crate::build::log::log_path;
+use crate::build::log::{lines_before, log_path, tail_offset};
 use crate::bus::{Bus, Delivery, Event};
+use crate::config::LiveConfig;
 use crate::model::BuildId;
 
 /// A ping goes out this often; a client silent for three of them is dropped.
@@ -38,19 +45,116 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const CATCH_UP_CHUNK: usize = 256 * 1024;
 /// Most lines a `tail` subscription may ask for.
 const MAX_TAIL: u64 = 100_000;
+/// Largest message (and frame) a client may send: requests are a few dozen bytes.
+pub const MAX_CLIENT_MESSAGE: usize = 4096;
 
-/// What the websocket endpoint needs: the events, and the log files to catch up from.
+/// What the websocket endpoint needs: the events, the log files to catch up from, and the
+/// connection caps.
 pub struct Live {
-    pub bus: Bus,
-    pub logs_dir: PathBuf,
+    bus: Bus,
+    logs_dir: PathBuf,
+    max_clients: usize,
+    max_clients_per_address: usize,
+    clients: Mutex<Clients>,
 }
 
+/// The websocket clients connected now: in all, and per address.
+#[derive(Default)]
+struct Clients {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+impl Live {
+    pub fn new(bus: Bus, logs_dir: PathBuf, config: &LiveConfig) -> Self {
+        Self {
+            bus,
+            logs_dir,
+            max_clients: config.max_clients,
+            max_clients_per_address: config.max_clients_per_address,
+            clients: Mutex::default(),
+        }
+    }
+
+    /// Counts a new client from `address`, or says which cap it is over.
+    fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Admitted, &'static str> {
+        let mut clients = self.clients.lock().expect("client count lock");
+        if self.max_clients > 0 && clients.total >= self.max_clients {
+            return Err("too many live clients: the server is at [live] max_clients; try again later");
+        }
+        let from_address = clients.by_address.entry(address).or_default();
+        if self.max_clients_per_address > 0 && *from_address >= self.max_clients_per_address {
+            return Err("too many live clients from your address ([live] max_clients_per_address); close some");
+        }
+        *from_address += 1;
+        clients.total += 1;
+        Ok(Admitted { live: self.clone(), address })
+    }
+}
+
+/// A counted client; dropping it (when its session ends) uncounts it.
+struct Admitted {
+    live: Arc<Live>,
+    address: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut clients = self.live.clients.lock().expect("client count lock");
+        clients.total -= 1;
+        if let Some(count) = clients.by_address.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                clients.by_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// The websocket at `/live` (for `serve`, which has other pages).
 pub fn router(live: Arc<Live>) -> Router {
     Router::new().route("/live", get(upgrade)).with_state(live)
 }
 
-async fn upgrade(ws: WebSocketUpgrade, State(live): State<Arc<Live>>) -> Response {
-    let mut response = ws.on_upgrade(move |socket| session(socket, live));
+/// The websocket at `/live` and at `/`, for the dedicated `autobuilder live` server (so a
+/// `public_url` written without the path works too), with `/healthz`.
+pub fn dedicated_router(live: Arc<Live>) -> Router {
+    Router::new()
+        .route("/live", get(upgrade))
+        .route("/", get(upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(live)
+}
+
+/// The client's address: the peer's, or behind a reverse proxy on this machine (a loopback peer),
+/// the address that proxy appended to `X-Forwarded-For` (the last one; earlier ones are whatever
+/// the client claimed).
+fn client_address(peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if !peer.ip().is_loopback() {
+        return peer.ip();
+    }
+    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).next_back();
+    forwarded.and_then(|list| list.rsplit(',').next()).and_then(|last| last.trim().parse().ok()).unwrap_or(peer.ip())
+}
+
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(live): State<Arc<Live>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let admitted = match live.admit(client_address(peer, &headers)) {
+        Ok(admitted) => admitted,
+        Err(reason) => {
+            tracing::debug!(%peer, "live client refused: {reason}");
+            return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
+        }
+    };
+    let ws = ws.max_message_size(MAX_CLIENT_MESSAGE).max_frame_size(MAX_CLIENT_MESSAGE);
+    let mut response = ws.on_upgrade(move |socket| async move {
+        session(socket, live).await;
+        drop(admitted);
+    });
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
 }
@@ -234,20 +338,19 @@ enum Start {
     Tail(u64),
 }
 
-/// Finds where a subscription starts in a log file (a missing file is an empty log).
+/// Finds where a subscription starts in a log file (a missing file is an empty log). A tail is
+/// found reading backwards from the end; its first line number is then counted.
 async fn locate(path: &Path, start: Start) -> Position {
     let mut position = Position { next: 1, offset: 0 };
     let Ok(mut file) = tokio::fs::File::open(path).await else { return position };
     let want = match start {
+        Start::Tail(n) => {
+            let Ok(offset) = tail_offset(&mut file, n, CATCH_UP_CHUNK).await else { return position };
+            let lines = lines_before(&mut file, offset).await.unwrap_or(0);
+            return Position { next: lines + 1, offset };
+        }
         Start::From(line) => line,
-        Start::Tail(_) => u64::MAX,
     };
-    // Offsets of the starts of the most recent lines, for a tail.
-    let keep = match start {
-        Start::Tail(n) => n as usize + 1,
-        Start::From(_) => 0,
-    };
-    let mut starts = std::collections::VecDeque::with_capacity(keep.min(4096));
     let mut chunk = vec![0; CATCH_UP_CHUNK];
     let mut offset = 0u64;
     'read: loop {
@@ -260,23 +363,10 @@ async fn locate(path: &Path, start: Start) -> Position {
                 break 'read;
             }
             if byte == b'\n' {
-                if keep > 0 {
-                    if starts.len() == keep {
-                        starts.pop_front();
-                    }
-                    starts.push_back(position);
-                }
                 position = Position { next: position.next + 1, offset: offset + index as u64 + 1 };
             }
         }
         offset += read as u64;
-    }
-    if let Start::Tail(n) = start {
-        // `position` is past the last complete line; step back n lines.
-        let back = (starts.len()).min(n as usize);
-        if back > 0 {
-            position = starts[starts.len() - back];
-        }
     }
     position
 }
@@ -284,6 +374,23 @@ async fn locate(path: &Path, start: Start) -> Position {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_addresses_behind_a_local_proxy() {
+        let headers = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+            headers
+        };
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(client_address(local, &headers("198.51.100.1, 192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_address(local, &headers("garbage")), ip("127.0.0.1"));
+        assert_eq!(client_address(local, &HeaderMap::new()), ip("127.0.0.1"));
+        // A client reaching the server directly cannot choose its address.
+        assert_eq!(client_address(remote, &headers("192.0.2.7")), ip("203.0.113.9"));
+    }
 
     #[test]
     fn unseen_parts_of_events() {

@@ -91,13 +91,34 @@ pub async fn deliveries(
     Ok(Json(app.store.deliveries(query.limit.unwrap_or(50)).await?))
 }
 
-/// `POST /deliveries/<id>/replay`: acts on a stored delivery again.
+#[derive(Deserialize)]
+pub struct ReplayQuery {
+    /// The project of the delivery, needed when several projects received one with this id.
+    project: Option<String>,
+}
+
+/// `POST /deliveries/<id>/replay[?project=NAME]`: acts on a stored delivery again.
 pub async fn replay(
     _: Admin,
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    Query(query): Query<ReplayQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (delivery, payload) =
-        app.store.delivery(&id).await?.ok_or_else(|| ApiError::not_found(format!("no delivery {id}")))?;
+    let project = match query.project {
+        Some(project) => project,
+        None => match app.store.projects_of_delivery(&id).await?.as_slice() {
+            [] => return Err(ApiError::not_found(format!("no delivery {id}"))),
+            [project] => project.clone(),
+            projects => {
+                let message = format!("projects {} have a delivery {id}: add ?project=NAME", projects.join(", "));
+                return Err(ApiError::new(StatusCode::CONFLICT, message));
+            }
+        },
+    };
+    let (delivery, payload) = app
+        .store
+        .delivery(&project, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no delivery {id} of project {project}")))?;
     Ok(super::hooks::act_and_record(&app, &delivery.id, &delivery.project, &delivery.event, &payload).await)
 }

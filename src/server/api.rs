@@ -1,5 +1,6 @@
 //! The build API: `/build/status`, `/build/history`, `/build/<id>`, and the logs as text.
 
+use std::io::SeekFrom;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -7,10 +8,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Json, Response};
 use serde::Deserialize;
+use tokio::io::AsyncSeekExt;
 
 use super::ApiError;
 use crate::app::App;
-use crate::build::log::log_path;
+use crate::build::log::{log_path, tail_offset};
 use crate::model::{Build, BuildId, BuildStatus};
 use crate::store::HistoryFilter;
 
@@ -54,10 +56,20 @@ pub async fn build(State(app): State<Arc<App>>, Path(id): Path<String>) -> Resul
     Ok(Json(find(&app, &id).await?))
 }
 
-/// The full log of one build, as text.
-pub async fn log(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+#[derive(Deserialize)]
+pub struct LogQuery {
+    /// Only the last this many lines.
+    tail: Option<u64>,
+}
+
+/// The log of one build, as text: all of it, or `?tail=N` lines (found from the end of the file).
+pub async fn log(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, ApiError> {
     let build = find(&app, &id).await?;
-    text_log(&app, build.id).await
+    text_log(&app, build.id, query.tail).await
 }
 
 /// `/build/logs/<org>/<repo>/<branch>`: the log of the newest build of that branch.
@@ -78,7 +90,7 @@ pub async fn branch_log(State(app): State<Arc<App>>, Path(path): Path<String>) -
         .await?
         .pop()
         .ok_or_else(|| ApiError::not_found(format!("no build of {org}/{repo} branch {branch} yet")))?;
-    text_log(&app, build.id).await
+    text_log(&app, build.id, None).await
 }
 
 pub(super) async fn find(app: &App, id: &str) -> Result<Build, ApiError> {
@@ -86,14 +98,18 @@ pub(super) async fn find(app: &App, id: &str) -> Result<Build, ApiError> {
     app.store.get(id).await?.ok_or_else(|| ApiError::not_found(format!("no build {id}")))
 }
 
-async fn text_log(app: &App, id: BuildId) -> Result<Response, ApiError> {
-    let file = match tokio::fs::File::open(log_path(&app.config.logs_dir(), id)).await {
+async fn text_log(app: &App, id: BuildId, tail: Option<u64>) -> Result<Response, ApiError> {
+    let mut file = match tokio::fs::File::open(log_path(&app.config.logs_dir(), id)).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApiError::not_found(format!("build {id} has no log yet")));
         }
         Err(e) => return Err(anyhow::Error::from(e).into()),
     };
+    if let Some(lines) = tail {
+        let offset = tail_offset(&mut file, lines, 64 * 1024).await.map_err(anyhow::Error::from)?;
+        file.seek(SeekFrom::Start(offset)).await.map_err(anyhow::Error::from)?;
+    }
     let stream = tokio_util::io::ReaderStream::new(file);
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")

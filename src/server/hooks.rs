@@ -37,16 +37,16 @@ pub async fn receive(
         if new {
             return Ok((*code, Json(outcome["answer"].clone())));
         }
-        return Ok(seen_before(&app, &id).await?);
+        return Ok(seen_before(&app, &project, &id).await?);
     }
     if !app.store.record_delivery(&id, &project, &event, &headers, &payload, None).await? {
-        return Ok(seen_before(&app, &id).await?);
+        return Ok(seen_before(&app, &project, &id).await?);
     }
     Ok(carry_out_and_record(&app, &id, &project, decision).await)
 }
 
-async fn seen_before(app: &App, delivery: &str) -> anyhow::Result<(StatusCode, Json<Value>)> {
-    let before = app.store.delivery(delivery).await?.and_then(|(d, _)| d.outcome);
+async fn seen_before(app: &App, project: &str, delivery: &str) -> anyhow::Result<(StatusCode, Json<Value>)> {
+    let before = app.store.delivery(project, delivery).await?.and_then(|(d, _)| d.outcome);
     let message = format!("delivery {delivery} was received before: not acted on again");
     Ok((StatusCode::OK, Json(json!({ "message": message, "delivery": delivery, "before": before }))))
 }
@@ -74,7 +74,7 @@ async fn carry_out_and_record(
         Err(error) => (error.0, json!({ "error": error.1 })),
     };
     let outcome = outcome_of(code, &answer, delivery);
-    if let Err(e) = app.store.set_delivery_outcome(delivery, &outcome).await {
+    if let Err(e) = app.store.set_delivery_outcome(project, delivery, &outcome).await {
         tracing::error!(delivery, "cannot record what was done with the delivery: {e:#}");
     }
     (code, Json(outcome["answer"].clone()))
@@ -88,8 +88,8 @@ fn outcome_of(code: StatusCode, answer: &Value, delivery: &str) -> Value {
 
 /// Acts on the deliveries a previous process stored but never acted on.
 pub async fn act_on_unprocessed(app: &Arc<App>) -> anyhow::Result<()> {
-    for id in app.store.unprocessed_deliveries().await? {
-        if let Some((delivery, payload)) = app.store.delivery(&id).await? {
+    for (project, id) in app.store.unprocessed_deliveries().await? {
+        if let Some((delivery, payload)) = app.store.delivery(&project, &id).await? {
             tracing::info!(delivery = %id, "acting on a delivery stored before a restart");
             let _ = act_and_record(app, &id, &delivery.project, &delivery.event, &payload).await;
         }

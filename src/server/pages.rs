@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::header;
-use axum::response::{Html, IntoResponse};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tera::{Context, Tera};
 
@@ -29,6 +29,7 @@ impl Pages {
             ("base.html", include_str!("../../templates/base.html")),
             ("monitor.html", include_str!("../../templates/monitor.html")),
             ("build.html", include_str!("../../templates/build.html")),
+            ("not_found.html", include_str!("../../templates/not_found.html")),
         ])?;
         Ok(Self { tera: Arc::new(tera) })
     }
@@ -45,6 +46,17 @@ impl Pages {
     fn render(&self, name: &str, context: &Context) -> Result<Html<String>, ApiError> {
         self.tera.render(name, context).map(Html).map_err(|e| anyhow::anyhow!("template {name}: {e:?}").into())
     }
+
+    /// A 404 page saying `what` does not exist, with a link back to the monitor.
+    pub fn not_found(&self, what: &str) -> Response {
+        let mut context = Context::new();
+        context.insert("what", what);
+        context.insert("ws_url", "");
+        match self.render("not_found.html", &context) {
+            Ok(page) => (StatusCode::NOT_FOUND, page).into_response(),
+            Err(error) => error.into_response(),
+        }
+    }
 }
 
 async fn monitor(State(app): State<Arc<App>>, pages: Pages) -> Result<impl IntoResponse, ApiError> {
@@ -53,14 +65,14 @@ async fn monitor(State(app): State<Arc<App>>, pages: Pages) -> Result<impl IntoR
     pages.render("monitor.html", &context)
 }
 
-async fn build(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    pages: Pages,
-) -> Result<impl IntoResponse, ApiError> {
-    let build = find(&app, &id).await?;
+async fn build(State(app): State<Arc<App>>, Path(id): Path<String>, pages: Pages) -> Result<Response, ApiError> {
+    let build = match find(&app, &id).await {
+        Ok(build) => build,
+        Err(ApiError(StatusCode::NOT_FOUND, what)) => return Ok(pages.not_found(&what)),
+        Err(error) => return Err(error),
+    };
     let mut context = Context::new();
     context.insert("build", &build);
     context.insert("ws_url", &app.config.live.public_url);
-    pages.render("build.html", &context)
+    Ok(pages.render("build.html", &context)?.into_response())
 }

@@ -71,6 +71,24 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX statuses_undelivered ON statuses(delivered, id);
 ",
+    // A delivery id is unique per project: another project's delivery with the same id is its own.
+    "
+    CREATE TABLE deliveries_by_project (
+        id TEXT NOT NULL,
+        project TEXT NOT NULL,
+        event TEXT NOT NULL,
+        received INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        outcome TEXT,
+        PRIMARY KEY (project, id)
+    );
+    INSERT INTO deliveries_by_project (id, project, event, received, headers, payload, outcome)
+        SELECT id, project, event, received, headers, payload, outcome FROM deliveries ORDER BY rowid;
+    DROP TABLE deliveries;
+    ALTER TABLE deliveries_by_project RENAME TO deliveries;
+    CREATE INDEX deliveries_by_time ON deliveries(received);
+",
 ];
 
 /// A commit status in the outbox.
@@ -166,7 +184,7 @@ const MAX_BATCH: usize = 256;
 
 enum DeliveryWrite {
     Record { id: String, project: String, event: String, headers: String, payload: Vec<u8>, outcome: Option<String> },
-    Outcome { id: String, outcome: String },
+    Outcome { project: String, id: String, outcome: String },
 }
 
 /// Commits delivery writes in batches: whatever queued up while the previous batch committed.
@@ -205,21 +223,23 @@ async fn write_deliveries(
                         .push_bind(payload)
                         .push_bind(outcome);
                 });
-                insert.push(" ON CONFLICT(id) DO NOTHING RETURNING id");
-                let inserted: Vec<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+                insert.push(" ON CONFLICT(project, id) DO NOTHING RETURNING project, id");
+                let inserted: Vec<(String, String)> = insert.build_query_as().fetch_all(&mut *tx).await?;
                 for &i in &records {
-                    let DeliveryWrite::Record { id, .. } = &batch[i].0 else { unreachable!("records only") };
-                    // The first record of an id in the batch is the one that was inserted.
-                    let first = records
-                        .iter()
-                        .find(|&&j| matches!(&batch[j].0, DeliveryWrite::Record { id: other, .. } if other == id));
-                    results[i] = inserted.contains(id) && first == Some(&i);
+                    let DeliveryWrite::Record { id, project, .. } = &batch[i].0 else { unreachable!("records only") };
+                    // The first record of a (project, id) in the batch is the one that was inserted.
+                    let first = records.iter().find(|&&j| {
+                        matches!(&batch[j].0, DeliveryWrite::Record { id: other, project: its, .. }
+                            if other == id && its == project)
+                    });
+                    results[i] = inserted.iter().any(|(p, d)| p == project && d == id) && first == Some(&i);
                 }
             }
             for (i, (write, _)) in batch.iter().enumerate() {
-                if let DeliveryWrite::Outcome { id, outcome } = write {
-                    let updated = sqlx::query("UPDATE deliveries SET outcome = ? WHERE id = ?")
+                if let DeliveryWrite::Outcome { project, id, outcome } = write {
+                    let updated = sqlx::query("UPDATE deliveries SET outcome = ? WHERE project = ? AND id = ?")
                         .bind(outcome)
+                        .bind(project)
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
@@ -374,7 +394,8 @@ impl Store {
     }
 
     /// Forgets finished entries older than `max_age_ms` (when set) and beyond the newest
-    /// `max_count` (when set); returns their ids, so that their logs go too.
+    /// `max_count` (when set), and so the stored deliveries acted on (with their bodies); returns
+    /// the ids of the builds, so that their logs go too.
     pub async fn prune(&self, max_age_ms: Option<i64>, max_count: Option<i64>) -> anyhow::Result<Vec<BuildId>> {
         let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM builds WHERE status NOT IN ('queued', 'running')
@@ -391,9 +412,17 @@ impl Store {
                 .execute(&self.pool)
                 .await?;
         }
-        if let Some(age) = max_age_ms {
-            sqlx::query("DELETE FROM deliveries WHERE received < ?").bind(now_ms() - age).execute(&self.pool).await?;
-        }
+        sqlx::query(
+            "DELETE FROM deliveries WHERE outcome IS NOT NULL
+               AND ((?1 IS NOT NULL AND received < ?1)
+                 OR (?2 IS NOT NULL AND rowid NOT IN
+                       (SELECT rowid FROM deliveries WHERE outcome IS NOT NULL
+                        ORDER BY received DESC, rowid DESC LIMIT ?2)))",
+        )
+        .bind(max_age_ms.map(|age| now_ms() - age))
+        .bind(max_count)
+        .execute(&self.pool)
+        .await?;
         Ok(ids.into_iter().map(BuildId).collect())
     }
 
@@ -475,9 +504,16 @@ impl Store {
         self.write_delivery(write).await
     }
 
-    /// Records what was done with a delivery; returns once committed.
-    pub async fn set_delivery_outcome(&self, id: &str, outcome: &serde_json::Value) -> anyhow::Result<()> {
-        self.write_delivery(DeliveryWrite::Outcome { id: id.to_string(), outcome: outcome.to_string() }).await.map(drop)
+    /// Records what was done with delivery `id` of `project`; returns once committed.
+    pub async fn set_delivery_outcome(
+        &self,
+        project: &str,
+        id: &str,
+        outcome: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let write =
+            DeliveryWrite::Outcome { project: project.to_string(), id: id.to_string(), outcome: outcome.to_string() };
+        self.write_delivery(write).await.map(drop)
     }
 
     async fn write_delivery(&self, write: DeliveryWrite) -> anyhow::Result<bool> {
@@ -497,17 +533,30 @@ impl Store {
         rows.iter().map(to_delivery).collect()
     }
 
-    pub async fn delivery(&self, id: &str) -> anyhow::Result<Option<(Delivery, Vec<u8>)>> {
-        let row = sqlx::query("SELECT id, project, event, received, outcome, payload FROM deliveries WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+    /// Delivery `id` of `project`, with its payload.
+    pub async fn delivery(&self, project: &str, id: &str) -> anyhow::Result<Option<(Delivery, Vec<u8>)>> {
+        let row = sqlx::query(
+            "SELECT id, project, event, received, outcome, payload FROM deliveries WHERE project = ? AND id = ?",
+        )
+        .bind(project)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|row| Ok((to_delivery(&row)?, row.try_get("payload")?))).transpose()
     }
 
-    /// Deliveries stored but never acted on (the process died in between), oldest first.
-    pub async fn unprocessed_deliveries(&self) -> anyhow::Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT id FROM deliveries WHERE outcome IS NULL ORDER BY received, rowid")
+    /// The projects that stored a delivery with this id (usually one).
+    pub async fn projects_of_delivery(&self, id: &str) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT project FROM deliveries WHERE id = ? ORDER BY project")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Deliveries stored but never acted on (the process died in between), oldest first, as
+    /// (project, id).
+    pub async fn unprocessed_deliveries(&self) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as("SELECT project, id FROM deliveries WHERE outcome IS NULL ORDER BY received, rowid")
             .fetch_all(&self.pool)
             .await?)
     }
@@ -545,11 +594,13 @@ async fn insert_status(connection: &mut SqliteConnection, status: &OutboxStatus)
 async fn migrate(conn: &mut SqliteConnection) -> anyhow::Result<()> {
     let applied: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *conn).await?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(*migration))
-            .execute(&mut *conn)
-            .await
-            .context("database migration failed")?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {}", index + 1))).execute(&mut *conn).await?;
+        // One transaction per step: a step is applied whole, with its number, or not at all.
+        let step =
+            format!("BEGIN; {}; PRAGMA user_version = {}; COMMIT;", migration.trim().trim_end_matches(';'), index + 1);
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(step)).execute(&mut *conn).await {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            return Err(anyhow::Error::from(e).context(format!("database migration {} failed", index + 1)));
+        }
     }
     Ok(())
 }
@@ -680,13 +731,77 @@ mod tests {
         let store = Store::open(dir.path()).await.unwrap();
         assert!(store.record_delivery("d1", "p", "push", "{}", b"payload", None).await.unwrap());
         assert!(!store.record_delivery("d1", "p", "push", "{}", b"other", None).await.unwrap());
-        assert_eq!(store.unprocessed_deliveries().await.unwrap(), vec!["d1"]);
-        store.set_delivery_outcome("d1", &serde_json::json!({"message": "done"})).await.unwrap();
+        assert_eq!(store.unprocessed_deliveries().await.unwrap(), vec![("p".to_string(), "d1".to_string())]);
+        store.set_delivery_outcome("p", "d1", &serde_json::json!({"message": "done"})).await.unwrap();
         assert!(store.unprocessed_deliveries().await.unwrap().is_empty());
-        let (delivery, payload) = store.delivery("d1").await.unwrap().unwrap();
+        let (delivery, payload) = store.delivery("p", "d1").await.unwrap().unwrap();
         assert_eq!(
             (delivery.outcome.unwrap()["message"].as_str(), payload.as_slice()),
             (Some("done"), b"payload".as_slice())
         );
+    }
+
+    #[tokio::test]
+    async fn a_delivery_id_is_unique_per_project_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        // Another project's delivery (say, one an attacker with that project's secret sent first)
+        // does not make this project's delivery with the same id a redelivery.
+        assert!(store.record_delivery("d1", "evil", "push", "{}", b"evil", None).await.unwrap());
+        assert!(store.record_delivery("d1", "p", "push", "{}", b"real", None).await.unwrap());
+        assert!(!store.record_delivery("d1", "p", "push", "{}", b"again", None).await.unwrap());
+        store.set_delivery_outcome("p", "d1", &serde_json::json!({"message": "built"})).await.unwrap();
+        let (evil, payload) = store.delivery("evil", "d1").await.unwrap().unwrap();
+        assert_eq!((evil.outcome, payload.as_slice()), (None, b"evil".as_slice()));
+        assert_eq!(store.delivery("p", "d1").await.unwrap().unwrap().1, b"real");
+        assert_eq!(store.projects_of_delivery("d1").await.unwrap(), vec!["evil", "p"]);
+    }
+
+    #[tokio::test]
+    async fn a_database_of_the_previous_version_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("autobuilder.sqlite");
+        {
+            // The schema as the previous release left it (user_version 4), with a delivery.
+            let options = SqliteConnectOptions::from_str("sqlite:").unwrap().filename(&path).create_if_missing(true);
+            let mut conn = sqlx::ConnectOptions::connect(&options).await.unwrap();
+            for migration in &MIGRATIONS[..4] {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*migration)).execute(&mut conn).await.unwrap();
+            }
+            sqlx::raw_sql("PRAGMA user_version = 4").execute(&mut conn).await.unwrap();
+            sqlx::raw_sql(
+                "INSERT INTO deliveries (id, project, event, received, headers, payload, outcome)
+                 VALUES ('old', 'p', 'push', 1, '{}', x'6f6c64', '{\"status\":202}')",
+            )
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).await.unwrap();
+        let (old, payload) = store.delivery("p", "old").await.unwrap().unwrap();
+        assert_eq!((old.event.as_str(), payload.as_slice()), ("push", b"old".as_slice()));
+        assert!(!store.record_delivery("old", "p", "push", "{}", b"x", None).await.unwrap(), "still a redelivery");
+        assert!(store.record_delivery("old", "q", "push", "{}", b"x", None).await.unwrap(), "new for another project");
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+    }
+
+    #[tokio::test]
+    async fn stored_deliveries_follow_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let done = serde_json::json!({"status": 200});
+        for i in 0..5 {
+            store.record_delivery(&format!("d{i}"), "p", "push", "{}", b"body", Some(&done)).await.unwrap();
+        }
+        store.record_delivery("waiting", "p", "push", "{}", b"body", None).await.unwrap();
+        store.prune(None, Some(2)).await.unwrap();
+        let kept: Vec<String> = store.deliveries(100).await.unwrap().into_iter().map(|d| d.id).collect();
+        // The two newest are kept, and the one never acted on (it is acted on at the next start).
+        assert_eq!(kept, vec!["waiting", "d4", "d3"]);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        store.prune(Some(1), None).await.unwrap();
+        let kept: Vec<String> = store.deliveries(100).await.unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(kept, vec!["waiting"]);
     }
 }

@@ -363,7 +363,7 @@ impl FakeHub {
     pub async fn start() -> Self {
         let state = Arc::new(FakeHubState::default());
         let router = Router::new()
-            .route("/api/flist/me/upload", post(hub_upload))
+            .route("/api/flist/me/upload", post(hub_upload).layer(axum::extract::DefaultBodyLimit::disable()))
             .route("/api/flist/me/{source}/link/{link}", get(hub_link))
             .with_state(state.clone());
         Self { url: serve(router).await, state }
