@@ -484,11 +484,6 @@ impl Config {
         Ok(())
     }
 
-    /// The socket address to listen on (validated at load).
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.listen.parse().expect("validated at load")
-    }
-
     /// Directory of the full build logs.
     pub fn logs_dir(&self) -> PathBuf {
         self.data_dir.join("logs")

@@ -113,7 +113,7 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         // The port first: a second instance on the same port stops here, before it touches anything.
-        let listener = tokio::net::TcpListener::bind(config.listen_addr())
+        let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let app = App::build(config).await?;

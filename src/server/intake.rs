@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -22,6 +23,8 @@ pub const MAX_HOOK_BODY: usize = 26 * 1024 * 1024;
 /// Bytes of webhook bodies being read at once, over all requests; more wait for their turn, so
 /// that strangers sending large bodies cannot exhaust the memory.
 const BODY_BUDGET: usize = 32 * 1024 * 1024;
+/// Size of the blocks a body is read into.
+const BLOCK: usize = 256 * 1024;
 /// Headers kept with a stored delivery.
 const KEPT_HEADERS: &[&str] =
     &["x-github-event", "x-github-delivery", "x-github-hook-id", "user-agent", "content-type"];
@@ -49,57 +52,76 @@ fn budget() -> &'static Semaphore {
     &BUDGET
 }
 
-impl FromRequest<Arc<App>> for SignedDelivery {
-    type Rejection = ApiError;
+/// A refused delivery: the error, on a connection that is then closed (a stranger's connection is
+/// not kept alive with the buffers its body grew).
+pub struct Refused(ApiError);
 
-    async fn from_request(request: Request, app: &Arc<App>) -> Result<Self, ApiError> {
-        let (mut parts, body) = request.into_parts();
-        let Path(project) = Path::<String>::from_request_parts(&mut parts, app)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-        let headers = parts.headers;
-        let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
-        // Nothing is read for a request that cannot be a delivery.
-        let signature = text("x-hub-signature-256").filter(|s| s.len() == 71 && s.starts_with("sha256="));
-        let Some(signature) = signature else {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED));
-        };
-        let length = match text(header::CONTENT_LENGTH.as_str()).map(str::parse::<usize>) {
-            Some(Ok(length)) if length > MAX_HOOK_BODY => return Err(too_large()),
-            Some(Ok(length)) => length,
-            // Without a length (chunked), the body may be as large as the largest accepted.
-            _ => MAX_HOOK_BODY,
-        };
-        let permits = u32::try_from(length.div_ceil(1024).max(1)).expect("bounded by MAX_HOOK_BODY");
-        let _reading = budget().acquire_many(permits).await.expect("the budget is never closed");
-        // An unknown project is answered like a wrong signature, after the same work.
-        let secret = app.config.projects.get(&project).map(|p| p.webhook_secret.expose().as_bytes());
-        let check = SignatureCheck::new(secret.unwrap_or_default(), Some(signature))
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED))?;
-        let Some(body) = read_signed(body, check).await? else {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED));
-        };
-        if secret.is_none() {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED));
-        }
-        let event = text("x-github-event")
-            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header"))?
-            .to_string();
-        let id = match text("x-github-delivery") {
-            Some(id) if !id.is_empty() && id.len() <= 100 => id.to_string(),
-            _ => local_delivery_id(),
-        };
-        let payload = payload_of(&headers, body)?;
-        let kept: serde_json::Map<String, Value> =
-            KEPT_HEADERS.iter().filter_map(|name| Some((name.to_string(), Value::from(text(name)?)))).collect();
-        Ok(SignedDelivery { project, event, id, headers: Value::Object(kept).to_string(), payload })
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let mut response = self.0.into_response();
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
     }
 }
 
-/// Reads a body, checking its signature on the way; the body when the signature holds. The
-/// pieces are joined only then: a stranger's body is never copied into one large buffer.
+impl FromRequest<Arc<App>> for SignedDelivery {
+    type Rejection = Refused;
+
+    async fn from_request(request: Request, app: &Arc<App>) -> Result<Self, Refused> {
+        read_delivery(request, app).await.map_err(Refused)
+    }
+}
+
+/// Checks, reads and verifies a delivery; see the module documentation.
+async fn read_delivery(request: Request, app: &Arc<App>) -> Result<SignedDelivery, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let Path(project) = Path::<String>::from_request_parts(&mut parts, app)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let headers = parts.headers;
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    // Nothing is read for a request that cannot be a delivery.
+    let signature = text("x-hub-signature-256").filter(|s| s.len() == 71 && s.starts_with("sha256="));
+    let Some(signature) = signature else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED));
+    };
+    let length = match text(header::CONTENT_LENGTH.as_str()).map(str::parse::<usize>) {
+        Some(Ok(length)) if length > MAX_HOOK_BODY => return Err(too_large()),
+        Some(Ok(length)) => length,
+        // Without a length (chunked), the body may be as large as the largest accepted.
+        _ => MAX_HOOK_BODY,
+    };
+    let permits = u32::try_from(length.div_ceil(1024).max(1)).expect("bounded by MAX_HOOK_BODY");
+    let _reading = budget().acquire_many(permits).await.expect("the budget is never closed");
+    // An unknown project is answered like a wrong signature, after the same work.
+    let secret = app.config.projects.get(&project).map(|p| p.webhook_secret.expose().as_bytes());
+    let check = SignatureCheck::new(secret.unwrap_or_default(), Some(signature))
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED))?;
+    let Some(body) = read_signed(body, check).await? else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED));
+    };
+    if secret.is_none() {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED));
+    }
+    let event = text("x-github-event")
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header"))?
+        .to_string();
+    let id = match text("x-github-delivery") {
+        Some(id) if !id.is_empty() && id.len() <= 100 => id.to_string(),
+        _ => local_delivery_id(),
+    };
+    let payload = payload_of(&headers, body)?;
+    let kept: serde_json::Map<String, Value> =
+        KEPT_HEADERS.iter().filter_map(|name| Some((name.to_string(), Value::from(text(name)?)))).collect();
+    Ok(SignedDelivery { project, event, id, headers: Value::Object(kept).to_string(), payload })
+}
+
+/// Reads a body, checking its signature on the way; the body when the signature holds. It is
+/// copied into blocks of [`BLOCK`] bytes (the connection's own buffers are reused as it goes) and
+/// joined only when the signature holds: a stranger's body never makes one large allocation, which
+/// the allocator would keep resident after it is freed.
 async fn read_signed(body: axum::body::Body, mut check: SignatureCheck) -> Result<Option<Bytes>, ApiError> {
-    let (mut pieces, mut length) = (Vec::new(), 0);
+    let (mut blocks, mut length): (Vec<Vec<u8>>, usize) = (Vec::new(), 0);
     let mut stream = body.into_data_stream();
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")))?;
@@ -108,14 +130,23 @@ async fn read_signed(body: axum::body::Body, mut check: SignatureCheck) -> Resul
             return Err(too_large());
         }
         check.update(&piece);
-        pieces.push(piece);
+        let mut rest = &piece[..];
+        while !rest.is_empty() {
+            if blocks.last().is_none_or(|block| block.len() == BLOCK) {
+                blocks.push(Vec::with_capacity(BLOCK));
+            }
+            let block = blocks.last_mut().expect("just made sure");
+            let taken = rest.len().min(BLOCK - block.len());
+            block.extend_from_slice(&rest[..taken]);
+            rest = &rest[taken..];
+        }
     }
     if !check.verify() {
         return Ok(None);
     }
-    Ok(Some(match pieces.as_slice() {
-        [only] => only.clone(),
-        _ => Bytes::from(pieces.concat()),
+    Ok(Some(match blocks.len() {
+        1 => Bytes::from(blocks.pop().expect("one block")),
+        _ => Bytes::from(blocks.concat()),
     }))
 }
 
