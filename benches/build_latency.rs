@@ -107,7 +107,7 @@ async fn intake(server: &Server) -> (f64, f64) {
     let deadline = Instant::now() + Duration::from_secs(2);
     let clients = (0..8).map(|_| {
         let (body, url, http) = (body.clone(), server.url.clone(), server.http.clone());
-        let signature = autobuilder::github::webhook::sign(SECRET.as_bytes(), body.as_bytes());
+        let signature = autobuilder::github::events::sign(SECRET.as_bytes(), body.as_bytes());
         async move {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {

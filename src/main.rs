@@ -12,7 +12,7 @@ use autobuilder::bus::Bus;
 use autobuilder::config::{Config, LogFormat};
 use autobuilder::git::Mirror;
 use autobuilder::github::api::GithubApi;
-use autobuilder::github::hooks::Change;
+use autobuilder::github::hook_setup::Change;
 use autobuilder::live::Live;
 use autobuilder::model::{Branch, RepoName};
 use autobuilder::recipes::RecipeSet;
@@ -119,7 +119,7 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         let app = App::build(config).await?;
         app.load_recipes().await;
         autobuilder::build::resume(&app).await.context("cannot take over the builds of the previous run")?;
-        autobuilder::server::hooks::act_on_unprocessed(&app).await?;
+        autobuilder::server::intake::act_on_unprocessed(&app).await?;
         prune(&app).await;
         tokio::spawn(retention(app.clone()));
         tracing::info!("listening on http://{}", listener.local_addr()?);
@@ -217,7 +217,7 @@ fn hooks_sync(config_path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<Exi
             let hook_url = config.hook_url(project);
             for repo in repos {
                 let secret = settings.webhook_secret.expose();
-                match autobuilder::github::hooks::sync(&api, &repo, &hook_url, secret, dry_run).await {
+                match autobuilder::github::hook_setup::sync(&api, &repo, &hook_url, secret, dry_run).await {
                     Ok(changes) => {
                         for change in changes {
                             let would = if dry_run && change != Change::Unchanged { "would have " } else { "" };

@@ -94,6 +94,17 @@ impl Branch {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The branch the builds of pull request `number` run as: `pull/<number>`.
+    pub fn pull(number: u64) -> Self {
+        Self(format!("pull/{number}"))
+    }
+
+    /// The pull request this branch stands for, when it is `pull/<number>`.
+    pub fn pull_number(&self) -> Option<u64> {
+        let number = self.0.strip_prefix("pull/")?;
+        number.bytes().all(|b| b.is_ascii_digit()).then(|| number.parse().ok()).flatten()
+    }
 }
 
 validated_string!(Branch);

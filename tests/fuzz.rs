@@ -3,7 +3,7 @@
 //! to use as a path or a name.
 
 use autobuilder::artifacts::ArtifactNames;
-use autobuilder::github::webhook::{Event, parse_event};
+use autobuilder::github::events::{Event, parse_event};
 use autobuilder::model::{Branch, CommitSha, RepoName};
 use autobuilder::recipes::{RecipeSet, parse_file};
 use proptest::prelude::*;

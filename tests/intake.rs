@@ -4,7 +4,7 @@
 
 mod common;
 
-use autobuilder::github::webhook::sign;
+use autobuilder::github::events::sign;
 use common::*;
 use serde_json::{Value, json};
 

@@ -385,7 +385,7 @@ async fn oversized_deep_and_strange_deliveries_get_clear_errors() {
         .http
         .post(format!("{}/build/demo/hook", server.url))
         .header("x-github-event", "push")
-        .header("x-hub-signature-256", autobuilder::github::webhook::sign(SECRET.as_bytes(), &huge))
+        .header("x-hub-signature-256", autobuilder::github::events::sign(SECRET.as_bytes(), &huge))
         .body(huge)
         .send()
         .await;

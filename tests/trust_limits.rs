@@ -303,7 +303,7 @@ async fn push_to(server: &Server, project: &str, secret: &str, delivery: &str, b
         .post(format!("{}/build/{project}/hook", server.url))
         .header("x-github-event", "push")
         .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", autobuilder::github::webhook::sign(secret.as_bytes(), body.as_bytes()))
+        .header("x-hub-signature-256", autobuilder::github::events::sign(secret.as_bytes(), body.as_bytes()))
         .body(body)
         .send()
         .await

@@ -55,7 +55,7 @@ pub fn artifact_base(repo: &RepoName, tag: Option<&str>, branch: &Branch) -> Str
 
 /// Whether builds of `branch` are a pull request's (`pull/<n>`).
 pub fn is_pull_request(branch: &Branch) -> bool {
-    branch.as_str().strip_prefix("pull/").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    branch.pull_number().is_some()
 }
 
 /// `.tar.gz` for tarballs, the last extension otherwise, nothing for a file without one.

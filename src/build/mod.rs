@@ -7,6 +7,7 @@ pub mod order;
 pub mod queue;
 mod recover;
 mod run;
+pub mod trigger;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,6 +112,19 @@ pub struct Source {
     pub author: Option<String>,
 }
 
+impl Source {
+    pub fn new(
+        project: &str,
+        repository: RepoName,
+        branch: Branch,
+        commit: CommitSha,
+        message: Option<String>,
+        author: Option<String>,
+    ) -> Self {
+        Self { project: project.to_string(), repository, branch, commit, message, author }
+    }
+}
+
 /// What one build needs to run: the commit and one build script of its recipe.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -122,14 +136,14 @@ impl Job {
     /// The job of a stored build, from its record and the recipe settings stored with it.
     fn of(build: &Build, settings: &str) -> anyhow::Result<Self> {
         Ok(Job {
-            source: Source {
-                project: build.project.clone(),
-                repository: RepoName::parse(&build.repository)?,
-                branch: Branch::parse(&build.branch)?,
-                commit: CommitSha::parse(&build.commit)?,
-                message: build.message.clone(),
-                author: build.author.clone(),
-            },
+            source: Source::new(
+                &build.project,
+                RepoName::parse(&build.repository)?,
+                Branch::parse(&build.branch)?,
+                CommitSha::parse(&build.commit)?,
+                build.message.clone(),
+                build.author.clone(),
+            ),
             script: serde_json::from_str(settings).context("unreadable recipe settings")?,
         })
     }
@@ -279,14 +293,15 @@ pub async fn rebuild_dependents(app: &Arc<App>, job: &Job) {
                 continue;
             }
         };
-        let source = Source {
-            project: job.source.project.clone(),
-            repository: recipe.repository.clone(),
-            branch: recipe.branch.clone(),
+        let message = format!("rebuilt: {producer} made a new image at {}", job.source.commit.short());
+        let source = Source::new(
+            &job.source.project,
+            recipe.repository.clone(),
+            recipe.branch.clone(),
             commit,
-            message: Some(format!("rebuilt: {producer} made a new image at {}", job.source.commit.short())),
-            author: None,
-        };
+            Some(message),
+            None,
+        );
         match enqueue(app, recipe, source, true).await {
             Ok(ids) => tracing::info!(%producer, dependent = %recipe.repository, ?ids, "dependents rebuilt"),
             Err(e) => tracing::warn!(%producer, dependent = %recipe.repository, "cannot rebuild the dependent: {e:#}"),

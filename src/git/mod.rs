@@ -47,7 +47,7 @@ pub fn branch_head(url: &str, branch: &Branch) -> anyhow::Result<CommitSha> {
 /// Where a build's branch lives on the remote: `pull/<n>` is pull request n's head
 /// (`refs/pull/<n>/head`, which GitHub keeps for forks too), anything else a branch.
 pub fn remote_ref(branch: &Branch) -> String {
-    match branch.as_str().strip_prefix("pull/").filter(|n| n.parse::<u64>().is_ok()) {
+    match branch.pull_number() {
         Some(number) => format!("refs/pull/{number}/head"),
         None => format!("refs/heads/{branch}"),
     }

@@ -1,4 +1,6 @@
-//! GitHub: webhook deliveries in, commit statuses out.
+//! GitHub: webhook deliveries in (`events`: signatures and events), commit statuses out
+//! (`status`), the REST calls of commands (`api`), and the webhooks set up on repositories
+//! (`hook_setup`).
 
 use anyhow::Context;
 use octocrab::Octocrab;
@@ -8,9 +10,9 @@ use octocrab::service::middleware::retry::RetryConfig;
 use crate::config::GithubConfig;
 
 pub mod api;
-pub mod hooks;
+pub mod events;
+pub mod hook_setup;
 pub mod status;
-pub mod webhook;
 
 /// A GitHub client authenticated with the token, or as the app's installation; None when
 /// neither is configured. `retry` lets octocrab retry failed requests itself.

@@ -204,7 +204,7 @@ async fn give_hooks(app: Arc<App>, project: String, repos: Vec<RepoName>) {
     let Some(api) = &app.github else { return };
     let secret = app.config.projects[&project].webhook_secret.expose().to_string();
     for repo in repos {
-        match crate::github::hooks::sync(api, &repo, &app.config.hook_url(&project), &secret, false).await {
+        match crate::github::hook_setup::sync(api, &repo, &app.config.hook_url(&project), &secret, false).await {
             Ok(changes) => {
                 for change in changes {
                     tracing::info!(project, %repo, "webhook: {change}");

@@ -120,5 +120,5 @@ pub async fn replay(
         .delivery(&project, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no delivery {id} of project {project}")))?;
-    Ok(super::hooks::act_and_record(&app, &delivery.id, &delivery.project, &delivery.event, &payload).await)
+    Ok(super::intake::act_and_record(&app, &delivery.id, &delivery.project, &delivery.event, &payload).await)
 }

@@ -1,22 +1,26 @@
-//! The edge of `POST /build/<project>/hook`: a delivery is checked before its body is read (a known
-//! project and a signature header), read within a shared byte budget, verified (HMAC-SHA256), and
-//! unwrapped from either content type GitHub sends (`application/json`, or
-//! `application/x-www-form-urlencoded` with the JSON in its `payload` field).
+//! `POST /build/<project>/hook`, the edge of webhook intake. A delivery is checked before its body
+//! is read (a known project and a signature header), read within a shared byte budget, verified
+//! (HMAC-SHA256) and unwrapped from either content type GitHub sends (`application/json`, or
+//! `application/x-www-form-urlencoded` with the JSON in its `payload` field): [`SignedDelivery`].
+//! It is then stored, decided on and carried out by [`crate::build::trigger`], and answered at
+//! once (builds and reloads run after the answer). A delivery seen before is not acted on again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Json, Response};
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use super::ApiError;
 use crate::app::App;
-use crate::github::webhook::SignatureCheck;
+use crate::build::trigger::{Answer, Decision, Project, Verdict, carry_out, decide};
+use crate::github::events::{SignatureCheck, parse_event};
+use crate::metrics::EventLabel;
 
 /// Largest webhook body accepted: GitHub caps payloads at 25 MB.
 pub const MAX_HOOK_BODY: usize = 26 * 1024 * 1024;
@@ -32,6 +36,100 @@ const KEPT_HEADERS: &[&str] =
 /// configured projects cannot be found out by trying names.
 const NOT_SIGNED: &str = "missing or wrong X-Hub-Signature-256: the hook URL must name a configured project, and the \
                           webhook secret must equal that project's webhook_secret";
+
+/// `POST /build/<project>/hook`. A delivery that starts nothing is stored with its answer in one
+/// write; one that starts a build or a reload is stored first, then acted on, then its outcome
+/// recorded.
+pub async fn receive(
+    State(app): State<Arc<App>>,
+    delivery: SignedDelivery,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let SignedDelivery { project, event, id, headers, payload } = delivery;
+    app.metrics.deliveries.get_or_create(&EventLabel { event: event.clone() }).inc();
+    let decision = decision_on(&app, &project, &event, &payload);
+    if let Decision::Answer(answer) = &decision {
+        let outcome = outcome_of(answer, &id);
+        let new = app.store.record_delivery(&id, &project, &event, &headers, &payload, Some(&outcome)).await?;
+        if new {
+            return Ok((status_of(answer.verdict), Json(outcome["answer"].clone())));
+        }
+        return Ok(seen_before(&app, &project, &id).await?);
+    }
+    if !app.store.record_delivery(&id, &project, &event, &headers, &payload, None).await? {
+        return Ok(seen_before(&app, &project, &id).await?);
+    }
+    Ok(carry_out_and_record(&app, &id, &project, decision).await)
+}
+
+/// What `event` with `payload` asks of `project`, as the project is now.
+fn decision_on(app: &App, project: &str, event: &str, payload: &[u8]) -> Decision {
+    let recipes = app.recipes.get(project);
+    let project = Project { name: project, settings: app.config.projects.get(project), recipes: recipes.as_deref() };
+    decide(&project, event, parse_event(event, payload))
+}
+
+/// The HTTP status of a verdict.
+fn status_of(verdict: Verdict) -> StatusCode {
+    match verdict {
+        Verdict::Done => StatusCode::OK,
+        Verdict::Accepted => StatusCode::ACCEPTED,
+        Verdict::Malformed => StatusCode::BAD_REQUEST,
+        Verdict::UnknownProject => StatusCode::NOT_FOUND,
+        Verdict::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+        Verdict::Upstream => StatusCode::BAD_GATEWAY,
+        Verdict::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+async fn seen_before(app: &App, project: &str, delivery: &str) -> anyhow::Result<(StatusCode, Json<Value>)> {
+    let before = app.store.delivery(project, delivery).await?.and_then(|(d, _)| d.outcome);
+    let message = format!("delivery {delivery} was received before: not acted on again");
+    Ok((StatusCode::OK, Json(json!({ "message": message, "delivery": delivery, "before": before }))))
+}
+
+/// Acts on a stored delivery (again) and records what was done; the answer.
+pub async fn act_and_record(
+    app: &Arc<App>,
+    delivery: &str,
+    project: &str,
+    event: &str,
+    payload: &[u8],
+) -> (StatusCode, Json<Value>) {
+    let decision = decision_on(app, project, event, payload);
+    carry_out_and_record(app, delivery, project, decision).await
+}
+
+async fn carry_out_and_record(
+    app: &Arc<App>,
+    delivery: &str,
+    project: &str,
+    decision: Decision,
+) -> (StatusCode, Json<Value>) {
+    let answer = carry_out(app, project, decision).await;
+    let outcome = outcome_of(&answer, delivery);
+    if let Err(e) = app.store.set_delivery_outcome(project, delivery, &outcome).await {
+        tracing::error!(delivery, "cannot record what was done with the delivery: {e:#}");
+    }
+    (status_of(answer.verdict), Json(outcome["answer"].clone()))
+}
+
+/// What is stored of an answer: its status and its body, naming the delivery.
+fn outcome_of(answer: &Answer, delivery: &str) -> Value {
+    let mut body = serde_json::to_value(answer).expect("an answer serialises");
+    body["delivery"] = Value::from(delivery);
+    json!({ "status": status_of(answer.verdict).as_u16(), "answer": body })
+}
+
+/// Acts on the deliveries a previous process stored but never acted on.
+pub async fn act_on_unprocessed(app: &Arc<App>) -> anyhow::Result<()> {
+    for (project, id) in app.store.unprocessed_deliveries().await? {
+        if let Some((delivery, payload)) = app.store.delivery(&project, &id).await? {
+            tracing::info!(delivery = %id, "acting on a delivery stored before a restart");
+            let _ = act_and_record(app, &id, &delivery.project, &delivery.event, &payload).await;
+        }
+    }
+    Ok(())
+}
 
 /// A webhook delivery whose signature was verified, with its JSON payload.
 pub struct SignedDelivery {

@@ -3,8 +3,7 @@
 
 mod admin;
 mod api;
-pub mod hooks;
-mod intake;
+pub mod intake;
 mod ops;
 mod pages;
 
@@ -36,7 +35,7 @@ pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
         _ => Router::new(),
     };
     Ok(Router::new()
-        .route("/build/{project}/hook", post(hooks::receive).layer(DefaultBodyLimit::disable()))
+        .route("/build/{project}/hook", post(intake::receive).layer(DefaultBodyLimit::disable()))
         .route("/build/status", get(api::status))
         .route("/build/history", get(api::history))
         .route("/build/logs/{*path}", get(api::branch_log))

@@ -662,8 +662,7 @@ impl Server {
             .header("content-type", "application/json")
             .body(body.to_vec());
         if let Some(secret) = secret {
-            request =
-                request.header("x-hub-signature-256", autobuilder::github::webhook::sign(secret.as_bytes(), body));
+            request = request.header("x-hub-signature-256", autobuilder::github::events::sign(secret.as_bytes(), body));
         }
         let response = request.send().await.unwrap();
         let code = response.status().as_u16();
@@ -679,7 +678,7 @@ impl Server {
             .post(format!("{}/build/demo/hook", self.url))
             .header("x-github-event", "push")
             .header("x-github-delivery", delivery)
-            .header("x-hub-signature-256", autobuilder::github::webhook::sign(SECRET.as_bytes(), body.as_bytes()))
+            .header("x-hub-signature-256", autobuilder::github::events::sign(SECRET.as_bytes(), body.as_bytes()))
             .body(body)
             .send()
             .await
