@@ -13,17 +13,13 @@ use crate::model::{Branch, CommitSha, RepoName};
 /// How long one API call may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Sends a request that answers nothing of interest; any non-2xx is an error with GitHub's words.
-macro_rules! checked {
-    ($api:expr, $call:expr, $route:expr) => {{
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, $call).await.context("GitHub did not answer")??;
-        let code = response.status();
-        if !code.is_success() {
-            let text = $api.client.body_to_string(response).await.unwrap_or_default();
-            bail!("GitHub answered {code} to {}: {}", $route, text.chars().take(200).collect::<String>());
-        }
-        Ok(())
-    }};
+/// The HTTP methods the calls use.
+#[derive(Clone, Copy)]
+enum Verb {
+    Get,
+    Post,
+    Patch,
+    Delete,
 }
 
 #[derive(Clone)]
@@ -64,13 +60,7 @@ impl GithubApi {
 
     pub async fn comment(&self, repo: &RepoName, number: u64, body: &str) -> anyhow::Result<()> {
         let route = format!("/repos/{repo}/issues/{number}/comments");
-        let payload = json!({ "body": body });
-        let call = self.client._post(route.as_str(), Some(&payload));
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, call).await.context("GitHub did not answer")??;
-        if !response.status().is_success() {
-            bail!("GitHub refused the comment: {}", response.status());
-        }
-        Ok(())
+        self.send(Verb::Post, &route, Some(&json!({ "body": body }))).await.map(drop)
     }
 
     /// The webhooks of `repo`.
@@ -80,28 +70,38 @@ impl GithubApi {
     }
 
     pub async fn create_hook(&self, repo: &RepoName, hook: &Value) -> anyhow::Result<()> {
-        let route = format!("/repos/{repo}/hooks");
-        checked!(self, self.client._post(route.as_str(), Some(hook)), route)
+        self.send(Verb::Post, &format!("/repos/{repo}/hooks"), Some(hook)).await.map(drop)
     }
 
     pub async fn update_hook(&self, repo: &RepoName, id: i64, hook: &Value) -> anyhow::Result<()> {
-        let route = format!("/repos/{repo}/hooks/{id}");
-        checked!(self, self.client._patch(route.as_str(), Some(hook)), route)
+        self.send(Verb::Patch, &format!("/repos/{repo}/hooks/{id}"), Some(hook)).await.map(drop)
     }
 
     pub async fn delete_hook(&self, repo: &RepoName, id: i64) -> anyhow::Result<()> {
-        let route = format!("/repos/{repo}/hooks/{id}");
-        checked!(self, self.client._delete(route.as_str(), None::<&()>), route)
+        self.send(Verb::Delete, &format!("/repos/{repo}/hooks/{id}"), None).await.map(drop)
     }
 
     async fn get(&self, route: &str) -> anyhow::Result<Value> {
-        let call = self.client._get(route);
+        Ok(serde_json::from_str(&self.send(Verb::Get, route, None).await?)?)
+    }
+
+    /// Sends one request, waiting at most [`REQUEST_TIMEOUT`]; the body of the answer, or an
+    /// error with GitHub's own words for any answer but a 2xx.
+    async fn send(&self, verb: Verb, route: &str, body: Option<&Value>) -> anyhow::Result<String> {
+        let call = async {
+            match verb {
+                Verb::Get => self.client._get(route).await,
+                Verb::Post => self.client._post(route, body).await,
+                Verb::Patch => self.client._patch(route, body).await,
+                Verb::Delete => self.client._delete(route, body).await,
+            }
+        };
         let response = tokio::time::timeout(REQUEST_TIMEOUT, call).await.context("GitHub did not answer")??;
         let code = response.status();
         let text = self.client.body_to_string(response).await?;
         if !code.is_success() {
             bail!("GitHub answered {code} to {route}: {}", text.chars().take(200).collect::<String>());
         }
-        Ok(serde_json::from_str(&text)?)
+        Ok(text)
     }
 }
