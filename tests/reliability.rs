@@ -178,6 +178,12 @@ async fn a_killed_container_ends_its_build_and_nothing_hangs() {
     let id = server.push_builds("org/app", "master", &shas[0]).await[0];
     let container = wait_until("the container", || Some(server.containers_of(id)).filter(|c| !c.is_empty())).await;
     server.wait_running(id).await;
+    // The build is `running` from when it has its slot; its container starts a moment later.
+    wait_until("the container to start", || {
+        let state = Command::new("docker").args(["inspect", "-f", "{{.State.Running}}", &container]).output().unwrap();
+        (String::from_utf8_lossy(&state.stdout).trim() == "true").then_some(())
+    })
+    .await;
     assert!(Command::new("docker").args(["kill", &container]).status().unwrap().success());
     let build = server.wait_build(id).await;
     assert_eq!(build["status"], "failure");
