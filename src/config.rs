@@ -418,6 +418,16 @@ impl Config {
         {
             bail!("[live] public_url = {:?} must start with ws:// or wss:// (or be empty)", self.live.public_url);
         }
+        if self.redis.url.is_empty()
+            && !self.live.public_url.is_empty()
+            && !self.live.public_url.trim_end_matches('/').ends_with("/live")
+        {
+            bail!(
+                "[live] public_url = {:?}: without Redis, serve carries the websocket itself at /live, so the URL \
+                 must end in /live (e.g. wss://ci.example.org/live), or be empty",
+                self.live.public_url
+            );
+        }
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
             bail!("public_url = {:?} must start with http:// or https://", self.public_url);
         }
@@ -652,6 +662,20 @@ mod tests {
         assert_eq!(config.projects["demo"].webhook_secret.expose(), "from-env");
         let err = Config::from_toml_and_env(file, env(&[])).unwrap_err();
         assert!(format!("{err:#}").contains("AUTOBUILDER_PROJECTS_DEMO_WEBHOOK_SECRET"), "{err:#}");
+    }
+
+    #[test]
+    fn an_embedded_live_url_must_be_the_live_endpoint() {
+        let with = |url: &str, redis: &str| {
+            Config::from_toml_and_env(
+                &format!("{SAMPLE}\n[live]\npublic_url = \"{url}\"\n[redis]\nurl = \"{redis}\"\n"),
+                env(&[]),
+            )
+        };
+        let err = with("ws://ci.example:5560", "").unwrap_err();
+        assert!(format!("{err:#}").contains("must end in /live"), "{err:#}");
+        assert!(with("wss://ci.example/live", "").is_ok());
+        assert!(with("ws://ci.example:3333", "redis://127.0.0.1:6379").is_ok(), "autobuilder live answers at / too");
     }
 
     #[test]

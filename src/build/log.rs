@@ -337,7 +337,7 @@ pub async fn tail_offset(file: &mut tokio::fs::File, n: u64, block: usize) -> st
         for (index, &byte) in buffer[..length].iter().enumerate().rev() {
             if byte == b'\n' {
                 newlines += 1;
-                if newlines == n + 1 {
+                if newlines == n.saturating_add(1) {
                     return Ok(start + index as u64 + 1);
                 }
             }
@@ -572,7 +572,9 @@ mod tests {
             }
         }
         // A file ending with its newline, an empty file, a file without any newline.
-        for (content, n, expected) in [("a\nb\n", 1, 2), ("", 3, 0), ("no newline", 1, 0), ("x\n", 0, 2)] {
+        for (content, n, expected) in
+            [("a\nb\n", 1, 2), ("", 3, 0), ("no newline", 1, 0), ("x\n", 0, 2), ("a\nb\n", u64::MAX, 0)]
+        {
             std::fs::write(&path, content).unwrap();
             let mut file = tokio::fs::File::open(&path).await.unwrap();
             assert_eq!(tail_offset(&mut file, n, 3).await.unwrap(), expected, "{content:?}");

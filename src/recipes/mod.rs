@@ -462,6 +462,12 @@ fn target_of(file: &str) -> Result<(RepoName, Branch), String> {
     };
     let repository = RepoName::parse(&format!("{org}/{repo}")).map_err(|e| e.to_string())?;
     let branch = Branch::parse(branch).map_err(|e| e.to_string())?;
+    if let Some(number) = branch.pull_number() {
+        return Err(format!(
+            "branch pull/{number} is where pull request #{number} is built: a recipe cannot name it (pull \
+             requests use the recipe of the branch they target)"
+        ));
+    }
     Ok((repository, branch))
 }
 
@@ -592,6 +598,8 @@ d.sh: {artifact: d.tar.gz}
     fn file_locations() {
         assert!(parse("org/master.yaml", GOOD).unwrap_err().contains("<org>/<repo>/<branch>.yaml"));
         assert!(parse("org/repo/bad..branch.yaml", GOOD).is_err());
+        assert!(parse("org/repo/pull/7.yaml", GOOD).unwrap_err().contains("pull request #7"));
+        assert!(parse("org/repo/pull/x.yaml", GOOD).is_ok());
         assert!(is_recipe_path("o/r/master.yaml"));
         assert!(!is_recipe_path("o/r/README.md"));
         assert!(!is_recipe_path(".github/workflows/ci.yml"));

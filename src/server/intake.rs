@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
@@ -25,8 +26,15 @@ use crate::metrics::EventLabel;
 /// Largest webhook body accepted: GitHub caps payloads at 25 MB.
 pub const MAX_HOOK_BODY: usize = 26 * 1024 * 1024;
 /// Bytes of webhook bodies being read at once, over all requests; more wait for their turn, so
-/// that strangers sending large bodies cannot exhaust the memory.
-const BODY_BUDGET: usize = 32 * 1024 * 1024;
+/// that strangers sending large bodies cannot exhaust the memory. Bodies up to [`SMALL_BODY`]
+/// (nearly every real delivery) have a budget of their own, so that large ones held open cannot
+/// starve them.
+const LARGE_BUDGET: usize = 32 * 1024 * 1024;
+const SMALL_BUDGET: usize = 8 * 1024 * 1024;
+const SMALL_BODY: usize = 256 * 1024;
+/// How long a delivery may take to wait for its turn and arrive: a stranger holding its share of
+/// the budget gives it back by then (GitHub itself gives up after 10 s).
+const BODY_DEADLINE: Duration = Duration::from_secs(20);
 /// Size of the blocks a body is read into.
 const BLOCK: usize = 256 * 1024;
 /// Headers kept with a stored delivery.
@@ -144,10 +152,11 @@ pub struct SignedDelivery {
     pub payload: Bytes,
 }
 
-/// The semaphore of [`BODY_BUDGET`], in KiB permits.
-fn budget() -> &'static Semaphore {
-    static BUDGET: Semaphore = Semaphore::const_new(BODY_BUDGET / 1024);
-    &BUDGET
+/// The budget a body of `length` bytes is read within, in KiB permits.
+fn budget(length: usize) -> &'static Semaphore {
+    static LARGE: Semaphore = Semaphore::const_new(LARGE_BUDGET / 1024);
+    static SMALL: Semaphore = Semaphore::const_new(SMALL_BUDGET / 1024);
+    if length <= SMALL_BODY { &SMALL } else { &LARGE }
 }
 
 /// A refused delivery: the error, on a connection that is then closed (a stranger's connection is
@@ -183,19 +192,23 @@ async fn read_delivery(request: Request, app: &Arc<App>) -> Result<SignedDeliver
     let Some(signature) = signature else {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED));
     };
+    // GitHub always says how long its body is; the budget needs to know before reading.
     let length = match text(header::CONTENT_LENGTH.as_str()).map(str::parse::<usize>) {
         Some(Ok(length)) if length > MAX_HOOK_BODY => return Err(too_large()),
         Some(Ok(length)) => length,
-        // Without a length (chunked), the body may be as large as the largest accepted.
-        _ => MAX_HOOK_BODY,
+        _ => return Err(ApiError::new(StatusCode::LENGTH_REQUIRED, "a webhook delivery needs a Content-Length")),
     };
-    let permits = u32::try_from(length.div_ceil(1024).max(1)).expect("bounded by MAX_HOOK_BODY");
-    let _reading = budget().acquire_many(permits).await.expect("the budget is never closed");
     // An unknown project is answered like a wrong signature, after the same work.
     let secret = app.config.projects.get(&project).map(|p| p.webhook_secret.expose().as_bytes());
     let check = SignatureCheck::new(secret.unwrap_or_default(), Some(signature))
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED))?;
-    let Some(body) = read_signed(body, check).await? else {
+    let permits = u32::try_from(length.div_ceil(1024).max(1)).expect("bounded by MAX_HOOK_BODY");
+    let read = async {
+        let _reading = budget(length).acquire_many(permits).await.expect("the budget is never closed");
+        read_signed(body, check).await
+    };
+    let late = || ApiError::new(StatusCode::REQUEST_TIMEOUT, "the delivery did not arrive in time");
+    let Some(body) = tokio::time::timeout(BODY_DEADLINE, read).await.map_err(|_| late())?? else {
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, NOT_SIGNED));
     };
     if secret.is_none() {

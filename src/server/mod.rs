@@ -65,7 +65,8 @@ fn overriding(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<H
 }
 
 /// The Content-Security-Policy of every page: scripts, styles and connections only from this
-/// origin (plus websockets, and the origin of `[live] public_url`), no inline script, no framing.
+/// origin (`'self'` covers its websockets too) and the origin of `[live] public_url`, no inline
+/// script, no framing.
 fn page_policy(live_public_url: &str) -> HeaderValue {
     let live_origin = live_public_url
         .split_once("://")
@@ -73,7 +74,7 @@ fn page_policy(live_public_url: &str) -> HeaderValue {
         .unwrap_or_default();
     let policy = format!(
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self' ws: wss:{live_origin}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+         connect-src 'self'{live_origin}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     );
     // The configuration check accepts only ws:// and wss:// URLs; anything unprintable falls back
     // to the policy without the origin.
