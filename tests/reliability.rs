@@ -363,8 +363,7 @@ async fn retention_forgets_old_builds_and_their_logs() {
         ids.push(id);
     }
     server.kill();
-    let config = std::fs::read_to_string(&server.config_path).unwrap();
-    std::fs::write(&server.config_path, format!("{config}\n[retention]\nbuilds = 2\n")).unwrap();
+    server.change_config(|c| c.retention.builds = 2);
     server.start_again();
     let (_, history) = server.get_json("/build/history").await;
     let kept: Vec<i64> = history.as_array().unwrap().iter().map(|b| b["id"].as_i64().unwrap()).collect();

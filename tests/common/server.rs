@@ -162,6 +162,14 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// Changes the configuration file; the server reads it at its next start.
+    pub fn change_config(&self, change: impl FnOnce(&mut Config)) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let mut config: Config = toml::from_str(&text).expect("the test configuration parses");
+        change(&mut config);
+        write_config(&self.config_path, &config);
+    }
+
     /// Stops the server (SIGKILL: nothing gets to clean up) and starts it again on the same data.
     pub fn restart(&mut self) {
         self.kill();
