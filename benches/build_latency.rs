@@ -43,8 +43,7 @@ async fn run() {
     }
     let files: Vec<(&str, &str)> = recipes.iter().map(|(p, c)| (p.as_str(), *c)).collect();
     git.commit("org/recipes", "master", &files);
-    let server =
-        Server::start(|dir| test_config(dir, &git, None, "").replace("[builds]", "[builds]\nconcurrency = 20"));
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.builds.concurrency = 20));
     let idle_rss = server.rss_kib();
 
     println!("autobuilder benchmark, {} cores, median of {RUNS} runs", std::thread::available_parallelism().unwrap());

@@ -51,7 +51,7 @@ async fn run() {
     let recipe = "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz}\n";
     let files: Vec<(&str, &str)> = recipes.iter().map(|p| (p.as_str(), recipe)).collect();
     git.commit("org/recipes", "master", &files);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let ws = format!("{}/live", server.url.replace("http://", "ws://"));
     println!("autobuilder live benchmark, {} cores, embedded bus", std::thread::available_parallelism().unwrap());
 

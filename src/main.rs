@@ -1,7 +1,7 @@
 //! The `autobuilder` command: `serve` runs the service, `live` the websocket server, `hooks sync`
 //! sets up webhooks, `check` validates a recipes checkout.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -32,6 +32,10 @@ enum Command {
         /// Configuration file (see config.sample.toml); AUTOBUILDER_* variables override it.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Once listening, write the bound address (e.g. 127.0.0.1:5560) to this file: for scripts
+        /// and tests that listen on port 0.
+        #[arg(long)]
+        address_file: Option<PathBuf>,
     },
     /// Run a live websocket server: build events from Redis to the monitor pages. Needs [redis] url;
     /// several may run at once. Without Redis, `serve` carries the websocket itself.
@@ -39,6 +43,10 @@ enum Command {
         /// The configuration file of the service ([redis] and [live] are read).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Once listening, write the bound address (e.g. 127.0.0.1:3333) to this file: for scripts
+        /// and tests that listen on port 0.
+        #[arg(long)]
+        address_file: Option<PathBuf>,
     },
     /// Manage the GitHub webhooks of the recipes and tracked repositories.
     Hooks {
@@ -78,8 +86,8 @@ enum HooksAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => serve(config),
-        Command::Live { config } => live(config),
+        Command::Serve { config, address_file } => serve(config, address_file),
+        Command::Live { config, address_file } => live(config, address_file),
         Command::Hooks { action: HooksAction::Sync { config, dry_run } } => hooks_sync(config, dry_run),
         Command::Check { dir, config, project } => check(&dir, config, &project),
     };
@@ -101,7 +109,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn serve(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path.as_deref())?;
     init_logging(config.log_format);
     rustls::crypto::ring::default_provider().install_default().ok();
@@ -123,6 +131,7 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         prune(&app).await;
         tokio::spawn(retention(app.clone()));
         tracing::info!("listening on http://{}", listener.local_addr()?);
+        write_address(address_file.as_deref(), listener.local_addr()?)?;
         let router = autobuilder::server::router(app)?;
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
@@ -131,6 +140,17 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Writes `address` to `file` (`--address-file`), whole: a reader never sees half of it.
+fn write_address(file: Option<&Path>, address: std::net::SocketAddr) -> anyhow::Result<()> {
+    let Some(file) = file else {
+        return Ok(());
+    };
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, format!("{address}\n"))
+        .and_then(|()| std::fs::rename(&partial, file))
+        .with_context(|| format!("cannot write the address to --address-file {}", file.display()))
 }
 
 /// Forgets old history and logs per `[retention]`: once before serving, then hourly.
@@ -163,7 +183,7 @@ async fn prune(app: &App) {
     }
 }
 
-fn live(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn live(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path.as_deref())?;
     init_logging(config.log_format);
     if config.redis.url.is_empty() {
@@ -179,6 +199,7 @@ fn live(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on [live] listen = {}", config.live.listen))?;
         tracing::info!("live websocket listening on ws://{}/live", listener.local_addr()?);
+        write_address(address_file.as_deref(), listener.local_addr()?)?;
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)

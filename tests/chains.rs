@@ -41,20 +41,8 @@ const CORE_SH: &str =
 
 /// Waits for the newest build of `repo` after build `after` to end; returns it.
 async fn next_build_of(server: &Server, repo: &str, after: i64) -> serde_json::Value {
-    let id = wait_until_async_id(server, repo, after).await;
+    let id = server.wait_new_build(repo, after).await;
     server.wait_build(id).await
-}
-
-async fn wait_until_async_id(server: &Server, repo: &str, after: i64) -> i64 {
-    let start = std::time::Instant::now();
-    loop {
-        let (_, history) = server.get_json(&format!("/build/history?repository={repo}")).await;
-        if let Some(id) = history.as_array().unwrap().iter().map(|b| b["id"].as_i64().unwrap()).find(|id| *id > after) {
-            return id;
-        }
-        assert!(start.elapsed() < WAIT, "no new build of {repo}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,7 +61,7 @@ async fn a_producer_image_feeds_its_dependents_and_cleanup_keeps_foreign_images(
     let foreign_untagged = docker(&["commit", &scratch]);
     docker(&["commit", &scratch, "chains-foreign:kept"]);
     docker(&["rm", &scratch]);
-    let server = Server::start(|dir| test_config(dir, &git, None, "").replace("[docker]", "[docker]\nkeep_images = 1"));
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.docker.keep_images = 1));
 
     // Before any producer build, the dependent says who makes its image.
     let early = server.push_builds("chains/core", "master", &core).await[0];
@@ -149,7 +137,7 @@ async fn a_dependent_waits_for_its_producer_and_cycles_are_refused() {
     );
     let u =
         git.commit("waits/user", "master", &[("u.sh", "#!/bin/sh\ncat /made\ntar -czf /tmp/archives/u.tar.gz u.sh\n")]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
 
     let reload = server.wait_reload(&recipes).await;
     assert_eq!(reload["status"], "failure");

@@ -6,6 +6,7 @@ mod common;
 
 use std::process::{Command, Output};
 
+use autobuilder::config::Secret;
 use common::*;
 
 fn autobuilder(args: &[&str], dir: &std::path::Path) -> Output {
@@ -85,9 +86,8 @@ fn serve_takes_its_port_before_doing_any_work() {
     );
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let config = test_config(dir.path(), &git, None, "")
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{}\"", taken.local_addr().unwrap()));
-    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let config = test_config(dir.path(), &git, None).with(|c| c.listen = taken.local_addr().unwrap().to_string());
+    write_config(&dir.path().join("config.toml"), &config);
     let out = autobuilder(&["serve", "--config", "config.toml"], dir.path());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("cannot listen on"), "{}", text(&out));
@@ -98,7 +98,7 @@ fn serve_takes_its_port_before_doing_any_work() {
 async fn a_webhook_secret_from_the_environment_alone_works_and_no_project_is_said() {
     let git = GitHost::new();
     let config =
-        |dir: &std::path::Path| test_config(dir, &git, None, "").replace(&format!("webhook_secret = \"{SECRET}\""), "");
+        |dir: &std::path::Path| test_config(dir, &git, None).with(|c| c.demo().webhook_secret = Secret::default());
     let server = Server::start_with_env(config, &[("AUTOBUILDER_PROJECTS_DEMO_WEBHOOK_SECRET", SECRET)]);
     let (code, body) = server.deliver("demo", "ping", b"{}", Some(SECRET)).await;
     assert_eq!(code, 200, "{body}");
@@ -118,7 +118,7 @@ async fn a_webhook_secret_from_the_environment_alone_works_and_no_project_is_sai
         use std::io::BufRead;
         std::io::BufReader::new(stdout).lines().map_while(Result::ok).find(|l| l.contains("no project is configured"))
     });
-    wait_until("the warning", || said.is_finished().then_some(())).await;
+    wait_until("the warning", async || said.is_finished().then_some(())).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(said.join().unwrap().is_some());

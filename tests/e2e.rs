@@ -36,7 +36,7 @@ async fn a_push_builds_the_pushed_commit_publishes_and_reports() {
     let pushed = commit_app(&git, "A");
     let _later = commit_app(&git, "B"); // the branch moves on before the build fetches
     let github = FakeGithub::start().await;
-    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
+    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url)));
 
     let ids = server.push_builds("org/app", "master", &pushed).await;
     assert_eq!(ids.len(), 1);
@@ -95,9 +95,10 @@ async fn a_push_builds_the_pushed_commit_publishes_and_reports() {
     assert!(page.contains("data-page=\"monitor\"") && page.contains("/static/monitor.js"), "{page}");
 
     // Nothing left behind: container and temp directories.
-    wait_until("the build container to be removed", || server.containers_of(ids[0]).is_empty().then_some(())).await;
+    wait_until("the build container to be removed", async || server.containers_of(ids[0]).is_empty().then_some(()))
+        .await;
     let tmp = server.dir.path().join("tmp");
-    wait_until("temp dirs to be removed", || (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())).await;
+    wait_until("temp dirs to be removed", async || (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -123,8 +124,7 @@ async fn failing_script_missing_artifact_and_missing_image_each_end_with_a_reaso
     let github = FakeGithub::start().await;
     // The registry must be allowed for a pull to be tried at all (nothing listens there).
     let server = Server::start(|dir| {
-        test_config(dir, &git, Some(&github.url), "")
-            .replace("[docker]", "[docker]\nallowed_registries = [\"127.0.0.1:9\"]")
+        test_config(dir, &git, Some(&github.url)).with(|c| c.docker.allowed_registries = vec!["127.0.0.1:9".into()])
     });
 
     let ids = server.push_builds("org/multi", "master", &sha).await;
@@ -168,7 +168,7 @@ async fn bad_deliveries_are_refused_and_start_nothing() {
     let git = GitHost::new();
     git.commit("org/recipes", "master", &[("org/app/feature/x.yaml", APP_RECIPE)]);
     let sha = commit_app(&git, "A");
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let push = push_payload("org/app", "refs/heads/feature/x", &sha).to_string();
 
     let (code, body) = server.deliver("demo", "push", push.as_bytes(), None).await;
@@ -229,7 +229,7 @@ async fn recipes_reload_reports_broken_files_and_forgets_removed_repos() {
     );
     let app_sha = commit_app(&git, "A");
     let github = FakeGithub::start().await;
-    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
+    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url)));
 
     // The start-up reload: the good file loads, the broken ones are named.
     let reload = server.wait_reload(&first).await;
@@ -277,14 +277,14 @@ async fn a_restart_keeps_history_and_ends_builds_whose_container_is_gone() {
     let app_sha = commit_app(&git, "A");
     let slow_sha = git.commit("org/slow", "master", &[("slow.sh", "#!/bin/sh\necho started\nsleep 600\n")]);
     let github = FakeGithub::start().await;
-    let mut server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
+    let mut server = Server::start(|dir| test_config(dir, &git, Some(&github.url)));
 
     let done = server.push_builds("org/app", "master", &app_sha).await[0];
     assert_eq!(server.wait_build(done).await["status"], "success");
     let (_, log_before) = server.get_text(&format!("/build/{done}/log")).await;
 
     let interrupted = server.push_builds("org/slow", "master", &slow_sha).await[0];
-    wait_until("the slow build to start its container", || {
+    wait_until("the slow build to start its container", async || {
         (!server.containers_of(interrupted).is_empty()).then_some(())
     })
     .await;
@@ -297,8 +297,10 @@ async fn a_restart_keeps_history_and_ends_builds_whose_container_is_gone() {
     assert_eq!(build["status"], "error");
     assert_eq!(build["error"], "interrupted by restart");
     github.wait_for(&slow_sha, "autobuilder/slow.sh", "error").await;
-    wait_until("the orphaned container to be removed", || server.containers_of(interrupted).is_empty().then_some(()))
-        .await;
+    wait_until("the orphaned container to be removed", async || {
+        server.containers_of(interrupted).is_empty().then_some(())
+    })
+    .await;
 
     let (_, history) = server.get_json("/build/history?repository=org/app").await;
     assert_eq!(history[0]["id"], done);
@@ -313,11 +315,12 @@ async fn hub_store_uploads_flists_and_a_failing_hub_fails_the_build() {
     git.commit("org/recipes", "master", &[("org/app/master.yaml", APP_RECIPE)]);
     let sha = commit_app(&git, "A");
     let hub = FakeHub::start().await;
-    let extra = format!(
-        "[artifacts]\nkind = \"hub\"\nretries = 0\n[artifacts.hub]\nurl = \"{}\"\ntoken = \"{HUB_TOKEN}\"\n",
-        hub.url
-    );
-    let server = Server::start(|dir| test_config(dir, &git, None, &extra));
+    let server = Server::start(|dir| {
+        test_config(dir, &git, None).with(|c| {
+            hub.configure(c);
+            c.artifacts.retries = 0;
+        })
+    });
 
     let id = server.push_builds("org/app", "master", &sha).await[0];
     let build = server.wait_build(id).await;
@@ -345,7 +348,7 @@ async fn a_github_outage_fails_no_build_and_its_statuses_arrive_in_order_after()
     let sha = commit_app(&git, "A");
     let github = FakeGithub::start().await;
     github.state.down.store(true, std::sync::atomic::Ordering::SeqCst);
-    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
+    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url)));
 
     let id = server.push_builds("org/app", "master", &sha).await[0];
     assert_eq!(server.wait_build(id).await["status"], "success");
@@ -388,7 +391,7 @@ fn check_command_prints_every_problem() {
 async fn an_unreachable_recipes_repository_is_reported_and_recovers_on_push() {
     let git = GitHost::new();
     let app_sha = commit_app(&git, "A");
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
 
     let (_, history) = server.get_json("/build/history?repository=org/recipes").await;
     assert_eq!(history[0]["kind"], "reload");

@@ -5,6 +5,7 @@ mod common;
 
 use std::process::Command;
 
+use autobuilder::config::Secret;
 use common::*;
 use serde_json::json;
 
@@ -61,7 +62,7 @@ async fn hooks_sync_creates_fixes_and_changes_nothing_the_second_time() {
     );
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, test_config(dir.path(), &git, Some(&github.url), "")).unwrap();
+    write_config(&config, &test_config(dir.path(), &git, Some(&github.url)));
 
     let before = github.state.hooks.lock().unwrap().clone();
     let dry = sync(&config, true);
@@ -98,14 +99,16 @@ async fn with_hooks_auto_a_reload_gives_new_repositories_their_hook() {
     let git = GitHost::new();
     git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
     let github = FakeGithub::start().await;
-    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url), "[hooks]\nauto = true\n"));
-    wait_until("the hook of the first tracked repository", || (!ours(&github, "org/app").is_empty()).then_some(()))
-        .await;
+    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url)).with(|c| c.hooks.auto = true));
+    wait_until("the hook of the first tracked repository", async || {
+        (!ours(&github, "org/app").is_empty()).then_some(())
+    })
+    .await;
 
     let sha = git.commit("org/recipes", "master", &[("org/new/master.yaml", RECIPE)]);
     let (code, _) = server.push("org/recipes", "master", &sha).await;
     assert_eq!(code, 202);
-    wait_until("the hook of the new repository", || (!ours(&github, "org/new").is_empty()).then_some(())).await;
+    wait_until("the hook of the new repository", async || (!ours(&github, "org/new").is_empty()).then_some(())).await;
     assert_eq!(ours(&github, "org/new").len(), 1);
     assert_eq!(ours(&github, "org/app").len(), 1, "an existing hook was duplicated");
 }
@@ -120,9 +123,13 @@ async fn a_github_app_posts_statuses_with_installation_tokens() {
     let key = keys.path().join("app.pem");
     let made = Command::new("openssl").args(["genrsa", "-out"]).arg(&key).arg("2048").output().unwrap();
     assert!(made.status.success(), "openssl genrsa: {}", String::from_utf8_lossy(&made.stderr));
-    let app = format!("app_id = 42\ninstallation_id = 7\nprivate_key_path = \"{}\"", key.display());
     let server = Server::start(|dir| {
-        test_config(dir, &git, Some(&github.url), "").replace("token = \"test-token\"", &format!("token = \"\"\n{app}"))
+        test_config(dir, &git, Some(&github.url)).with(|c| {
+            c.github.token = Secret::default();
+            c.github.app_id = 42;
+            c.github.installation_id = 7;
+            c.github.private_key_path = key.clone();
+        })
     });
 
     let id = server.push_builds("org/app", "master", &sha).await[0];

@@ -54,7 +54,7 @@ fn form(json: &[u8]) -> Vec<u8> {
 async fn every_example_delivery_of_github_is_answered_without_an_error() {
     let git = GitHost::new();
     git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/github-payloads");
     let mut sent = 0;
     for event in std::fs::read_dir(&root).expect("shared/github-payloads beside the repository") {
@@ -109,7 +109,7 @@ async fn a_form_encoded_push_builds_and_other_content_types_are_refused() {
     let git = GitHost::new();
     git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
     let sha = git.commit("org/app", "master", &[("build.sh", &script("echo from a form"))]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let push = push_payload("org/app", "refs/heads/master", &sha).to_string().into_bytes();
 
     let (code, answer) = send(&server, "demo", "push", "text/plain", push.clone(), Some(SECRET)).await;
@@ -144,7 +144,7 @@ async fn a_form_encoded_push_builds_and_other_content_types_are_refused() {
 async fn an_unknown_project_is_answered_like_a_wrong_signature() {
     let git = GitHost::new();
     git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let push = push_payload("org/app", "refs/heads/master", &"1".repeat(40)).to_string().into_bytes();
 
     let wrong_secret = send(&server, "demo", "push", "application/json", push.clone(), Some("wrong")).await;
@@ -161,7 +161,7 @@ async fn an_unknown_project_is_answered_like_a_wrong_signature() {
 async fn large_bodies_from_strangers_do_not_exhaust_the_memory() {
     let git = GitHost::new();
     git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let body = axum::body::Bytes::from(vec![b' '; 25 * 1024 * 1024]);
     let before = server.rss_kib();
     for signature in [None, Some(format!("sha256={}", "0".repeat(64)))] {
@@ -201,7 +201,7 @@ async fn one_commit_delivered_again_is_built_once() {
     git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
     let head = git.commit("org/app", "feature", &[("build.sh", &script("sleep 3; echo built"))]);
     git.pull_ref("org/app", 7, &head);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
 
     let mut answers = Vec::new();
     for action in ["opened", "synchronize", "synchronize", "edited", "reopened", "synchronize"] {
@@ -234,7 +234,7 @@ async fn a_push_delivered_after_a_newer_one_starts_and_cancels_nothing() {
     git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
     let older = git.commit("org/app", "master", &[("build.sh", &script("echo older"))]);
     let newer = git.commit("org/app", "master", &[("build.sh", &script("sleep 2; echo newer"))]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ADMIN));
+    let server = Server::start(|dir| test_config(dir, &git, None).with(admin));
 
     let (_, answer) = server.push_as("newer", "org/app", "master", &newer).await;
     let id = answer["builds"][0].as_i64().unwrap();
@@ -276,14 +276,14 @@ async fn a_late_recipes_push_never_loads_older_recipes() {
     let one = git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
     let two = git.commit("org/recipes", "master", &[("org/lib/master.yaml", RECIPE)]);
     let lib = git.commit("org/lib", "master", &[("build.sh", &script("echo lib"))]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let reload = server.wait_reload(&two).await;
     assert_eq!(reload["status"], "success", "{reload}");
 
     // The push of the first recipes commit arrives late: the head stays loaded.
     let (code, _) = server.push("org/recipes", "master", &one).await;
     assert_eq!(code, 202);
-    wait_until("the late reload to be skipped", || {
+    wait_until("the late reload to be skipped", async || {
         server
             .output
             .lock()
@@ -315,7 +315,7 @@ async fn bodies_held_open_by_strangers_do_not_stall_deliveries() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let git = GitHost::new();
     git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let address = server.url.trim_start_matches("http://").to_string();
     let mut idle = Vec::new();
     for _ in 0..3 {

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::json;
 
@@ -54,7 +52,7 @@ async fn raw_log(server: &Server, id: i64) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_line_arrives_once_and_in_order_across_a_dropped_connection() {
     let (git, sha) = setup(&chatty_script(600, "0.1"));
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let id = server.push_builds("org/app", "master", &sha).await[0];
 
     let mut first = LiveClient::connect(&ws_url(&server)).await;
@@ -82,8 +80,12 @@ async fn every_line_arrives_once_and_in_order_across_a_dropped_connection() {
 async fn a_redis_outage_stops_no_build_and_loses_no_line() {
     let (git, sha) = setup(&chatty_script(1500, "0.15"));
     let mut redis = RedisServer::start();
-    let extra = format!("[redis]\nurl = \"{}\"\n[live]\nlisten = \"127.0.0.1:0\"\n", redis.url());
-    let server = Server::start(|dir| test_config(dir, &git, None, &extra));
+    let server = Server::start(|dir| {
+        test_config(dir, &git, None).with(|c| {
+            c.redis.url = redis.url();
+            c.live.listen = "127.0.0.1:0".into();
+        })
+    });
     let live = LiveServer::start(&server);
     let other_live = LiveServer::start(&server); // several live servers may run at once
     let (code, _) = server.get_text("/live").await;
@@ -99,8 +101,8 @@ async fn a_redis_outage_stops_no_build_and_loses_no_line() {
 
     redis.stop();
     let lines_at_stop = raw_log(&server, id).await.lines().count();
-    wait_until_async("the build to go on logging while Redis is down", || async {
-        raw_log(&server, id).await.lines().count() > lines_at_stop + 200
+    wait_until("the build to go on logging while Redis is down", async || {
+        (raw_log(&server, id).await.lines().count() > lines_at_stop + 200).then_some(())
     })
     .await;
     redis.resume();
@@ -118,7 +120,7 @@ async fn a_redis_outage_stops_no_build_and_loses_no_line() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_stops_reading_holds_back_neither_the_build_nor_others() {
     let (git, sha) = setup("#!/bin/sh\nseq 1 200000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
 
     let mut stuck = LiveClient::connect(&ws_url(&server)).await;
     let mut reader = LiveClient::connect(&ws_url(&server)).await;
@@ -135,7 +137,7 @@ async fn a_client_that_stops_reading_holds_back_neither_the_build_nor_others() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_million_lines_complete_and_a_late_client_opens_on_the_tail() {
     let (git, sha) = setup("#!/bin/sh\nseq 1 1000000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let id = server.push_builds("org/app", "master", &sha).await[0];
     assert_eq!(server.wait_build(id).await["status"], "success");
     let log = raw_log(&server, id).await;
@@ -170,7 +172,7 @@ async fn a_million_lines_complete_and_a_late_client_opens_on_the_tail() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pages_show_lines_live_render_them_safely_and_catch_up_after_a_drop() {
     let (git, sha) = setup(&chatty_script(1000, "0.25"));
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let browser = Browser::start().await;
     let id = server.push_builds("org/app", "master", &sha).await[0];
 
@@ -263,13 +265,5 @@ async fn the_pages_show_lines_live_render_them_safely_and_catch_up_after_a_drop(
     browser.wait_for("the recipes reload", "return document.querySelector('#reloads tr') !== null").await;
     if let Ok(dir) = std::env::var("SCREENSHOTS_DIR") {
         browser.screenshot(&std::path::Path::new(&dir).join("monitor.png")).await;
-    }
-}
-
-async fn wait_until_async<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    let start = std::time::Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -27,8 +27,7 @@ async fn two_hundred_pushes_are_all_accounted_for() {
             pushes.push((format!("load/r{r}"), git.commit(&format!("load/r{r}"), "master", &[("build.sh", &body)])));
         }
     }
-    let server =
-        Server::start(|dir| test_config(dir, &git, None, ADMIN).replace("[builds]", "[builds]\nconcurrency = 4"));
+    let server = Server::start(|dir| test_config(dir, &git, None).with(admin).with(|c| c.builds.concurrency = 4));
 
     // 200 pushes, 20 at a time, one burst every 400 ms: within 10 s.
     let start = Instant::now();

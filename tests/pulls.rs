@@ -35,7 +35,7 @@ async fn deliver_pr(server: &Server, action: &str, head: &str, head_repo: &str) 
 async fn a_pull_request_is_built_at_its_head_with_the_target_branch_recipe() {
     let (git, head) = setup("#!/bin/sh\necho from the pull request\ntar -czf /tmp/archives/out.tar.gz build.sh\n");
     let github = FakeGithub::start().await;
-    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
+    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url)));
 
     let (code, answer) = deliver_pr(&server, "opened", &head, "org/app").await;
     assert_eq!(code, 202, "{answer}");
@@ -58,7 +58,7 @@ async fn a_pull_request_is_built_at_its_head_with_the_target_branch_recipe() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fork_is_built_only_when_the_project_allows_it() {
     let (git, head) = setup("#!/bin/sh\ntar -czf /tmp/archives/out.tar.gz build.sh\n");
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let (code, answer) = deliver_pr(&server, "opened", &head, "stranger/app").await;
     assert_eq!(code, 200, "{answer}");
     assert!(answer["message"].as_str().unwrap().contains("allow_forks is off"), "{answer}");
@@ -66,10 +66,7 @@ async fn a_fork_is_built_only_when_the_project_allows_it() {
     assert_eq!(history, serde_json::json!([]));
     drop(server);
 
-    let server = Server::start(|dir| {
-        test_config(dir, &git, None, "")
-            .replace("webhook_secret = \"test-secret\"", "webhook_secret = \"test-secret\"\nallow_forks = true")
-    });
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.demo().allow_forks = true));
     let (code, answer) = deliver_pr(&server, "opened", &head, "stranger/app").await;
     assert_eq!(code, 202, "{answer}");
     assert_eq!(server.wait_build(answer["builds"][0].as_i64().unwrap()).await["status"], "success");
@@ -78,8 +75,7 @@ async fn a_fork_is_built_only_when_the_project_allows_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_a_pull_request_cancels_its_builds() {
     let (git, head) = setup("#!/bin/sh\nsleep 60\n");
-    let server =
-        Server::start(|dir| test_config(dir, &git, None, "").replace("[builds]", "[builds]\ncancel_grace_seconds = 1"));
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.builds.cancel_grace_seconds = 1));
     let (_, answer) = deliver_pr(&server, "opened", &head, "org/app").await;
     let id = answer["builds"][0].as_i64().unwrap();
     server.wait_running(id).await;
@@ -111,7 +107,7 @@ async fn a_collaborator_builds_a_fork_by_command_and_asks_for_its_status() {
     github.state.permissions.lock().unwrap().insert("reader".into(), "read".into());
     let pull = pull_request_payload("opened", "org/app", 7, "master", &head, "stranger/app")["pull_request"].clone();
     github.state.pulls.lock().unwrap().insert(7, pull);
-    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
+    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url)));
 
     let (code, answer) = deliver_pr(&server, "opened", &head, "stranger/app").await;
     assert_eq!(code, 200);

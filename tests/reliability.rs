@@ -4,8 +4,8 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
+use autobuilder::config::{LogFormat, Secret};
 use common::*;
 use serde_json::json;
 
@@ -28,7 +28,7 @@ fn setup(repos: &[(&str, &str)]) -> (GitHost, Vec<String>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivery_is_not_built_twice_and_deliveries_can_be_replayed() {
     let (git, shas) = setup(&[("org/app", "echo hi")]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ADMIN));
+    let server = Server::start(|dir| test_config(dir, &git, None).with(admin));
 
     let (code, first) = server.push_as("delivery-1", "org/app", "master", &shas[0]).await;
     assert_eq!(code, 202, "{first}");
@@ -64,7 +64,7 @@ async fn a_redelivery_is_not_built_twice_and_deliveries_can_be_replayed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_an_admin_token_the_admin_api_is_off() {
     let (git, _) = setup(&[("org/app", "echo hi")]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let (code, body) = server.admin_post("/build/1/cancel", Some("anything")).await;
     assert_eq!(code, 403, "{body}");
     assert!(body["error"].as_str().unwrap().contains("admin_token"));
@@ -75,11 +75,11 @@ async fn a_newer_push_supersedes_the_branch_and_says_so() {
     let (git, shas) = setup(&[("org/app", "echo old; sleep 30")]);
     let newer = git.commit("org/app", "master", &[("build.sh", &script("echo new"))]);
     let github = FakeGithub::start().await;
-    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
+    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url)));
 
     let old = server.push_builds("org/app", "master", &shas[0]).await[0];
     server.wait_running(old).await;
-    wait_until("the old build's container", || (!server.containers_of(old).is_empty()).then_some(())).await;
+    wait_until("the old build's container", async || (!server.containers_of(old).is_empty()).then_some(())).await;
     let new = server.push_builds("org/app", "master", &newer).await[0];
 
     let old_build = server.wait_build(old).await;
@@ -88,14 +88,18 @@ async fn a_newer_push_supersedes_the_branch_and_says_so() {
     assert_eq!(server.wait_build(new).await["status"], "success");
     let statuses = github.wait_for(&shas[0], "autobuilder/build.sh", "error").await;
     assert!(statuses.last().unwrap().description.contains("superseded by"), "{statuses:?}");
-    wait_until("the cancelled build's container to go", || server.containers_of(old).is_empty().then_some(())).await;
+    wait_until("the cancelled build's container to go", async || server.containers_of(old).is_empty().then_some(()))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_queue_runs_in_order_within_the_limit_and_admins_cancel_and_rebuild() {
     let (git, shas) = setup(&[("org/a", "sleep 30"), ("org/b", "echo b"), ("org/c", "echo c")]);
     let server = Server::start(|dir| {
-        test_config(dir, &git, None, ADMIN).replace("[builds]", "[builds]\nconcurrency = 1\ncancel_grace_seconds = 1")
+        test_config(dir, &git, None).with(admin).with(|c| {
+            c.builds.concurrency = 1;
+            c.builds.cancel_grace_seconds = 1;
+        })
     });
     let a = server.push_builds("org/a", "master", &shas[0]).await[0];
     let b = server.push_builds("org/b", "master", &shas[1]).await[0];
@@ -119,7 +123,7 @@ async fn the_queue_runs_in_order_within_the_limit_and_admins_cancel_and_rebuild(
     let (b_build, c_build) = (server.wait_build(b).await, server.wait_build(c).await);
     assert_eq!((b_build["status"].as_str(), c_build["status"].as_str()), (Some("success"), Some("success")));
     assert!(b_build["ended"].as_str() <= c_build["started"].as_str(), "one at a time, in order");
-    wait_until("the cancelled container to go", || server.containers_of(a).is_empty().then_some(())).await;
+    wait_until("the cancelled container to go", async || server.containers_of(a).is_empty().then_some(())).await;
     let (code, _) = server.admin_post(&format!("/build/{a}/cancel"), Some(ADMIN_TOKEN)).await;
     assert_eq!(code, 409, "an ended build cannot be cancelled");
 
@@ -133,13 +137,11 @@ async fn the_queue_runs_in_order_within_the_limit_and_admins_cancel_and_rebuild(
 async fn after_kill_9_running_builds_are_reattached_and_queued_ones_run() {
     let (git, shas) = setup(&[("org/slow", "echo before; sleep 4; echo after"), ("org/next", "echo next")]);
     let github = FakeGithub::start().await;
-    let mut server = Server::start(|dir| {
-        test_config(dir, &git, Some(&github.url), "").replace("[builds]", "[builds]\nconcurrency = 1")
-    });
+    let mut server = Server::start(|dir| test_config(dir, &git, Some(&github.url)).with(|c| c.builds.concurrency = 1));
     let slow = server.push_builds("org/slow", "master", &shas[0]).await[0];
     let next = server.push_builds("org/next", "master", &shas[1]).await[0];
     server.wait_running(slow).await;
-    wait_until("the slow build's container", || (!server.containers_of(slow).is_empty()).then_some(())).await;
+    wait_until("the slow build's container", async || (!server.containers_of(slow).is_empty()).then_some(())).await;
 
     server.kill(); // SIGKILL, mid-build
     server.start_again();
@@ -151,21 +153,21 @@ async fn after_kill_9_running_builds_are_reattached_and_queued_ones_run() {
     assert_eq!(server.wait_build(next).await["status"], "success");
     github.wait_for(&shas[0], "autobuilder/build.sh", "success").await;
     github.wait_for(&shas[1], "autobuilder/build.sh", "success").await;
-    wait_until("containers to go", || {
+    wait_until("containers to go", async || {
         (server.containers_of(slow).is_empty() && server.containers_of(next).is_empty()).then_some(())
     })
     .await;
     let tmp = server.dir.path().join("tmp");
-    wait_until("temp dirs to go", || (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())).await;
+    wait_until("temp dirs to go", async || (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_hands_running_builds_over_to_the_next_start() {
     let (git, shas) = setup(&[("org/slow", "sleep 3; echo done")]);
-    let mut server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let mut server = Server::start(|dir| test_config(dir, &git, None));
     let id = server.push_builds("org/slow", "master", &shas[0]).await[0];
     server.wait_running(id).await;
-    wait_until("the container", || (!server.containers_of(id).is_empty()).then_some(())).await;
+    wait_until("the container", async || (!server.containers_of(id).is_empty()).then_some(())).await;
     server.terminate();
     server.start_again();
     assert_eq!(server.wait_build(id).await["status"], "success");
@@ -174,12 +176,13 @@ async fn sigterm_hands_running_builds_over_to_the_next_start() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_container_ends_its_build_and_nothing_hangs() {
     let (git, shas) = setup(&[("org/app", "sleep 30")]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let id = server.push_builds("org/app", "master", &shas[0]).await[0];
-    let container = wait_until("the container", || Some(server.containers_of(id)).filter(|c| !c.is_empty())).await;
+    let container =
+        wait_until("the container", async || Some(server.containers_of(id)).filter(|c| !c.is_empty())).await;
     server.wait_running(id).await;
     // The build is `running` from when it has its slot; its container starts a moment later.
-    wait_until("the container to start", || {
+    wait_until("the container to start", async || {
         let state = Command::new("docker").args(["inspect", "-f", "{{.State.Running}}", &container]).output().unwrap();
         (String::from_utf8_lossy(&state.stdout).trim() == "true").then_some(())
     })
@@ -197,10 +200,13 @@ async fn a_flaky_git_remote_is_retried() {
     let hidden = git.root.path().join("org/flaky.away");
     std::fs::rename(&repo, &hidden).unwrap();
     let server = Server::start(|dir| {
-        test_config(dir, &git, None, "").replace("[git]", "[git]\nretries = 3\nretry_delay_seconds = 1")
+        test_config(dir, &git, None).with(|c| {
+            c.git.retries = 3;
+            c.git.retry_delay_seconds = 1;
+        })
     });
     let id = server.push_builds("org/flaky", "master", &shas[0]).await[0];
-    wait_until_log(&server, id, "trying again").await;
+    server.wait_log(id, "trying again").await;
     std::fs::rename(&hidden, &repo).unwrap();
     let build = server.wait_build(id).await;
     assert_eq!(build["status"], "success", "{build}");
@@ -210,16 +216,18 @@ async fn a_flaky_git_remote_is_retried() {
 async fn a_hub_that_is_down_is_retried_then_the_artifact_is_kept() {
     let (git, shas) = setup(&[("org/app", "echo hi")]);
     let hub = FakeHub::start().await;
-    let extra = format!(
-        "[artifacts]\nkind = \"hub\"\nretries = 2\nretry_delay_seconds = 1\n[artifacts.hub]\nurl = \"{}\"\ntoken = \"{HUB_TOKEN}\"\n",
-        hub.url
-    );
-    let server = Server::start(|dir| test_config(dir, &git, None, &extra));
+    let server = Server::start(|dir| {
+        test_config(dir, &git, None).with(|c| {
+            hub.configure(c);
+            c.artifacts.retries = 2;
+            c.artifacts.retry_delay_seconds = 1;
+        })
+    });
 
     // Down at first, back before the retries run out: the build succeeds.
     hub.state.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let id = server.push_builds("org/app", "master", &shas[0]).await[0];
-    wait_until_log(&server, id, "trying again").await;
+    server.wait_log(id, "trying again").await;
     hub.state.down.store(false, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(server.wait_build(id).await["status"], "success");
 
@@ -244,13 +252,8 @@ async fn a_full_tmp_directory_is_an_error_that_says_so() {
     let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(mount.path()).status();
     assert!(mounted.is_ok_and(|s| s.success()), "this test mounts a small tmpfs: run it as root");
     let _unmount = Unmount(mount.path().to_path_buf());
-    let server = Server::start(|dir| {
-        let config = test_config(dir, &git, None, "");
-        config.replace(
-            &format!("tmp_directory = \"{}\"", dir.join("tmp").display()),
-            &format!("tmp_directory = \"{}\"", mount.path().display()),
-        )
-    });
+    let server =
+        Server::start(|dir| test_config(dir, &git, None).with(|c| c.tmp_directory = mount.path().to_path_buf()));
     // Fill it up.
     let _ = std::fs::write(mount.path().join("filler"), vec![0u8; 512 * 1024]);
     let id = server.push_builds("org/app", "master", &shas[0]).await[0];
@@ -273,10 +276,9 @@ async fn secrets_reach_the_build_and_never_its_log() {
     let (git, shas) =
         setup(&[("org/app", r#"[ "$DEPLOY_KEY" = "s3cr3t-v4lue" ] && echo "key is there: $DEPLOY_KEY""#)]);
     let server = Server::start(|dir| {
-        test_config(dir, &git, None, "").replace(
-            "webhook_secret = \"test-secret\"",
-            "webhook_secret = \"test-secret\"\nsecrets = { DEPLOY_KEY = \"s3cr3t-v4lue\" }",
-        )
+        test_config(dir, &git, None).with(|c| {
+            c.demo().secrets.insert("DEPLOY_KEY".into(), Secret::new("s3cr3t-v4lue"));
+        })
     });
     let id = server.push_builds("org/app", "master", &shas[0]).await[0];
     assert_eq!(server.wait_build(id).await["status"], "success");
@@ -296,12 +298,13 @@ async fn recipes_set_limits_within_the_operators_caps() {
         &[("org/limited/master.yaml", limited), ("org/greedy/master.yaml", greedy)],
     );
     let sha = git.commit("org/limited", "master", &[("build.sh", &script("sleep 2"))]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
 
     let reload = server.wait_reload(&reload).await;
     assert!(reload["error"].as_str().unwrap().contains("max_memory"), "{reload}");
     let id = server.push_builds("org/limited", "master", &sha).await[0];
-    let container = wait_until("the container", || Some(server.containers_of(id)).filter(|c| !c.is_empty())).await;
+    let container =
+        wait_until("the container", async || Some(server.containers_of(id)).filter(|c| !c.is_empty())).await;
     let inspect = Command::new("docker")
         .args([
             "inspect",
@@ -318,7 +321,7 @@ async fn recipes_set_limits_within_the_operators_caps() {
 #[tokio::test(flavor = "multi_thread")]
 async fn health_readiness_and_metrics() {
     let (git, shas) = setup(&[("org/app", "echo hi")]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let id = server.push_builds("org/app", "master", &shas[0]).await[0];
     server.wait_build(id).await;
 
@@ -343,8 +346,8 @@ async fn health_readiness_and_metrics() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_that_is_down_makes_the_server_not_ready() {
     let (git, _) = setup(&[("org/app", "echo hi")]);
-    let extra = format!("[redis]\nurl = \"redis://{}\"\n", free_addr());
-    let server = Server::start(|dir| test_config(dir, &git, None, &extra));
+    let server =
+        Server::start(|dir| test_config(dir, &git, None).with(|c| c.redis.url = format!("redis://{}", free_addr())));
     let (code, ready) = server.get_json("/readyz").await;
     assert_eq!(code, 503, "{ready}");
     assert_eq!((ready["docker"].as_str(), ready["database"].as_str()), (Some("ok"), Some("ok")));
@@ -358,7 +361,7 @@ fn free_addr() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_forgets_old_builds_and_their_logs() {
     let (git, shas) = setup(&[("org/app", "echo hi")]);
-    let mut server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let mut server = Server::start(|dir| test_config(dir, &git, None));
     let mut ids = Vec::new();
     for _ in 0..3 {
         let id = server.push_builds("org/app", "master", &shas[0]).await[0];
@@ -366,8 +369,7 @@ async fn retention_forgets_old_builds_and_their_logs() {
         ids.push(id);
     }
     server.kill();
-    let config = std::fs::read_to_string(&server.config_path).unwrap();
-    std::fs::write(&server.config_path, format!("{config}\n[retention]\nbuilds = 2\n")).unwrap();
+    server.change_config(|c| c.retention.builds = 2);
     server.start_again();
     let (_, history) = server.get_json("/build/history").await;
     let kept: Vec<i64> = history.as_array().unwrap().iter().map(|b| b["id"].as_i64().unwrap()).collect();
@@ -382,7 +384,7 @@ async fn retention_forgets_old_builds_and_their_logs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_deep_and_strange_deliveries_get_clear_errors() {
     let (git, _) = setup(&[("org/app", "echo hi")]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
 
     // Refused from its Content-Length, before the body is read: the client sees 413, or the
     // connection closed while it was still sending.
@@ -418,18 +420,6 @@ fn push_payload_raw(repo: &str, git_ref: &str) -> String {
     json!({"ref": git_ref, "after": "1".repeat(40), "repository": {"full_name": repo}}).to_string()
 }
 
-async fn wait_until_log(server: &Server, id: i64, text: &str) {
-    let start = std::time::Instant::now();
-    loop {
-        let (code, log) = server.get_text(&format!("/build/{id}/log")).await;
-        if code == 200 && log.contains(text) {
-            return;
-        }
-        assert!(start.elapsed() < WAIT, "build {id} never logged {text:?}: {log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_artifact_that_links_to_a_host_file_is_refused() {
     let git = GitHost::new();
@@ -438,7 +428,7 @@ async fn an_artifact_that_links_to_a_host_file_is_refused() {
     std::fs::write(secret_file.path(), "host secret").unwrap();
     let body = format!("#!/bin/sh\nln -s {} /tmp/archives/out.tar.gz\n", secret_file.path().display());
     let sha = git.commit("org/app", "master", &[("build.sh", &body)]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let id = server.push_builds("org/app", "master", &sha).await[0];
     let build = server.wait_build(id).await;
     assert_eq!(build["status"], "failure", "{build}");
@@ -453,17 +443,17 @@ async fn a_build_past_its_time_limit_is_stopped() {
     let recipe = "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz, timeout_minutes: 1}\n";
     git.commit("org/recipes", "master", &[("org/app/master.yaml", recipe)]);
     let sha = git.commit("org/app", "master", &[("build.sh", &script("echo started; sleep 600"))]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let id = server.push_builds("org/app", "master", &sha).await[0];
     let build = server.wait_build(id).await;
     assert_eq!((build["status"].as_str(), build["error"].as_str()), (Some("failure"), Some("timed out after 1 min")));
-    wait_until("the container to go", || server.containers_of(id).is_empty().then_some(())).await;
+    wait_until("the container to go", async || server.containers_of(id).is_empty().then_some(())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_can_be_json() {
     let (git, _) = setup(&[("org/app", "echo hi")]);
-    let server = Server::start(|dir| test_config(dir, &git, None, "log_format = \"json\"\n"));
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.log_format = LogFormat::Json));
     // The harness found the address in a JSON line; the server is up and answers.
     assert_eq!(server.get_text("/healthz").await, (200, "ok".to_string()));
     let lines = server.output.lock().unwrap().clone();
@@ -480,7 +470,7 @@ async fn statuses_not_delivered_before_a_restart_are_delivered_after() {
     let (git, shas) = setup(&[("org/app", "echo hi")]);
     let github = FakeGithub::start().await;
     github.state.down.store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
+    let mut server = Server::start(|dir| test_config(dir, &git, Some(&github.url)));
     let id = server.push_builds("org/app", "master", &shas[0]).await[0];
     assert_eq!(server.wait_build(id).await["status"], "success");
     server.kill(); // SIGKILL with two statuses in the outbox

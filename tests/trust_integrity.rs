@@ -5,6 +5,7 @@ mod common;
 
 use std::process::Command;
 
+use autobuilder::config::Secret;
 use common::*;
 use serde_json::Value;
 
@@ -55,7 +56,9 @@ async fn a_recipe_cannot_overwrite_any_image() {
     let before = image_id(victim).unwrap();
     let planted_before = image_id(planted).unwrap();
     let server = Server::start(|dir| {
-        test_config(dir, &git, None, "[projects.other]\nrecipes = \"org/other-recipes\"\nwebhook_secret = \"x\"\n")
+        test_config(dir, &git, None).with(|c| {
+            c.projects.insert("other".into(), project("org/other-recipes", "x"));
+        })
     });
 
     let reload = server.wait_reload(&recipes).await;
@@ -108,7 +111,7 @@ async fn credentials_never_reach_a_build_or_its_log() {
     );
     let github = FakeGithub::start().await;
     let server = Server::start(|dir| {
-        test_config(dir, &git, Some(&github.url), &format!("{ADMIN}[artifacts.hub]\ntoken = \"{hub_token}\"\n"))
+        test_config(dir, &git, Some(&github.url)).with(admin).with(|c| c.artifacts.hub.token = Secret::new(hub_token))
     });
     let build = server.wait_build(server.push_builds("trust/creds", "master", &sha).await[0]).await;
     assert_eq!(build["status"], "success", "{build}");
@@ -140,7 +143,7 @@ async fn artifact_names_cannot_be_taken_by_another_recipe_or_a_pull_request() {
     let head = git.commit("trust/app", "feature", &[("build.sh", &script("echo pull request"))]);
     git.pull_ref("trust/app", 7, &head);
     let github = FakeGithub::start().await;
-    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url), ""));
+    let server = Server::start(|dir| test_config(dir, &git, Some(&github.url)));
 
     let reload = server.wait_reload(&recipes).await;
     let log = log_of(&server, &reload["id"]).await;
@@ -177,8 +180,7 @@ async fn build_containers_are_hardened_and_file_size_is_limited() {
         &[("build.sh", &script("grep -E 'NoNewPrivs|CapEff' /proc/self/status | tr -s '\\t' ' '\nmkdir -p t && echo x > t/f && chown 1:1 t/f && tar -cf t.tar t"))],
     );
     let big = git.commit("trust/big", "master", &[("build.sh", &script("dd if=/dev/zero of=/tmp/big bs=1M count=20"))]);
-    let server =
-        Server::start(|dir| test_config(dir, &git, None, "").replace("[builds]", "[builds]\nmax_file_size = \"8m\""));
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.builds.max_file_size = "8m".into()));
 
     let built = server.wait_build(server.push_builds("trust/caps", "master", &caps).await[0]).await;
     let log = log_of(&server, &built["id"]).await;
@@ -205,7 +207,7 @@ async fn images_are_never_pulled_from_registries_the_operator_did_not_allow() {
         &[("trust/remote/master.yaml", remote), ("trust/missing/master.yaml", missing)],
     );
     let sha = git.commit("trust/missing", "master", &[("build.sh", &script("echo hi"))]);
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
 
     let reload = server.wait_reload(&recipes).await;
     let log = log_of(&server, &reload["id"]).await;
@@ -228,7 +230,10 @@ async fn public_errors_do_not_show_host_paths() {
         // The artifact directory lies under a plain file: every upload fails.
         std::fs::write(dir.join("file"), "").unwrap();
         let store = dir.join("file/artifacts");
-        test_config(dir, &git, None, &format!("[artifacts]\ndirectory = \"{}\"\nretries = 0\n", store.display()))
+        test_config(dir, &git, None).with(|c| {
+            c.artifacts.directory = store;
+            c.artifacts.retries = 0;
+        })
     });
     let id = server.push_builds("trust/paths", "master", &sha).await[0];
     let build = server.wait_build(id).await;
@@ -257,12 +262,13 @@ async fn root_owned_workspaces_are_removed_and_unreadable_artifacts_are_the_scri
             ),
         )],
     );
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let build = server.wait_build(server.push_builds("trust/perm", "master", &sha).await[0]).await;
     assert_eq!(build["status"], "failure", "{build}");
     assert!(build["error"].as_str().unwrap().contains("chmod a+r"), "{build}");
     let tmp = server.dir.path().join("tmp");
-    wait_until("the build directory to go", || (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())).await;
+    wait_until("the build directory to go", async || (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(()))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -279,13 +285,12 @@ async fn a_reattached_build_commits_its_image_within_the_original_time_limit() {
     // Killed at ~20 s: with a fresh minute after the restart it would end at 75 s; within the
     // minute counted from its real start it times out.
     let long = git.commit("trust/slow", "master", &[("build.sh", &script("sleep 75"))]);
-    let mut server =
-        Server::start(|dir| test_config(dir, &git, None, "").replace("[builds]", "[builds]\nconcurrency = 2"));
+    let mut server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.builds.concurrency = 2));
     let a = server.push_builds("trust/reattach", "master", &made).await[0];
     let b = server.push_builds("trust/slow", "master", &long).await[0];
     for id in [a, b] {
         server.wait_running(id).await;
-        wait_until("the container", || (!server.containers_of(id).is_empty()).then_some(())).await;
+        wait_until("the container", async || (!server.containers_of(id).is_empty()).then_some(())).await;
     }
     tokio::time::sleep(std::time::Duration::from_secs(20)).await;
     server.kill();

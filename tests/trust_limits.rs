@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
-
+use autobuilder::config::Secret;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -65,7 +64,7 @@ async fn closed_by_server(socket: &mut Socket) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_websocket_messages_end_the_connection_and_cost_no_memory() {
     let git = GitHost::new();
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let before = server.rss_kib();
 
     // 30 clients each send a 16 MiB message (the server used to accept 64 MiB ones).
@@ -98,8 +97,12 @@ async fn oversized_websocket_messages_end_the_connection_and_cost_no_memory() {
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_clients_are_capped_and_the_service_keeps_answering() {
     let (git, _) = setup("#!/bin/sh\n");
-    let server =
-        Server::start(|dir| test_config(dir, &git, None, "[live]\nmax_clients = 8\nmax_clients_per_address = 5\n"));
+    let server = Server::start(|dir| {
+        test_config(dir, &git, None).with(|c| {
+            c.live.max_clients = 8;
+            c.live.max_clients_per_address = 5;
+        })
+    });
     let url = ws_url(&server);
 
     // One address opens more than its share: the sixth is refused, saying why.
@@ -132,14 +135,8 @@ async fn websocket_clients_are_capped_and_the_service_keeps_answering() {
 
     // A client that leaves frees its place.
     drop(first.pop());
-    let start = std::time::Instant::now();
-    let again = loop {
-        match connect_from(&url, "127.0.0.1").await {
-            Ok(socket) => break socket,
-            Err(_) if start.elapsed() < WAIT => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(refused) => panic!("the freed place was not given back: {refused:?}"),
-        }
-    };
+    let again =
+        wait_until("the freed place to be given back", async || connect_from(&url, "127.0.0.1").await.ok()).await;
     drop((again, first, second, proxied));
 }
 
@@ -148,7 +145,10 @@ async fn autobuilder_live_answers_at_the_root_too() {
     let redis = RedisServer::start();
     let git = GitHost::new();
     let server = Server::start(|dir| {
-        test_config(dir, &git, None, &format!("[redis]\nurl = \"{}\"\n[live]\nlisten = \"127.0.0.1:0\"\n", redis.url()))
+        test_config(dir, &git, None).with(|c| {
+            c.redis.url = redis.url();
+            c.live.listen = "127.0.0.1:0".into();
+        })
     });
     let live = LiveServer::start(&server);
     // `public_url = "ws://host:3333"`, written without the path.
@@ -175,9 +175,7 @@ async fn a_flooding_build_is_cut_at_the_log_cap_and_ends_well() {
     let script = "#!/bin/sh\necho first line\ni=0\nwhile [ $i -lt 50 ]; do head -c 100000 /dev/zero | tr '\\0' 'y'; echo; \
                   i=$((i+1)); done\necho after the flood\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
     let (git, sha) = setup(script);
-    let server = Server::start(|dir| {
-        test_config(dir, &git, None, "").replace("[builds]\n", "[builds]\nmax_log_bytes = 1000000\n")
-    });
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.builds.max_log_bytes = 1_000_000));
     let id = server.push_builds("org/app", "master", &sha).await[0];
     let build = server.wait_build(id).await;
     assert_eq!(build["status"], "success", "{build}");
@@ -215,8 +213,11 @@ async fn secrets_across_the_line_cut_and_inside_escapes_stay_masked() {
                   printf 'pw: hunter2-\\033[0msupersecret\\n'\necho \"plain $TOKEN\"\n\
                   tar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
     let (git, sha) = setup(script);
-    let server =
-        Server::start(|dir| test_config(dir, &git, None, "[projects.demo.secrets]\nTOKEN = \"hunter2-supersecret\"\n"));
+    let server = Server::start(|dir| {
+        test_config(dir, &git, None).with(|c| {
+            c.demo().secrets.insert("TOKEN".into(), Secret::new("hunter2-supersecret"));
+        })
+    });
     let id = server.push_builds("org/app", "master", &sha).await[0];
     assert_eq!(server.wait_build(id).await["status"], "success");
     let (_, log) = server.get_text(&format!("/build/{id}/log")).await;
@@ -231,7 +232,7 @@ async fn secrets_across_the_line_cut_and_inside_escapes_stay_masked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn artifacts_are_downloads_and_pages_carry_security_headers() {
     let git = GitHost::new();
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     std::fs::create_dir_all(server.artifacts_dir()).unwrap();
     std::fs::write(server.artifacts_dir().join("evil.html"), "<script>alert(document.cookie)</script>").unwrap();
 
@@ -267,7 +268,7 @@ async fn artifacts_are_downloads_and_pages_carry_security_headers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_asking_for_a_missing_page_gets_an_html_page() {
     let git = GitHost::new();
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     for (path, says) in [
         ("/monitor/build/999999", "no build 999999"),
         ("/monitor/build/abc", "is not a build id"),
@@ -316,12 +317,9 @@ async fn commit_messages_are_bounded_and_delivery_ids_are_per_project() {
     let (git, sha) = setup("#!/bin/sh\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
     git.commit("org/other-recipes", "master", &[("README", "nothing tracked")]);
     let server = Server::start(|dir| {
-        test_config(
-            dir,
-            &git,
-            None,
-            "[projects.other]\nrecipes = \"org/other-recipes\"\nbranch = \"master\"\nwebhook_secret = \"other-secret\"\n",
-        )
+        test_config(dir, &git, None).with(|c| {
+            c.projects.insert("other".into(), project("org/other-recipes", "other-secret"));
+        })
     });
 
     let mut body = push_payload("org/app", "refs/heads/master", &sha);
@@ -349,11 +347,12 @@ async fn hub_uploads_are_streamed_from_the_file() {
     let script = "#!/bin/sh\nhead -c 200000000 /dev/zero > /tmp/archives/out.tar.gz\n";
     let (git, sha) = setup(script);
     let hub = FakeHub::start().await;
-    let extra = format!(
-        "[artifacts]\nkind = \"hub\"\nretries = 0\n[artifacts.hub]\nurl = \"{}\"\ntoken = \"{HUB_TOKEN}\"\n",
-        hub.url
-    );
-    let server = Server::start(|dir| test_config(dir, &git, None, &extra));
+    let server = Server::start(|dir| {
+        test_config(dir, &git, None).with(|c| {
+            hub.configure(c);
+            c.artifacts.retries = 0;
+        })
+    });
     let id = server.push_builds("org/app", "master", &sha).await[0];
     let build = server.wait_build(id).await;
     assert_eq!(build["status"], "success", "{build}");
@@ -372,7 +371,7 @@ async fn hub_uploads_are_streamed_from_the_file() {
 async fn a_100_mb_log_opens_on_its_tail_without_reading_it_into_memory() {
     // `seq` prints 169 MB; the default cap keeps 100 MB of it.
     let (git, sha) = setup("#!/bin/sh\nseq 1 20000000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
-    let server = Server::start(|dir| test_config(dir, &git, None, ""));
+    let server = Server::start(|dir| test_config(dir, &git, None));
     let id = server.push_builds("org/app", "master", &sha).await[0];
     assert_eq!(server.wait_build(id).await["status"], "success");
     let path = server.dir.path().join(format!("data/logs/{id}.log"));

@@ -1,0 +1,83 @@
+//! Headless Chromium over WebDriver, for the tests of the monitor page.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+use super::wait_until;
+
+/// Headless Chromium driven over WebDriver (Debian's chromium + chromium-driver).
+pub struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+impl Browser {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("chromedriver not found: apt-get install chromium chromium-driver");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        wait_until("chromedriver to answer", async || http.get(format!("{base}/status")).send().await.ok()).await;
+        let binary = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists());
+        let capabilities = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": binary,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"]
+        }}}});
+        let response: Value =
+            http.post(format!("{base}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
+        let session =
+            response["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {response}")).to_string();
+        Self { driver, base, session, http }
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.command("url", json!({"url": url})).await;
+    }
+
+    /// Runs `script` (a function body) in the page and returns its result.
+    pub async fn eval(&self, script: &str) -> Value {
+        self.command("execute/sync", json!({"script": script, "args": []})).await
+    }
+
+    /// Waits until `script` returns something truthy; returns it.
+    pub async fn wait_for(&self, what: &str, script: &str) -> Value {
+        wait_until(&format!("{what} in the browser"), async || {
+            let value = self.eval(script).await;
+            (!(value.is_null() || value == false || value == 0 || value == "")).then_some(value)
+        })
+        .await
+    }
+
+    /// Saves a PNG screenshot of the page.
+    pub async fn screenshot(&self, path: &Path) {
+        use base64::Engine;
+        let url = format!("{}/session/{}/screenshot", self.base, self.session);
+        let response: Value = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        let png = base64::engine::general_purpose::STANDARD.decode(response["value"].as_str().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+
+    async fn command(&self, name: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}/{name}", self.base, self.session);
+        let response: Value = self.http.post(url).json(&body).send().await.unwrap().json().await.unwrap();
+        if let Some(error) = response["value"].get("error") {
+            panic!("webdriver {name}: {error}: {}", response["value"]["message"]);
+        }
+        response["value"].clone()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
