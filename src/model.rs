@@ -352,11 +352,6 @@ pub mod millis {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 
-    /// Milliseconds since the epoch, as stored.
-    pub fn to_ms(time: OffsetDateTime) -> i64 {
-        (time.unix_timestamp_nanos() / 1_000_000) as i64
-    }
-
     pub fn serialize<S: Serializer>(time: &OffsetDateTime, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&format(*time))
     }
