@@ -7,8 +7,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::model::{Build, BuildStatus};
 
@@ -77,15 +75,14 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn observe_start(&self, build: &Build) {
-        if let (Some(created), Some(started)) = (seconds(&build.created), build.started.as_deref().and_then(seconds)) {
-            self.webhook_to_start.observe((started - created).max(0.0));
+        if let Some(started) = build.started {
+            self.webhook_to_start.observe((started - build.created).as_seconds_f64().max(0.0));
         }
     }
 
     pub fn observe_end(&self, build: &Build) {
-        let started = build.started.as_deref().and_then(seconds);
-        if let (Some(started), Some(ended)) = (started, build.ended.as_deref().and_then(seconds)) {
-            self.build_duration.observe((ended - started).max(0.0));
+        if let (Some(started), Some(ended)) = (build.started, build.ended) {
+            self.build_duration.observe((ended - started).as_seconds_f64().max(0.0));
         }
     }
 
@@ -101,8 +98,4 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String");
         text
     }
-}
-
-fn seconds(rfc3339: &str) -> Option<f64> {
-    OffsetDateTime::parse(rfc3339, &Rfc3339).ok().map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
 }

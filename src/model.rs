@@ -4,6 +4,11 @@ use std::fmt;
 
 use anyhow::{bail, ensure};
 use serde::{Deserialize, Serialize};
+use sqlx::Sqlite;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::sqlite::{SqliteArgumentsBuffer, SqliteTypeInfo, SqliteValueRef};
+use time::OffsetDateTime;
 
 /// Conversions of a validated string newtype: from `String` through its `parse`, back to
 /// `String`, and `Display`.
@@ -25,6 +30,30 @@ macro_rules! validated_string {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
+            }
+        }
+
+        /// Stored as text.
+        impl sqlx::Type<Sqlite> for $name {
+            fn type_info() -> SqliteTypeInfo {
+                <str as sqlx::Type<Sqlite>>::type_info()
+            }
+            fn compatible(ty: &SqliteTypeInfo) -> bool {
+                <str as sqlx::Type<Sqlite>>::compatible(ty)
+            }
+        }
+
+        impl sqlx::Encode<'_, Sqlite> for $name {
+            fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
+                <&str as sqlx::Encode<Sqlite>>::encode(self.0.as_str(), buf)
+            }
+        }
+
+        /// Read back through `parse`: a value the database holds is checked as any other input.
+        impl<'r> sqlx::Decode<'r, Sqlite> for $name {
+            fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+                let text = <&str as sqlx::Decode<Sqlite>>::decode(value)?;
+                Ok(Self::parse(text)?)
             }
         }
     };
@@ -138,8 +167,9 @@ impl CommitSha {
 validated_string!(CommitSha);
 
 /// The id of a build (or a recipes reload) in the history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(transparent)]
+#[sqlx(transparent)]
 pub struct BuildId(pub i64);
 
 impl fmt::Display for BuildId {
@@ -149,8 +179,9 @@ impl fmt::Display for BuildId {
 }
 
 /// Where a build is in its life. `success`, `failure`, `error` and `cancelled` are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
 pub enum BuildStatus {
     Queued,
     Running,
@@ -158,7 +189,7 @@ pub enum BuildStatus {
     Success,
     /// The script failed, or left no artifact: the commit's fault.
     Failure,
-    /// Infrastructure failed: clone, image, Docker, artifact store, timeout.
+    /// Infrastructure failed: clone, image, Docker, artifact store.
     Error,
     Cancelled,
 }
@@ -200,42 +231,69 @@ impl fmt::Display for BuildStatus {
 }
 
 /// What a history entry is: a build of a script, or a reload of a project's recipes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
 pub enum BuildKind {
     Build,
     Reload,
 }
 
-impl BuildKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BuildKind::Build => "build",
-            BuildKind::Reload => "reload",
+/// The state of a commit status, as GitHub names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
+pub enum CommitState {
+    Pending,
+    Success,
+    Failure,
+    Error,
+}
+
+impl From<BuildStatus> for CommitState {
+    fn from(status: BuildStatus) -> Self {
+        match status {
+            BuildStatus::Queued | BuildStatus::Running => CommitState::Pending,
+            BuildStatus::Success => CommitState::Success,
+            BuildStatus::Failure => CommitState::Failure,
+            BuildStatus::Error | BuildStatus::Cancelled => CommitState::Error,
         }
     }
 }
 
-/// One entry of the history, as stored and as served by the JSON API.
+impl fmt::Display for CommitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CommitState::Pending => "pending",
+            CommitState::Success => "success",
+            CommitState::Failure => "failure",
+            CommitState::Error => "error",
+        })
+    }
+}
+
+/// What is known of a history entry when it is queued; it does not change afterwards.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Build {
-    pub id: BuildId,
+pub struct NewBuild {
     pub kind: BuildKind,
     pub project: String,
-    pub repository: String,
-    pub branch: String,
-    pub commit: String,
+    pub repository: RepoName,
+    pub branch: Branch,
+    /// The commit built; none for a recipes reload that could not fetch (served as `""`).
+    #[serde(with = "commit_or_empty")]
+    pub commit: Option<CommitSha>,
     /// The build script, or `recipes` for a reload.
     pub script: String,
     pub baseimage: Option<String>,
-    pub status: BuildStatus,
     /// Commit message and author of the pushed head commit, when the push said.
     pub message: Option<String>,
     pub author: Option<String>,
-    /// RFC 3339 times.
-    pub created: String,
-    pub started: Option<String>,
-    pub ended: Option<String>,
+}
+
+/// Where an entry stands: its status and, once it ended, what it came to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub status: BuildStatus,
     /// One-line reason of a non-success end.
     pub error: Option<String>,
     /// Name of the published artifact.
@@ -243,13 +301,157 @@ pub struct Build {
     /// Where the artifact can be downloaded.
     pub artifact_url: Option<String>,
     pub artifact_sha256: Option<String>,
-    /// Extra outputs published by the build: `[{name, url, sha256}]`.
-    pub outputs: Option<serde_json::Value>,
+    /// Extra outputs published by the build; none when it published none.
+    pub outputs: Option<Vec<Output>>,
+}
+
+impl Outcome {
+    /// An end with no artifact: `status` with its one-line reason.
+    pub fn failed(status: BuildStatus, error: impl Into<String>) -> Self {
+        Self { error: Some(error.into()), ..Self::plain(status) }
+    }
+
+    /// `status`, with no reason and no artifact.
+    pub fn plain(status: BuildStatus) -> Self {
+        Self { status, error: None, artifact: None, artifact_url: None, artifact_sha256: None, outputs: None }
+    }
+}
+
+/// An extra output a build published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    /// The versioned name in the artifact store.
+    pub name: String,
+    /// Where to download it, when the store serves downloads.
+    pub url: Option<String>,
+    pub sha256: String,
+}
+
+/// One entry of the history, as stored and as served by the JSON API (one flat object).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Build {
+    pub id: BuildId,
+    #[serde(flatten)]
+    pub new: NewBuild,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Served as RFC 3339 UTC with three fraction digits.
+    #[serde(with = "millis")]
+    pub created: OffsetDateTime,
+    #[serde(with = "millis::option")]
+    pub started: Option<OffsetDateTime>,
+    #[serde(with = "millis::option")]
+    pub ended: Option<OffsetDateTime>,
+}
+
+/// Times as RFC 3339 in UTC with exactly three fraction digits, so that they sort as text too.
+pub mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+    use time::format_description::BorrowedFormatItem;
+    use time::format_description::well_known::Rfc3339;
+
+    const FORMAT: &[BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+    pub fn format(time: OffsetDateTime) -> String {
+        time.to_offset(time::UtcOffset::UTC).format(FORMAT).unwrap_or_default()
+    }
+
+    /// The time `ms` milliseconds after the epoch (the epoch itself when out of range).
+    pub fn from_ms(ms: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    pub fn serialize<S: Serializer>(time: &OffsetDateTime, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format(*time))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OffsetDateTime, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        OffsetDateTime::parse(&text, &Rfc3339).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(time: &Option<OffsetDateTime>, serializer: S) -> Result<S::Ok, S::Error> {
+            match time {
+                Some(time) => serializer.serialize_some(&format(*time)),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<OffsetDateTime>, D::Error> {
+            let text = Option::<String>::deserialize(deserializer)?;
+            text.map(|text| OffsetDateTime::parse(&text, &Rfc3339).map_err(serde::de::Error::custom)).transpose()
+        }
+    }
+}
+
+/// A commit that may be missing, served as its id or `""`.
+mod commit_or_empty {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::CommitSha;
+
+    pub fn serialize<S: Serializer>(commit: &Option<CommitSha>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(commit.as_ref().map_or("", CommitSha::as_str))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<CommitSha>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "" => Ok(None),
+            text => CommitSha::parse(text).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_have_a_fixed_width() {
+        assert_eq!(millis::format(millis::from_ms(1_700_000_000_100)), "2023-11-14T22:13:20.100Z");
+        assert_eq!(millis::format(millis::from_ms(1_700_000_000_000)), "2023-11-14T22:13:20.000Z");
+    }
+
+    #[test]
+    fn a_build_is_one_flat_object() {
+        let build = Build {
+            id: BuildId(7),
+            new: NewBuild {
+                kind: BuildKind::Reload,
+                project: "p".into(),
+                repository: RepoName::parse("org/recipes").unwrap(),
+                branch: Branch::parse("master").unwrap(),
+                commit: None,
+                script: "recipes".into(),
+                baseimage: None,
+                message: None,
+                author: None,
+            },
+            outcome: Outcome::failed(BuildStatus::Error, "cannot fetch"),
+            created: millis::from_ms(1_700_000_000_100),
+            started: None,
+            ended: Some(millis::from_ms(1_700_000_000_000)),
+        };
+        let served = serde_json::to_value(&build).unwrap();
+        assert_eq!(
+            served,
+            serde_json::json!({
+                "id": 7, "kind": "reload", "project": "p", "repository": "org/recipes", "branch": "master",
+                "commit": "", "script": "recipes", "baseimage": null, "status": "error", "message": null,
+                "author": null, "created": "2023-11-14T22:13:20.100Z", "started": null,
+                "ended": "2023-11-14T22:13:20.000Z", "error": "cannot fetch", "artifact": null,
+                "artifact_url": null, "artifact_sha256": null, "outputs": null
+            })
+        );
+        let back: Build = serde_json::from_value(served.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), served);
+    }
 
     #[test]
     fn repo_names() {

@@ -20,10 +20,9 @@ pub use recover::resume;
 
 use crate::app::App;
 use crate::github::status::CommitStatus;
-use crate::model::{Branch, Build, BuildId, BuildKind, BuildStatus, CommitSha, RepoName};
+use crate::model::{Branch, Build, BuildId, BuildKind, BuildStatus, CommitSha, NewBuild, RepoName};
 use crate::recipes::chains::{ImageSource, dependents};
 use crate::recipes::{BuildScript, Recipe};
-use crate::store::NewBuild;
 
 /// Why a build did not succeed. `status()` tells the commit's fault (`failure`) from the
 /// infrastructure's (`error`); `Display` is the one-line reason users see.
@@ -135,14 +134,15 @@ pub struct Job {
 impl Job {
     /// The job of a stored build, from its record and the recipe settings stored with it.
     fn of(build: &Build, settings: &str) -> anyhow::Result<Self> {
+        let new = &build.new;
         Ok(Job {
             source: Source::new(
-                &build.project,
-                RepoName::parse(&build.repository)?,
-                Branch::parse(&build.branch)?,
-                CommitSha::parse(&build.commit)?,
-                build.message.clone(),
-                build.author.clone(),
+                &new.project,
+                new.repository.clone(),
+                new.branch.clone(),
+                new.commit.clone().context("this entry has no commit (a recipes reload?)")?,
+                new.message.clone(),
+                new.author.clone(),
             ),
             script: serde_json::from_str(settings).context("unreadable recipe settings")?,
         })
@@ -319,21 +319,18 @@ pub async fn rebuild(app: &Arc<App>, id: BuildId) -> anyhow::Result<Option<Build
 async fn queue(app: &Arc<App>, job: Job) -> anyhow::Result<BuildId> {
     let baseimage = job.script.baseimage.clone().unwrap_or_else(|| app.config.docker.default_image.clone());
     let source = &job.source;
-    let build = app
-        .store
-        .insert(&NewBuild {
-            kind: BuildKind::Build,
-            project: source.project.clone(),
-            repository: source.repository.to_string(),
-            branch: source.branch.to_string(),
-            commit: source.commit.to_string(),
-            script: job.script.script.clone(),
-            baseimage: Some(baseimage),
-            message: source.message.clone(),
-            author: source.author.clone(),
-            settings: Some(serde_json::to_string(&job.script)?),
-        })
-        .await?;
+    let new = NewBuild {
+        kind: BuildKind::Build,
+        project: source.project.clone(),
+        repository: source.repository.clone(),
+        branch: source.branch.clone(),
+        commit: Some(source.commit.clone()),
+        script: job.script.script.clone(),
+        baseimage: Some(baseimage),
+        message: source.message.clone(),
+        author: source.author.clone(),
+    };
+    let build = app.store.insert(&new, Some(&serde_json::to_string(&job.script)?)).await?;
     let id = build.id;
     app.statuses.report(status_of(app, &job, id, BuildStatus::Queued, "queued".into())).await;
     app.announce(&build);

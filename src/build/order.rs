@@ -109,6 +109,6 @@ async fn newest_in_history(app: &App, source: &Source) -> Option<CommitSha> {
         status: None,
     };
     let history = app.store.history(&filter).await.ok()?;
-    let newest = history.iter().find(|b| b.kind == BuildKind::Build && b.project == source.project)?;
-    CommitSha::parse(&newest.commit).ok()
+    let newest = history.iter().find(|b| b.new.kind == BuildKind::Build && b.new.project == source.project)?;
+    newest.new.commit.clone()
 }

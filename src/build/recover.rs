@@ -9,8 +9,7 @@ use std::sync::Arc;
 use super::run::reattach;
 use super::{Job, start};
 use crate::app::App;
-use crate::model::{BuildId, BuildKind, BuildStatus};
-use crate::store::Outcome;
+use crate::model::{BuildId, BuildKind, BuildStatus, Outcome};
 
 /// Reason recorded for builds a previous process left and that cannot go on.
 pub const INTERRUPTED: &str = "interrupted by restart";
@@ -42,7 +41,7 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
 
     let unfinished = app.store.active().await?;
     // Running builds first, so that they take the slots before the queued ones.
-    for build in unfinished.iter().filter(|b| b.status == BuildStatus::Running) {
+    for build in unfinished.iter().filter(|b| b.outcome.status == BuildStatus::Running) {
         let job = job_of(app, build).await;
         match (job, containers.remove(&build.id), workspaces.remove(&build.id)) {
             (Some(job), Some((container, running)), Some(workspace)) => {
@@ -64,7 +63,7 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
             }
         }
     }
-    for build in unfinished.iter().filter(|b| b.status == BuildStatus::Queued) {
+    for build in unfinished.iter().filter(|b| b.outcome.status == BuildStatus::Queued) {
         match job_of(app, build).await {
             Some(job) => start(app, build.id, job),
             None => interrupt(app, build, None).await,
@@ -88,7 +87,7 @@ fn remove_left_dir(dir: &std::path::Path) {
 
 /// The job of a stored build, or None for a reload or a build without readable settings.
 async fn job_of(app: &App, build: &crate::model::Build) -> Option<Job> {
-    if build.kind != BuildKind::Build {
+    if build.new.kind != BuildKind::Build {
         return None;
     }
     let settings = app.store.settings(build.id).await.ok().flatten()?;

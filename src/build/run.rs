@@ -15,10 +15,9 @@ use crate::artifacts::{ArtifactNames, Published};
 use crate::docker::{
     ContainerSpec, ImageOwner, LABEL_BRANCH, LABEL_COMMIT, LABEL_PROJECT, LABEL_RECIPES, LABEL_REPOSITORY,
 };
-use crate::model::{BuildId, BuildStatus};
+use crate::model::{BuildId, BuildStatus, Outcome, Output};
 use crate::recipes::ArtifactFormat;
 use crate::recipes::chains::{ImageSource, branch_tag, commit_tag, project_image};
-use crate::store::Outcome;
 
 /// Runs a queued build to its end: waits for its turn (leaving the queue when cancelled first).
 pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, place: Place) {
@@ -100,10 +99,7 @@ async fn resume(
 ) -> Result<Results, BuildError> {
     let limits = app.config.builds.limits(&active.job.script.limits).map_err(BuildError::Limits)?;
     let started = app.store.get(id).await.ok().flatten().and_then(|b| b.started);
-    let elapsed = started
-        .and_then(|t| time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok())
-        .map(|t| (time::OffsetDateTime::now_utc() - t).unsigned_abs())
-        .unwrap_or_default();
+    let elapsed = started.map(|t| (time::OffsetDateTime::now_utc() - t).unsigned_abs()).unwrap_or_default();
     let left = limits.timeout.saturating_sub(elapsed);
     let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
     let code = match app.docker.resume_wait(container, log, left, &active.cancel, grace).await {
@@ -482,7 +478,9 @@ async fn conclude(
                 artifact: Some(artifact.name),
                 artifact_url: artifact.url,
                 artifact_sha256: Some(artifact.sha256),
-                outputs: (!outputs.is_empty()).then(|| serde_json::to_string(&outputs).expect("serialisable")),
+                outputs: (!outputs.is_empty()).then(|| {
+                    outputs.into_iter().map(|p| Output { name: p.name, url: p.url, sha256: p.sha256 }).collect()
+                }),
             }
         }
         Err(e) => {

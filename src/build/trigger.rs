@@ -281,14 +281,17 @@ async fn run_command(app: &Arc<App>, project: &str, command: Command) -> Answer 
             let mut lines = Vec::new();
             let mut green = true;
             for script in &recipe.scripts {
-                let last = history.iter().find(|b| b.commit == pr.head_sha.as_str() && b.script == script.script);
+                let last = history
+                    .iter()
+                    .find(|b| b.new.commit.as_ref() == Some(&pr.head_sha) && b.new.script == script.script);
                 let result = match last {
                     Some(b) => {
-                        format!("{}{}", b.status, b.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default())
+                        let error = b.outcome.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                        format!("{}{error}", b.outcome.status)
                     }
                     None => "not built".into(),
                 };
-                green &= last.is_some_and(|b| b.status == BuildStatus::Success);
+                green &= last.is_some_and(|b| b.outcome.status == BuildStatus::Success);
                 lines.push(format!("- `{}`: {result}", script.script));
             }
             let verdict =

@@ -69,17 +69,11 @@ impl StatusReporter {
     /// calls [`StatusReporter::wake`]); None when statuses are off.
     pub fn outbox_row(&self, status: CommitStatus) -> Option<OutboxStatus> {
         self.outbox.as_ref()?;
-        let state = match status.status {
-            BuildStatus::Queued | BuildStatus::Running => "pending",
-            BuildStatus::Success => "success",
-            BuildStatus::Failure => "failure",
-            BuildStatus::Error | BuildStatus::Cancelled => "error",
-        };
         Some(OutboxStatus {
             id: 0,
-            repository: status.repository.to_string(),
-            commit: status.commit.to_string(),
-            state: state.into(),
+            state: status.status.into(),
+            repository: status.repository,
+            commit: status.commit,
             context: status.context,
             description: truncate(&status.description, MAX_DESCRIPTION),
             target_url: status.target_url,

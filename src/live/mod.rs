@@ -262,7 +262,7 @@ impl Session {
                 Ok(())
             }
             Event::Build { build } => {
-                if build.status.is_final() && self.subscriptions.contains_key(&build.id) {
+                if build.outcome.status.is_final() && self.subscriptions.contains_key(&build.id) {
                     self.catch_up(build.id).await?; // every line before the final status
                 }
                 self.send_text(serde_json::to_string(event).expect("events serialise")).await

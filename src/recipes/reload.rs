@@ -9,9 +9,8 @@ use crate::app::App;
 use crate::config::Config;
 use crate::git::Mirror;
 use crate::github::status::CommitStatus;
-use crate::model::{Branch, BuildId, BuildKind, BuildStatus, CommitSha, RepoName};
+use crate::model::{Branch, BuildId, BuildKind, BuildStatus, CommitSha, NewBuild, Outcome, RepoName};
 use crate::recipes::RecipeSet;
-use crate::store::{NewBuild, Outcome};
 
 /// Script name of reload entries in the history, and the suffix of their status context.
 pub const RELOAD_SCRIPT: &str = "recipes";
@@ -141,22 +140,18 @@ pub async fn reload(app: &Arc<App>, project: &str, pushed: Option<CommitSha>) ->
         }
     };
 
-    let id = app
-        .store
-        .insert(&NewBuild {
-            kind: BuildKind::Reload,
-            project: project.to_string(),
-            repository: repository.to_string(),
-            branch: branch.to_string(),
-            commit: commit.as_ref().map(ToString::to_string).unwrap_or_default(),
-            script: RELOAD_SCRIPT.into(),
-            baseimage: None,
-            message: None,
-            author: None,
-            settings: None,
-        })
-        .await?
-        .id;
+    let new = NewBuild {
+        kind: BuildKind::Reload,
+        project: project.to_string(),
+        repository: repository.clone(),
+        branch: branch.clone(),
+        commit: commit.clone(),
+        script: RELOAD_SCRIPT.into(),
+        baseimage: None,
+        message: None,
+        author: None,
+    };
+    let id = app.store.insert(&new, None).await?.id;
     let mut log = crate::build::log::BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await?;
     for line in &lines {
         log.line(line.as_bytes());
@@ -237,14 +232,7 @@ fn describe(set: &RecipeSet, lines: &mut Vec<String>, repository: &RepoName, com
         lines.push(format!("skipped {}: {}", problem.file, problem.reason));
     }
     match set.problems.as_slice() {
-        [] => Outcome {
-            status: BuildStatus::Success,
-            error: None,
-            artifact: None,
-            artifact_url: None,
-            artifact_sha256: None,
-            outputs: None,
-        },
+        [] => Outcome::plain(BuildStatus::Success),
         [first, ..] => {
             let files: std::collections::BTreeSet<&str> = set.problems.iter().map(|p| p.file.as_str()).collect();
             let error = match files.len() {

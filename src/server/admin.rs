@@ -53,8 +53,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// `POST /build/<id>/cancel`: stops a queued or running build (SIGTERM, grace, SIGKILL).
 pub async fn cancel(_: Admin, State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let build = find(&app, &id).await?;
-    if build.status.is_final() {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("build {} already ended: {}", build.id, build.status)));
+    if build.outcome.status.is_final() {
+        let status = build.outcome.status;
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("build {} already ended: {status}", build.id)));
     }
     if !app.active.cancel(build.id, "cancelled by an admin") {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("build {} is not run by this process", build.id)));
