@@ -13,11 +13,12 @@ use super::{ActiveBuild, BuildError, Job, status_of};
 use crate::app::App;
 use crate::artifacts::{ArtifactNames, Published};
 use crate::docker::{
-    ContainerSpec, ImageOwner, LABEL_BRANCH, LABEL_COMMIT, LABEL_PROJECT, LABEL_RECIPES, LABEL_REPOSITORY,
+    ContainerSpec, ExitState, ImageOwner, LABEL_BRANCH, LABEL_COMMIT, LABEL_PROJECT, LABEL_RECIPES, LABEL_REPOSITORY,
+    RunError,
 };
 use crate::model::{BuildId, BuildStatus};
 use crate::recipes::ArtifactFormat;
-use crate::recipes::chains::{ImageSource, branch_tag, commit_tag, project_image};
+use crate::recipes::chains::{ImageSource, branch_tag, commit_tag, project_image, registry_of};
 use crate::store::Outcome;
 
 /// Runs a queued build to its end: waits for its turn (leaving the queue when cancelled first).
@@ -98,7 +99,7 @@ async fn resume(
     workspace: &Path,
     log: &mut BuildLog,
 ) -> Result<Results, BuildError> {
-    let limits = app.config.builds.limits(&active.job.script.limits).map_err(BuildError::Limits)?;
+    let limits = super::limits::resolve(&app.config.builds, &active.job.script.limits).map_err(BuildError::Limits)?;
     let started = app.store.get(id).await.ok().flatten().and_then(|b| b.started);
     let elapsed = started
         .and_then(|t| time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok())
@@ -106,11 +107,9 @@ async fn resume(
         .unwrap_or_default();
     let left = limits.timeout.saturating_sub(elapsed);
     let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
-    let code = match app.docker.resume_wait(container, log, left, &active.cancel, grace).await {
-        Err(BuildError::Timeout(_)) => Err(BuildError::Timeout(limits.timeout.as_secs().div_ceil(60))),
-        other => other,
-    }?;
-    after_script(app, id, active, container, code, workspace, log).await
+    let run = app.docker.resume_wait(container, log, left, active.cancel.token(), grace).await;
+    script_end(run, active, limits.timeout)?;
+    after_script(app, id, active, container, workspace, log).await
 }
 
 /// What a build's log masks: the project's secrets and every credential autobuilder holds (the
@@ -190,7 +189,7 @@ async fn execute(
     container: &mut Option<String>,
 ) -> Result<Results, BuildError> {
     let job = &active.job;
-    let limits = app.config.builds.limits(&job.script.limits).map_err(BuildError::Limits)?;
+    let limits = super::limits::resolve(&app.config.builds, &job.script.limits).map_err(BuildError::Limits)?;
     let (source, archives) = (workspace.join("src"), workspace.join("archives"));
     std::fs::create_dir_all(&archives)
         .map_err(|e| in_tmp_directory(app, "cannot create the archives", &e.to_string()))?;
@@ -206,7 +205,7 @@ async fn execute(
         // autobuilder's own images are never pulled: they come from the producer's build.
         Some(from) => wait_for_image(app, active, from, image, log).await?,
         None => tokio::select! {
-            result = app.docker.ensure_image(image, log) => result?,
+            result = ensure_image(app, image, log) => result?,
             () = active.cancel.cancelled() => return Err(BuildError::Cancelled(active.cancel.reason())),
         },
     }
@@ -240,25 +239,55 @@ async fn execute(
     let id_of_container = app.docker.create(spec).await?;
     *container = Some(id_of_container.clone());
     let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
-    let code = app.docker.attach_and_wait(&id_of_container, true, log, limits.timeout, &active.cancel, grace).await?;
-    after_script(app, id, active, &id_of_container, code, workspace, log).await
+    let cancel = active.cancel.token();
+    let run = app.docker.attach_and_wait(&id_of_container, true, log, limits.timeout, cancel, grace).await;
+    script_end(run, active, limits.timeout)?;
+    after_script(app, id, active, &id_of_container, workspace, log).await
 }
 
-/// What follows the script, for a normal and a re-attached build alike: the exit code, then the
-/// image commit, then publishing.
+/// Makes sure `image` is on the host, pulling it when absent and its registry is one of
+/// `[docker] allowed_registries` (Docker Hub for names without a host).
+async fn ensure_image(app: &App, image: &str, log: &mut BuildLog) -> Result<(), BuildError> {
+    if app.docker.has_image(image).await? {
+        return Ok(());
+    }
+    let registry = registry_of(image).unwrap_or("docker.io");
+    if !app.config.docker.allowed_registries.iter().any(|allowed| allowed == registry) {
+        let reason = format!(
+            "it is not on the Docker host, and autobuilder pulls only from [docker] allowed_registries: \
+             `docker pull` or `docker load` it there, or add {registry} to allowed_registries"
+        );
+        return Err(BuildError::ImagePull { image: image.to_string(), reason });
+    }
+    log.note(&format!("image {image} is not on this host: pulling it"));
+    app.docker.pull(image).await.map_err(|e| BuildError::ImagePull { image: image.to_string(), reason: e.0 })
+}
+
+/// How the script ended, as the build sees it: out of memory, a non-zero exit, the time limit
+/// (`timeout`, the build's whole limit) and a cancel are its errors.
+fn script_end(run: Result<ExitState, RunError>, active: &ActiveBuild, timeout: Duration) -> Result<(), BuildError> {
+    match run {
+        Ok(ExitState { oom_killed: true, memory_limit, .. }) => Err(BuildError::OutOfMemory(memory_limit)),
+        Ok(ExitState { code: 0, .. }) => Ok(()),
+        Ok(ExitState { code, .. }) => Err(BuildError::ScriptFailed(code)),
+        Err(RunError::TimedOut) => Err(BuildError::Timeout(timeout.as_secs().div_ceil(60))),
+        Err(RunError::Cancelled) => Err(BuildError::Cancelled(active.cancel.reason())),
+        Err(RunError::Output(e)) => Err(BuildError::log(e)),
+        Err(RunError::Engine(e)) => Err(e.into()),
+    }
+}
+
+/// What follows a script that exited 0, for a normal and a re-attached build alike: the image
+/// commit, then publishing.
 async fn after_script(
     app: &Arc<App>,
     id: BuildId,
     active: &ActiveBuild,
     container: &str,
-    code: i64,
     workspace: &Path,
     log: &mut BuildLog,
 ) -> Result<Results, BuildError> {
     let job = &active.job;
-    if code != 0 {
-        return Err(BuildError::ScriptFailed(code));
-    }
     if active.cancel.is_cancelled() {
         return Err(BuildError::Cancelled(active.cancel.reason()));
     }
@@ -309,7 +338,7 @@ async fn wait_for_image(
 ) -> Result<(), BuildError> {
     let mut said = false;
     loop {
-        if app.docker.has_image(image).await {
+        if matches!(app.docker.has_image(image).await, Ok(true)) {
             return Ok(());
         }
         if !app.active.producing(from) {

@@ -1,4 +1,5 @@
-//! Git (libgit2): check out a pushed commit for a build, and read a recipes repository at a commit.
+//! Git (libgit2): check out a pushed commit for a build, and read the files of a mirrored
+//! repository (a project's recipes) at a commit.
 //!
 //! Every function here blocks; call them from `tokio::task::spawn_blocking`.
 
@@ -10,7 +11,6 @@ use anyhow::Context;
 use git2::{FetchOptions, Oid, Repository, build::CheckoutBuilder};
 
 use crate::model::{Branch, CommitSha};
-use crate::recipes::{MAX_RECIPE_BYTES, is_recipe_path};
 
 /// Fetches `branch` from `url` into a new repository at `dest` and checks out exactly `sha`,
 /// whatever the branch head is by now. `dest` keeps its `.git`, so scripts may run git commands.
@@ -99,8 +99,14 @@ impl Mirror<'_> {
         Ok(Some(repo.graph_descendant_of(newer, older)?))
     }
 
-    /// The recipe files (`.yaml`/`.yml` outside hidden folders) of commit `sha`, as (path, content).
-    pub fn recipe_files(&self, sha: &CommitSha) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    /// The files of commit `sha` whose path (from the repository root) `wanted` accepts, as
+    /// (path, content), each content cut after `max_bytes`.
+    pub fn files(
+        &self,
+        sha: &CommitSha,
+        wanted: impl Fn(&str) -> bool,
+        max_bytes: usize,
+    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         let repo = Repository::open_bare(self.path)?;
         let tree = repo.find_commit(Oid::from_str(sha.as_str())?)?.tree()?;
         let mut files = Vec::new();
@@ -110,13 +116,13 @@ impl Mirror<'_> {
                 return git2::TreeWalkResult::Ok;
             }
             let path = format!("{root}{}", String::from_utf8_lossy(entry.name_bytes()));
-            if !is_recipe_path(&path) {
+            if !wanted(&path) {
                 return git2::TreeWalkResult::Ok;
             }
             match entry.to_object(&repo).and_then(|o| o.peel_to_blob()) {
                 Ok(blob) => {
                     let content = blob.content();
-                    files.push((path, content[..content.len().min(MAX_RECIPE_BYTES + 1)].to_vec()));
+                    files.push((path, content[..content.len().min(max_bytes)].to_vec()));
                     git2::TreeWalkResult::Ok
                 }
                 Err(e) => {

@@ -13,13 +13,13 @@ use super::ApiError;
 use super::intake::SignedDelivery;
 use crate::app::App;
 use crate::build::order::{Lineage, newer_than};
+use crate::build::reload::reload;
 use crate::build::{Source, enqueue};
 use crate::github::webhook::{Command, CommandKind, Event, PullRequest, parse_event};
 use crate::metrics::EventLabel;
 use crate::model::BuildStatus;
 use crate::model::{Branch, CommitSha, RepoName};
 use crate::recipes::Recipe;
-use crate::recipes::reload::reload;
 use crate::store::{HistoryFilter, MAX_HISTORY};
 
 pub async fn receive(
