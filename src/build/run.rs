@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::log::BuildLog;
 use super::queue::{Place, Slot};
-use super::{ActiveBuild, BuildError, Job, status_of};
+use super::{ActiveBuild, BuildError, Cancel, Job, status_of};
 use crate::app::App;
 use crate::artifacts::{ArtifactNames, Published};
 use crate::docker::{
@@ -108,7 +108,7 @@ async fn resume(
     let left = limits.timeout.saturating_sub(elapsed);
     let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
     let run = app.docker.resume_wait(container, log, left, active.cancel.token(), grace).await;
-    script_end(run, active, limits.timeout)?;
+    script_end(run, &active.cancel, limits.timeout)?;
     after_script(app, id, active, container, workspace, log).await
 }
 
@@ -241,7 +241,7 @@ async fn execute(
     let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
     let cancel = active.cancel.token();
     let run = app.docker.attach_and_wait(&id_of_container, true, log, limits.timeout, cancel, grace).await;
-    script_end(run, active, limits.timeout)?;
+    script_end(run, &active.cancel, limits.timeout)?;
     after_script(app, id, active, &id_of_container, workspace, log).await
 }
 
@@ -264,14 +264,14 @@ async fn ensure_image(app: &App, image: &str, log: &mut BuildLog) -> Result<(), 
 }
 
 /// How the script ended, as the build sees it: out of memory, a non-zero exit, the time limit
-/// (`timeout`, the build's whole limit) and a cancel are its errors.
-fn script_end(run: Result<ExitState, RunError>, active: &ActiveBuild, timeout: Duration) -> Result<(), BuildError> {
+/// (`timeout`, the build's whole limit) and a cancel (with its reason) are its errors.
+fn script_end(run: Result<ExitState, RunError>, cancel: &Cancel, timeout: Duration) -> Result<(), BuildError> {
     match run {
         Ok(ExitState { oom_killed: true, memory_limit, .. }) => Err(BuildError::OutOfMemory(memory_limit)),
         Ok(ExitState { code: 0, .. }) => Ok(()),
         Ok(ExitState { code, .. }) => Err(BuildError::ScriptFailed(code)),
         Err(RunError::TimedOut) => Err(BuildError::Timeout(timeout.as_secs().div_ceil(60))),
-        Err(RunError::Cancelled) => Err(BuildError::Cancelled(active.cancel.reason())),
+        Err(RunError::Cancelled) => Err(BuildError::Cancelled(cancel.reason())),
         Err(RunError::Output(e)) => Err(BuildError::log(e)),
         Err(RunError::Engine(e)) => Err(e.into()),
     }
@@ -602,5 +602,20 @@ mod tests {
             "mkdir <tmp_directory>/7-x: denied; kept in <data_dir>/unpublished/7; \
              error mounting \"<docker data>\": bad"
         );
+    }
+
+    #[test]
+    fn how_a_container_ended_becomes_the_builds_error() {
+        let (cancel, limit) = (Cancel::default(), Duration::from_secs(90));
+        let exit = |code, oom_killed| Ok(ExitState { code, oom_killed, memory_limit: 8 << 20 });
+        let said = |run| script_end(run, &cancel, limit).map_err(|e| (e.kind(), e.to_string()));
+        assert_eq!(said(exit(0, false)), Ok(()));
+        assert_eq!(said(exit(2, false)), Err(("ScriptFailed", "script exited 2".into())));
+        assert_eq!(said(exit(137, true)), Err(("OutOfMemory", "script ran out of memory (limit 8 MiB)".into())));
+        assert_eq!(said(Err(RunError::TimedOut)), Err(("Timeout", "timed out after 2 min".into())));
+        let engine = Err(RunError::Engine(crate::docker::EngineError("lost the build output: gone".into())));
+        assert_eq!(said(engine), Err(("Docker", "lost the build output: gone".into())));
+        cancel.cancel("superseded by 0123456789");
+        assert_eq!(said(Err(RunError::Cancelled)), Err(("Cancelled", "superseded by 0123456789".into())));
     }
 }

@@ -241,4 +241,25 @@ mod tests {
         let origin = Repository::open(&dest).unwrap().find_remote("origin").unwrap().url().unwrap().to_string();
         assert_eq!(origin, split_credentials(&url).0);
     }
+
+    #[test]
+    fn a_mirror_gives_the_files_the_caller_wants_cut_at_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path().join("src")).unwrap();
+        let mut index = repo.index().unwrap();
+        for (path, content) in [("o/r/master.yaml", "buildscripts: [a.sh]"), ("README.md", "hello"), ("x.yaml", "ab")] {
+            let file = dir.path().join("src").join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, content).unwrap();
+            index.add_path(Path::new(path)).unwrap();
+        }
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        repo.commit(Some("refs/heads/master"), &sig, &sig, "c", &tree, &[]).unwrap();
+        let url = format!("file://{}", dir.path().join("src").display());
+        let mirror = Mirror { path: &dir.path().join("mirror.git"), url: &url };
+        let head = mirror.fetch(&Branch::parse("master").unwrap(), None).unwrap();
+        let files = mirror.files(&head, |path| path.ends_with(".yaml"), 5).unwrap();
+        assert_eq!(files, [("o/r/master.yaml".to_string(), b"build".to_vec()), ("x.yaml".to_string(), b"ab".to_vec())]);
+    }
 }
