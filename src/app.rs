@@ -10,6 +10,7 @@ use crate::artifacts::ArtifactStore;
 use crate::build::ActiveBuilds;
 use crate::build::order::BranchHeads;
 use crate::build::queue::Queue;
+use crate::build::reload::Recipes;
 use crate::bus::{Bus, Event};
 use crate::config::Config;
 use crate::docker::DockerEngine;
@@ -17,7 +18,6 @@ use crate::github::api::GithubApi;
 use crate::github::status::StatusReporter;
 use crate::metrics::Metrics;
 use crate::model::{Build, BuildId};
-use crate::recipes::reload::Recipes;
 use crate::store::Store;
 
 pub struct App {
@@ -92,7 +92,7 @@ impl App {
         let reloads = self.config.projects.keys().map(|project| {
             let app = self.clone();
             async move {
-                if let Err(e) = crate::recipes::reload::reload(&app, project, None).await {
+                if let Err(e) = crate::build::reload::reload(&app, project, None).await {
                     tracing::error!(project, "cannot load recipes: {e:#}");
                 }
             }

@@ -8,11 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::model::RepoName;
-use crate::recipes::ScriptLimits;
-
-/// The fewest CPUs Docker can limit a container to; fewer would truncate to no limit at all.
-pub const MIN_CPUS: f64 = 0.01;
+use crate::model::{MIN_CPUS, MemorySize, RepoName};
 
 /// Prefix of the environment variables that override configuration keys.
 /// `AUTOBUILDER_GITHUB_TOKEN` sets `[github] token`, `AUTOBUILDER_PROJECTS_DEMO_WEBHOOK_SECRET` sets
@@ -452,9 +448,9 @@ impl Config {
         if self.builds.timeout_minutes == 0 {
             bail!("[builds] timeout_minutes must be at least 1");
         }
-        parse_memory(&self.builds.memory).context("[builds] memory")?;
-        parse_memory(&self.builds.max_memory).context("[builds] max_memory")?;
-        parse_memory(&self.builds.max_file_size).context("[builds] max_file_size")?;
+        MemorySize::parse(&self.builds.memory).context("[builds] memory")?;
+        MemorySize::parse(&self.builds.max_memory).context("[builds] max_memory")?;
+        MemorySize::parse(&self.builds.max_file_size).context("[builds] max_file_size")?;
         if self.builds.cpus < 0.0 || self.builds.max_cpus < 0.0 || self.builds.pids < 0 || self.builds.max_pids < 0 {
             bail!("[builds] cpus, max_cpus, pids and max_pids cannot be negative");
         }
@@ -510,51 +506,6 @@ impl Config {
     }
 }
 
-/// The limits of one build: `[builds]` defaults, overridden by the recipe within the caps.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BuildLimits {
-    pub timeout: std::time::Duration,
-    pub container: crate::docker::Limits,
-}
-
-impl BuildsConfig {
-    /// Resolves what a recipe asks for; asking above a cap is an error naming the cap.
-    pub fn limits(&self, asked: &ScriptLimits) -> Result<BuildLimits, String> {
-        let minutes = asked.timeout_minutes.unwrap_or(self.timeout_minutes);
-        if minutes > self.max_timeout_minutes {
-            return Err(format!(
-                "timeout_minutes {minutes} is above [builds] max_timeout_minutes = {}",
-                self.max_timeout_minutes
-            ));
-        }
-        let memory_text = asked.memory.as_deref().unwrap_or(&self.memory);
-        let memory = parse_memory(memory_text).map_err(|e| format!("memory: {e:#}"))?;
-        if memory > parse_memory(&self.max_memory).map_err(|e| e.to_string())? {
-            return Err(format!("memory {memory_text} is above [builds] max_memory = {}", self.max_memory));
-        }
-        let cpus = asked.cpus.unwrap_or(self.cpus);
-        if self.max_cpus > 0.0 && (cpus > self.max_cpus || cpus == 0.0) {
-            return Err(format!("cpus {cpus} is above [builds] max_cpus = {}", self.max_cpus));
-        }
-        if cpus != 0.0 && (cpus.is_nan() || cpus < MIN_CPUS) {
-            return Err(format!("cpus {cpus} is below Docker's minimum of {MIN_CPUS}"));
-        }
-        let pids = asked.pids.unwrap_or(self.pids);
-        if self.max_pids > 0 && (pids > self.max_pids || pids == 0) {
-            return Err(format!("pids {pids} is above [builds] max_pids = {}", self.max_pids));
-        }
-        Ok(BuildLimits {
-            timeout: std::time::Duration::from_secs(minutes * 60),
-            container: crate::docker::Limits {
-                memory,
-                nano_cpus: (cpus * 1e9) as i64,
-                pids,
-                file_size: parse_memory(&self.max_file_size).map_err(|e| e.to_string())?,
-            },
-        })
-    }
-}
-
 /// Sets the key named by `key` (lower case, `_`-joined path) in `tree`. Table keys may hold `_`
 /// themselves, so each level tries every key that is a prefix of what is left.
 fn override_key(tree: &mut toml::Value, key: &str, value: &str) -> bool {
@@ -589,28 +540,6 @@ fn override_key(tree: &mut toml::Value, key: &str, value: &str) -> bool {
     false
 }
 
-/// Parses a Docker-style memory size: `512m`, `4g`, `1048576`.
-pub fn parse_memory(text: &str) -> anyhow::Result<i64> {
-    let text = text.trim().to_ascii_lowercase();
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text.as_str(), ""),
-    };
-    let number: i64 = digits.parse().with_context(|| format!("{text:?} is not a size like 512m or 4g"))?;
-    let factor = match unit.trim_end_matches('b') {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        _ => bail!("{text:?} has an unknown unit: use k, m or g"),
-    };
-    let bytes = number.checked_mul(factor).context("size too large")?;
-    if bytes < 6 << 20 {
-        bail!("{text:?} is below Docker's minimum of 6m");
-    }
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,8 +561,6 @@ mod tests {
         assert_eq!(config.projects["demo"].branch, "master");
         assert_eq!(config.builds.timeout_minutes, 60);
         assert!(config.builds.concurrency >= 1);
-        let limits = config.builds.limits(&ScriptLimits::default()).unwrap();
-        assert_eq!((limits.container.memory, limits.container.pids), (4 << 30, 4096));
     }
 
     #[test]
@@ -710,44 +637,5 @@ mod tests {
         let config = Config::from_toml_and_env(&format!("{sample}\n{SAMPLE}"), env(&[])).unwrap();
         let defaults = Config::from_toml_and_env(SAMPLE, env(&[])).unwrap();
         assert_eq!(toml::to_string(&config).unwrap(), toml::to_string(&defaults).unwrap());
-    }
-
-    #[test]
-    fn recipes_ask_for_limits_within_the_caps() {
-        let config = Config::from_toml_and_env(SAMPLE, env(&[])).unwrap();
-        let asked =
-            ScriptLimits { timeout_minutes: Some(5), memory: Some("1g".into()), cpus: Some(1.5), pids: Some(100) };
-        let limits = config.builds.limits(&asked).unwrap();
-        assert_eq!(limits.timeout.as_secs(), 300);
-        assert_eq!(
-            (limits.container.memory, limits.container.nano_cpus, limits.container.pids),
-            (1 << 30, 1_500_000_000, 100)
-        );
-        let greedy = ScriptLimits { memory: Some("64g".into()), ..Default::default() };
-        assert!(config.builds.limits(&greedy).unwrap_err().contains("max_memory"));
-        let slow = ScriptLimits { timeout_minutes: Some(10_000), ..Default::default() };
-        assert!(config.builds.limits(&slow).unwrap_err().contains("max_timeout_minutes"));
-    }
-
-    #[test]
-    fn cpus_below_dockers_minimum_are_refused() {
-        let config = Config::from_toml_and_env(SAMPLE, env(&[])).unwrap();
-        let tiny = ScriptLimits { cpus: Some(0.000_000_000_1), ..Default::default() };
-        assert!(config.builds.limits(&tiny).unwrap_err().contains("minimum"));
-        let capped = Config::from_toml_and_env(&format!("[builds]\nmax_cpus = 2.0\n{SAMPLE}"), env(&[])).unwrap();
-        assert!(capped.builds.limits(&tiny).unwrap_err().contains("minimum"));
-        let err = Config::from_toml_and_env(&format!("[builds]\ncpus = 0.001\n{SAMPLE}"), env(&[])).unwrap_err();
-        assert!(format!("{err:#}").contains("minimum"), "{err:#}");
-        let recipe = "buildscripts: [a.sh]\na.sh: {artifact: a.tar.gz, cpus: 0.0000000001}";
-        let err = crate::recipes::parse_file("demo", "o/r/master.yaml", recipe.as_bytes()).unwrap_err();
-        assert!(err[0].contains("below Docker's minimum of 0.01"), "{err:?}");
-    }
-
-    #[test]
-    fn memory_sizes() {
-        assert_eq!(parse_memory("512m").unwrap(), 512 << 20);
-        assert_eq!(parse_memory("2G").unwrap(), 2 << 30);
-        assert!(parse_memory("lots").is_err());
-        assert!(parse_memory("1k").is_err());
     }
 }

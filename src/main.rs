@@ -8,13 +8,12 @@ use anyhow::Context;
 use std::sync::Arc;
 
 use autobuilder::app::App;
+use autobuilder::build::reload::{apply_rules, hooked_repositories, set_up_hooks};
 use autobuilder::bus::Bus;
 use autobuilder::config::{Config, LogFormat};
-use autobuilder::git::Mirror;
 use autobuilder::github::api::GithubApi;
 use autobuilder::github::hook_setup::Change;
 use autobuilder::live::Live;
-use autobuilder::model::{Branch, RepoName};
 use autobuilder::recipes::RecipeSet;
 use clap::{Parser, Subcommand};
 
@@ -220,25 +219,12 @@ fn hooks_sync(config_path: Option<PathBuf>, dry_run: bool) -> anyhow::Result<Exi
         let api = GithubApi::new(&config.github)?
             .context("hooks sync needs [github] token, or app_id, private_key_path and installation_id")?;
         let mut failed = false;
-        for (project, settings) in &config.projects {
-            let recipes = RepoName::parse(&settings.recipes)?;
-            let (path, url) =
-                (config.data_dir.join("recipes").join(format!("{project}.git")), config.clone_url(&recipes));
-            let branch = Branch::parse(&settings.branch)?;
-            let files = tokio::task::spawn_blocking(move || {
-                let mirror = Mirror { path: &path, url: &url };
-                let commit = mirror.fetch(&branch, None)?;
-                mirror.recipe_files(&commit)
-            })
-            .await?
-            .with_context(|| format!("cannot read the recipes of project {project}"))?;
-            let set = RecipeSet::parse(project, files.iter().map(|(p, c)| (p.clone(), c.as_slice())));
-            let mut repos = vec![recipes.clone()];
-            repos.extend(set.repositories().into_iter().cloned());
-            let hook_url = config.hook_url(project);
-            for repo in repos {
-                let secret = settings.webhook_secret.expose();
-                match autobuilder::github::hook_setup::sync(&api, &repo, &hook_url, secret, dry_run).await {
+        for project in config.projects.keys() {
+            let repos = hooked_repositories(&config, project)
+                .await
+                .with_context(|| format!("cannot read the recipes of project {project}"))?;
+            for (repo, result) in set_up_hooks(&api, &config, project, repos, dry_run).await {
+                match result {
                     Ok(changes) => {
                         for change in changes {
                             let would = if dry_run && change != Change::Unchanged { "would have " } else { "" };
@@ -268,7 +254,7 @@ async fn shutdown_signal() {
 fn check(dir: &std::path::Path, config_path: Option<PathBuf>, project: &str) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path.as_deref())?;
     let mut set = RecipeSet::parse_dir(project, dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    autobuilder::recipes::reload::apply_rules(&mut set, &config, project, &[]);
+    apply_rules(&mut set, &config, project, &[]);
     for recipe in set.recipes.values() {
         let scripts: Vec<&str> = recipe.scripts.iter().map(|s| s.script.as_str()).collect();
         println!("ok       {}: {} {} builds {}", recipe.file, recipe.repository, recipe.branch, scripts.join(", "));

@@ -408,6 +408,41 @@ mod commit_or_empty {
     }
 }
 
+/// The fewest CPUs Docker can limit a container to; fewer would truncate to no limit at all.
+pub const MIN_CPUS: f64 = 0.01;
+
+/// A Docker-style memory size (`512m`, `4g`, `1048576`), at least Docker's minimum of 6m.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MemorySize(i64);
+
+impl MemorySize {
+    /// Parses a number of bytes with an optional unit `k`, `m` or `g` (and an optional `b`).
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let text = text.trim().to_ascii_lowercase();
+        let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+            Some(at) => text.split_at(at),
+            None => (text.as_str(), ""),
+        };
+        let number: i64 = digits
+            .parse()
+            .map_err(|e| anyhow::Error::new(e).context(format!("{text:?} is not a size like 512m or 4g")))?;
+        let factor = match unit.trim_end_matches('b') {
+            "" => 1,
+            "k" => 1 << 10,
+            "m" => 1 << 20,
+            "g" => 1 << 30,
+            _ => bail!("{text:?} has an unknown unit: use k, m or g"),
+        };
+        let bytes = number.checked_mul(factor).ok_or_else(|| anyhow::anyhow!("size too large"))?;
+        ensure!(bytes >= 6 << 20, "{text:?} is below Docker's minimum of 6m");
+        Ok(Self(bytes))
+    }
+
+    pub fn bytes(self) -> i64 {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,5 +514,13 @@ mod tests {
         assert!(CommitSha::parse("0000000000000000000000000000000000000000").unwrap().is_zero());
         assert!(CommitSha::parse("abc").is_err());
         assert!(CommitSha::parse("zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz").is_err());
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(MemorySize::parse("512m").unwrap().bytes(), 512 << 20);
+        assert_eq!(MemorySize::parse("2G").unwrap().bytes(), 2 << 30);
+        assert!(MemorySize::parse("lots").is_err());
+        assert!(MemorySize::parse("1k").is_err());
     }
 }

@@ -194,6 +194,21 @@ async fn a_killed_container_ends_its_build_and_nothing_hangs() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_build_out_of_memory_says_so_with_its_limit() {
+    let git = GitHost::new();
+    let recipe = "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz, memory: 8m}\n";
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", recipe)]);
+    // The shell holds 50 MB in a variable: the kernel kills it at the 8 MiB limit.
+    let hog = script("x=$(head -c 50000000 /dev/zero | tr '\\0' a); echo ${#x}");
+    let sha = git.commit("org/app", "master", &[("build.sh", &hog)]);
+    let server = Server::start(|dir| test_config(dir, &git, None));
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    let build = server.wait_build(id).await;
+    assert_eq!(build["status"], "failure", "{build}");
+    assert_eq!(build["error"], "script ran out of memory (limit 8 MiB)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_flaky_git_remote_is_retried() {
     let (git, shas) = setup(&[("org/flaky", "echo fetched")]);
     let repo = git.root.path().join("org/flaky");

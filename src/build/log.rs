@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::bus::{Bus, Event};
+use crate::docker::{OutputSink, Stream};
 use crate::model::BuildId;
 
 /// A line longer than this is cut into several, so one endless line cannot eat the memory.
@@ -23,16 +24,9 @@ pub fn log_path(logs_dir: &Path, id: BuildId) -> PathBuf {
     logs_dir.join(format!("{}.log", id.0))
 }
 
-/// Which output of the build a chunk comes from (each is split into lines on its own).
-#[derive(Debug, Clone, Copy)]
-pub enum Stream {
-    Stdout = 0,
-    Stderr = 1,
-}
-
 /// Appends lines to one build's log file. Lines are buffered in memory and written out by
-/// [`BuildLog::write_pending`], which the executor calls after every chunk of output; once
-/// written, they are published on the bus, numbered from 1.
+/// [`BuildLog::write_pending`], which runs after every chunk of output (the container's output
+/// comes in through [`OutputSink`]); once written, they are published on the bus, numbered from 1.
 pub struct BuildLog {
     id: BuildId,
     file: tokio::fs::File,
@@ -47,8 +41,16 @@ pub struct BuildLog {
     /// Most bytes of build output kept (0: no cap); once reached, `cut` is set.
     max_bytes: u64,
     cut: bool,
-    /// The build's stdout and stderr, split into lines.
+    /// The build's stdout and stderr (in this order), split into lines.
     outputs: [Output; 2],
+}
+
+/// The place of `stream` in [`BuildLog::outputs`].
+fn index(stream: Stream) -> usize {
+    match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
 }
 
 /// One output stream of a build: its unfinished line, and the end of a long line cut by the
@@ -140,25 +142,6 @@ impl BuildLog {
         self
     }
 
-    /// Takes a chunk of the build's output on `stream`: complete lines are masked and kept.
-    pub fn output(&mut self, stream: Stream, chunk: &[u8]) {
-        let mut splitter = std::mem::take(&mut self.outputs[stream as usize].splitter);
-        splitter.feed(chunk, |piece, ends_line| self.piece(stream, piece, ends_line));
-        self.outputs[stream as usize].splitter = splitter;
-    }
-
-    /// The output ended: keeps the last lines of both streams, even without a final newline.
-    pub fn end_output(&mut self) {
-        for stream in [Stream::Stdout, Stream::Stderr] {
-            let mut splitter = std::mem::take(&mut self.outputs[stream as usize].splitter);
-            splitter.finish(|piece, ends_line| self.piece(stream, piece, ends_line));
-            let held = std::mem::take(&mut self.outputs[stream as usize].held);
-            if !held.is_empty() {
-                self.line(held.as_bytes());
-            }
-        }
-    }
-
     /// A piece of output from the splitter: a whole line, or (`ends_line` false) the first part of
     /// a line too long to hold. The part is masked joined with what was held back of the previous
     /// one, and its end (as long as the longest secret) is held back again, so that a secret
@@ -167,7 +150,7 @@ impl BuildLog {
         if self.cut {
             return; // drained, not kept
         }
-        let held = std::mem::take(&mut self.outputs[stream as usize].held);
+        let held = std::mem::take(&mut self.outputs[index(stream)].held);
         let text = String::from_utf8_lossy(bytes);
         let joined = if held.is_empty() { text } else { Cow::Owned(held + text.as_ref()) };
         if ends_line {
@@ -182,7 +165,7 @@ impl BuildLog {
         if split > 0 {
             self.keep(&masked[..split]);
         }
-        self.outputs[stream as usize].held = masked[split..].to_string();
+        self.outputs[index(stream)].held = masked[split..].to_string();
     }
 
     /// Appends one line (without its newline), decoding invalid UTF-8 lossily; a line longer than
@@ -269,6 +252,32 @@ impl BuildLog {
         self.end_output();
         self.write_pending().await?;
         self.file.flush().await
+    }
+}
+
+/// The build container's output: split into lines per stream, each line masked and kept.
+impl OutputSink for BuildLog {
+    /// Takes a chunk of the build's output on `stream`: complete lines are masked and kept.
+    fn output(&mut self, stream: Stream, chunk: &[u8]) {
+        let mut splitter = std::mem::take(&mut self.outputs[index(stream)].splitter);
+        splitter.feed(chunk, |piece, ends_line| self.piece(stream, piece, ends_line));
+        self.outputs[index(stream)].splitter = splitter;
+    }
+
+    /// The output ended: keeps the last lines of both streams, even without a final newline.
+    fn end_output(&mut self) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let mut splitter = std::mem::take(&mut self.outputs[index(stream)].splitter);
+            splitter.finish(|piece, ends_line| self.piece(stream, piece, ends_line));
+            let held = std::mem::take(&mut self.outputs[index(stream)].held);
+            if !held.is_empty() {
+                self.line(held.as_bytes());
+            }
+        }
+    }
+
+    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
+        self.write_pending()
     }
 }
 

@@ -2,10 +2,12 @@
 //! recorded and reported. Every path ends in a final status; containers and temp dirs always go.
 //! Builds can be cancelled (by an admin, or superseded by a newer push) and survive a restart.
 
+pub mod limits;
 pub mod log;
 pub mod order;
 pub mod queue;
 mod recover;
+pub mod reload;
 mod run;
 pub mod trigger;
 
@@ -100,6 +102,12 @@ impl BuildError {
     }
 }
 
+impl From<crate::docker::EngineError> for BuildError {
+    fn from(error: crate::docker::EngineError) -> Self {
+        BuildError::Docker(error.0)
+    }
+}
+
 /// The pushed commit a build is for.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -164,6 +172,10 @@ impl Cancel {
     }
     pub async fn cancelled(&self) {
         self.token.cancelled().await
+    }
+    /// The token that fires on [`Cancel::cancel`] (after the reason is recorded).
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
     }
     pub fn is_cancelled(&self) -> bool {
         self.token.is_cancelled()

@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use super::log::BuildLog;
 use super::queue::{Place, Slot};
-use super::{ActiveBuild, BuildError, Job, status_of};
+use super::{ActiveBuild, BuildError, Cancel, Job, status_of};
 use crate::app::App;
 use crate::artifacts::{ArtifactNames, Published};
 use crate::docker::{
-    ContainerSpec, ImageOwner, LABEL_BRANCH, LABEL_COMMIT, LABEL_PROJECT, LABEL_RECIPES, LABEL_REPOSITORY,
+    ContainerSpec, ExitState, ImageOwner, LABEL_BRANCH, LABEL_COMMIT, LABEL_PROJECT, LABEL_RECIPES, LABEL_REPOSITORY,
+    RunError,
 };
 use crate::model::{BuildId, BuildStatus, Outcome, Output};
 use crate::recipes::ArtifactFormat;
-use crate::recipes::chains::{ImageSource, branch_tag, commit_tag, project_image};
+use crate::recipes::chains::{ImageSource, branch_tag, commit_tag, project_image, registry_of};
 
 /// Runs a queued build to its end: waits for its turn (leaving the queue when cancelled first).
 pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, place: Place) {
@@ -97,16 +98,14 @@ async fn resume(
     workspace: &Path,
     log: &mut BuildLog,
 ) -> Result<Results, BuildError> {
-    let limits = app.config.builds.limits(&active.job.script.limits).map_err(BuildError::Limits)?;
+    let limits = super::limits::resolve(&app.config.builds, &active.job.script.limits).map_err(BuildError::Limits)?;
     let started = app.store.get(id).await.ok().flatten().and_then(|b| b.started);
     let elapsed = started.map(|t| (time::OffsetDateTime::now_utc() - t).unsigned_abs()).unwrap_or_default();
     let left = limits.timeout.saturating_sub(elapsed);
     let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
-    let code = match app.docker.resume_wait(container, log, left, &active.cancel, grace).await {
-        Err(BuildError::Timeout(_)) => Err(BuildError::Timeout(limits.timeout.as_secs().div_ceil(60))),
-        other => other,
-    }?;
-    after_script(app, id, active, container, code, workspace, log).await
+    let run = app.docker.resume_wait(container, log, left, active.cancel.token(), grace).await;
+    script_end(run, &active.cancel, limits.timeout)?;
+    after_script(app, id, active, container, workspace, log).await
 }
 
 /// What a build's log masks: the project's secrets and every credential autobuilder holds (the
@@ -186,7 +185,7 @@ async fn execute(
     container: &mut Option<String>,
 ) -> Result<Results, BuildError> {
     let job = &active.job;
-    let limits = app.config.builds.limits(&job.script.limits).map_err(BuildError::Limits)?;
+    let limits = super::limits::resolve(&app.config.builds, &job.script.limits).map_err(BuildError::Limits)?;
     let (source, archives) = (workspace.join("src"), workspace.join("archives"));
     std::fs::create_dir_all(&archives)
         .map_err(|e| in_tmp_directory(app, "cannot create the archives", &e.to_string()))?;
@@ -202,7 +201,7 @@ async fn execute(
         // autobuilder's own images are never pulled: they come from the producer's build.
         Some(from) => wait_for_image(app, active, from, image, log).await?,
         None => tokio::select! {
-            result = app.docker.ensure_image(image, log) => result?,
+            result = ensure_image(app, image, log) => result?,
             () = active.cancel.cancelled() => return Err(BuildError::Cancelled(active.cancel.reason())),
         },
     }
@@ -236,25 +235,55 @@ async fn execute(
     let id_of_container = app.docker.create(spec).await?;
     *container = Some(id_of_container.clone());
     let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
-    let code = app.docker.attach_and_wait(&id_of_container, true, log, limits.timeout, &active.cancel, grace).await?;
-    after_script(app, id, active, &id_of_container, code, workspace, log).await
+    let cancel = active.cancel.token();
+    let run = app.docker.attach_and_wait(&id_of_container, true, log, limits.timeout, cancel, grace).await;
+    script_end(run, &active.cancel, limits.timeout)?;
+    after_script(app, id, active, &id_of_container, workspace, log).await
 }
 
-/// What follows the script, for a normal and a re-attached build alike: the exit code, then the
-/// image commit, then publishing.
+/// Makes sure `image` is on the host, pulling it when absent and its registry is one of
+/// `[docker] allowed_registries` (Docker Hub for names without a host).
+async fn ensure_image(app: &App, image: &str, log: &mut BuildLog) -> Result<(), BuildError> {
+    if app.docker.has_image(image).await? {
+        return Ok(());
+    }
+    let registry = registry_of(image).unwrap_or("docker.io");
+    if !app.config.docker.allowed_registries.iter().any(|allowed| allowed == registry) {
+        let reason = format!(
+            "it is not on the Docker host, and autobuilder pulls only from [docker] allowed_registries: \
+             `docker pull` or `docker load` it there, or add {registry} to allowed_registries"
+        );
+        return Err(BuildError::ImagePull { image: image.to_string(), reason });
+    }
+    log.note(&format!("image {image} is not on this host: pulling it"));
+    app.docker.pull(image).await.map_err(|e| BuildError::ImagePull { image: image.to_string(), reason: e.0 })
+}
+
+/// How the script ended, as the build sees it: out of memory, a non-zero exit, the time limit
+/// (`timeout`, the build's whole limit) and a cancel (with its reason) are its errors.
+fn script_end(run: Result<ExitState, RunError>, cancel: &Cancel, timeout: Duration) -> Result<(), BuildError> {
+    match run {
+        Ok(ExitState { oom_killed: true, memory_limit, .. }) => Err(BuildError::OutOfMemory(memory_limit)),
+        Ok(ExitState { code: 0, .. }) => Ok(()),
+        Ok(ExitState { code, .. }) => Err(BuildError::ScriptFailed(code)),
+        Err(RunError::TimedOut) => Err(BuildError::Timeout(timeout.as_secs().div_ceil(60))),
+        Err(RunError::Cancelled) => Err(BuildError::Cancelled(cancel.reason())),
+        Err(RunError::Output(e)) => Err(BuildError::log(e)),
+        Err(RunError::Engine(e)) => Err(e.into()),
+    }
+}
+
+/// What follows a script that exited 0, for a normal and a re-attached build alike: the image
+/// commit, then publishing.
 async fn after_script(
     app: &Arc<App>,
     id: BuildId,
     active: &ActiveBuild,
     container: &str,
-    code: i64,
     workspace: &Path,
     log: &mut BuildLog,
 ) -> Result<Results, BuildError> {
     let job = &active.job;
-    if code != 0 {
-        return Err(BuildError::ScriptFailed(code));
-    }
     if active.cancel.is_cancelled() {
         return Err(BuildError::Cancelled(active.cancel.reason()));
     }
@@ -305,7 +334,7 @@ async fn wait_for_image(
 ) -> Result<(), BuildError> {
     let mut said = false;
     loop {
-        if app.docker.has_image(image).await {
+        if matches!(app.docker.has_image(image).await, Ok(true)) {
             return Ok(());
         }
         if !app.active.producing(from) {
@@ -571,5 +600,20 @@ mod tests {
             "mkdir <tmp_directory>/7-x: denied; kept in <data_dir>/unpublished/7; \
              error mounting \"<docker data>\": bad"
         );
+    }
+
+    #[test]
+    fn how_a_container_ended_becomes_the_builds_error() {
+        let (cancel, limit) = (Cancel::default(), Duration::from_secs(90));
+        let exit = |code, oom_killed| Ok(ExitState { code, oom_killed, memory_limit: 8 << 20 });
+        let said = |run| script_end(run, &cancel, limit).map_err(|e| (e.kind(), e.to_string()));
+        assert_eq!(said(exit(0, false)), Ok(()));
+        assert_eq!(said(exit(2, false)), Err(("ScriptFailed", "script exited 2".into())));
+        assert_eq!(said(exit(137, true)), Err(("OutOfMemory", "script ran out of memory (limit 8 MiB)".into())));
+        assert_eq!(said(Err(RunError::TimedOut)), Err(("Timeout", "timed out after 2 min".into())));
+        let engine = Err(RunError::Engine(crate::docker::EngineError("lost the build output: gone".into())));
+        assert_eq!(said(engine), Err(("Docker", "lost the build output: gone".into())));
+        cancel.cancel("superseded by 0123456789");
+        assert_eq!(said(Err(RunError::Cancelled)), Err(("Cancelled", "superseded by 0123456789".into())));
     }
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::order::{Lineage, newer_than};
+use super::reload::reload;
 use super::{Source, enqueue};
 use crate::app::App;
 use crate::config::ProjectConfig;
 use crate::github::events::{Command, CommandKind, Event, PullRequest};
 use crate::model::{Branch, BuildId, BuildStatus, CommitSha, RepoName};
-use crate::recipes::reload::reload;
 use crate::recipes::{Recipe, RecipeSet};
 use crate::store::{HistoryFilter, MAX_HISTORY};
 

@@ -1,7 +1,9 @@
 //! Docker engine (bollard): images, build containers, their output, and their removal.
 //!
 //! Build containers use the `none` log driver and are attached before they start, so no output is
-//! lost and Docker's json-file logging never slows a chatty build.
+//! lost and Docker's json-file logging never slows a chatty build. This module knows nothing of
+//! builds: a container run takes an [`OutputSink`] and a cancellation token, and ends in an
+//! [`ExitState`] or a [`RunError`]; the caller decides what that means.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,9 +20,8 @@ use bollard::query_parameters::{
     TagImageOptions,
 };
 use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
 
-use crate::build::log::{BuildLog, Stream};
-use crate::build::{BuildError, Cancel};
 use crate::model::BuildId;
 
 /// Label naming the autobuilder instance (its data directory) that made a container.
@@ -38,6 +39,56 @@ pub const LABEL_COMMIT: &str = "autobuilder.commit";
 pub const LABEL_RECIPES: &str = "autobuilder.recipes";
 /// How long an image pull may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Which output of a container a chunk comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Where a container's output goes, chunk by chunk as Docker delivers it (the build log is one:
+/// it splits the chunks into lines, masks and keeps them).
+pub trait OutputSink: Send {
+    /// A chunk of output on `stream`, not cut at line ends.
+    fn output(&mut self, stream: Stream, chunk: &[u8]);
+    /// The output ended: what is left of an unfinished line is complete.
+    fn end_output(&mut self);
+    /// Writes out what was taken so far; called after every chunk.
+    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// How a container ended (Docker's container state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitState {
+    pub code: i64,
+    /// Killed by the kernel for passing its memory limit. Like `memory_limit`, read only when
+    /// `code` is not 0.
+    pub oom_killed: bool,
+    /// The container's memory limit in bytes (0 when unknown).
+    pub memory_limit: i64,
+}
+
+/// Why a container run ended without an exit state.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Still running at the time limit: killed.
+    #[error("timed out")]
+    TimedOut,
+    /// The cancellation token fired: stopped (SIGTERM, then SIGKILL after the grace time).
+    #[error("cancelled")]
+    Cancelled,
+    /// The output sink failed to write.
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// What the Docker engine failed to do (or what was refused before asking it), in one line.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineError(pub String);
 
 /// Resource limits of one build container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,43 +157,36 @@ impl DockerEngine {
         Ok(())
     }
 
-    /// Makes sure `image` is on the host, pulling it when absent and its registry is one of
-    /// `[docker] allowed_registries` (Docker Hub for names without a host).
-    pub async fn ensure_image(&self, image: &str, log: &mut BuildLog) -> Result<(), BuildError> {
+    /// Whether `image` is on this host.
+    pub async fn has_image(&self, image: &str) -> Result<bool, EngineError> {
         match self.docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
-            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => {}
+            Ok(_) => Ok(true),
+            Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
             Err(e) => {
                 tracing::warn!(image, "cannot inspect the image: {e}");
-                return Err(BuildError::Docker(format!("cannot inspect image {image}: the Docker engine failed")));
+                Err(EngineError(format!("cannot inspect image {image}: the Docker engine failed")))
             }
         }
-        let registry = crate::recipes::chains::registry_of(image).unwrap_or("docker.io");
-        if !self.settings.allowed_registries.iter().any(|allowed| allowed == registry) {
-            let reason = format!(
-                "it is not on the Docker host, and autobuilder pulls only from [docker] allowed_registries: \
-                 `docker pull` or `docker load` it there, or add {registry} to allowed_registries"
-            );
-            return Err(BuildError::ImagePull { image: image.to_string(), reason });
-        }
-        log.note(&format!("image {image} is not on this host: pulling it"));
+    }
+
+    /// Pulls `image` from its registry; the error is the reason it failed.
+    pub async fn pull(&self, image: &str) -> Result<(), EngineError> {
         let options = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
         let pull = async {
             let mut progress = self.docker.create_image(Some(options), None, None);
             while let Some(step) = progress.next().await {
-                step.map_err(|e| docker_message(&e))?;
+                step.map_err(|e| EngineError(docker_message(&e)))?;
             }
-            Ok::<(), String>(())
+            Ok(())
         };
         match tokio::time::timeout(PULL_TIMEOUT, pull).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(BuildError::ImagePull { image: image.to_string(), reason }),
-            Err(_) => Err(BuildError::ImagePull { image: image.to_string(), reason: "pull timed out".into() }),
+            Ok(result) => result,
+            Err(_) => Err(EngineError("pull timed out".into())),
         }
     }
 
     /// Creates (does not start) a build container; returns its id.
-    pub async fn create(&self, spec: ContainerSpec<'_>) -> Result<String, BuildError> {
+    pub async fn create(&self, spec: ContainerSpec<'_>) -> Result<String, EngineError> {
         let name = format!("autobuilder-{}-{}", self.instance, spec.build);
         let mut labels = spec.labels;
         labels.insert(LABEL_INSTANCE.into(), self.instance.clone());
@@ -187,121 +231,115 @@ impl DockerEngine {
             ..Default::default()
         };
         let options = CreateContainerOptions { name: Some(name), ..Default::default() };
-        let created =
-            self.docker.create_container(Some(options), body).await.map_err(|e| {
-                BuildError::Docker(format!("cannot create the build container: {}", docker_message(&e)))
-            })?;
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| EngineError(format!("cannot create the build container: {}", docker_message(&e))))?;
         Ok(created.id)
     }
 
-    /// Attaches to container `id` (starting it when `start`), writes its output to `log` until it
-    /// ends, and returns its exit code. Past `timeout` it is killed; on `cancel` it is stopped
-    /// (SIGTERM, then SIGKILL after `grace`).
+    /// Attaches to container `id` (starting it when `start`), gives its output to `sink` until it
+    /// ends, and returns how it ended. Past `timeout` it is killed; when `cancel` fires it is
+    /// stopped (SIGTERM, then SIGKILL after `grace`).
     pub async fn attach_and_wait(
         &self,
         id: &str,
         start: bool,
-        log: &mut BuildLog,
+        sink: &mut impl OutputSink,
         timeout: Duration,
-        cancel: &Cancel,
+        cancel: &CancellationToken,
         grace: Duration,
-    ) -> Result<i64, BuildError> {
+    ) -> Result<ExitState, RunError> {
         let attach =
             AttachContainerOptions { stream: true, stdout: true, stderr: true, logs: false, ..Default::default() };
         let mut output = self
             .docker
             .attach_container(id, Some(attach))
             .await
-            .map_err(|e| BuildError::Docker(format!("cannot attach to the build container: {}", docker_message(&e))))?
+            .map_err(|e| EngineError(format!("cannot attach to the build container: {}", docker_message(&e))))?
             .output;
         if start {
             self.docker
                 .start_container(id, None)
                 .await
-                .map_err(|e| BuildError::Docker(format!("cannot start the build container: {}", docker_message(&e))))?;
+                .map_err(|e| EngineError(format!("cannot start the build container: {}", docker_message(&e))))?;
         }
 
         let run = async {
             while let Some(chunk) = output.next().await {
                 match chunk {
                     Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                        log.output(Stream::Stdout, &message)
+                        sink.output(Stream::Stdout, &message)
                     }
-                    Ok(LogOutput::StdErr { message }) => log.output(Stream::Stderr, &message),
+                    Ok(LogOutput::StdErr { message }) => sink.output(Stream::Stderr, &message),
                     Ok(LogOutput::StdIn { .. }) => {}
                     Err(e) => {
-                        return Err(BuildError::Docker(format!("lost the build output: {}", docker_message(&e))));
+                        return Err(EngineError(format!("lost the build output: {}", docker_message(&e))).into());
                     }
                 }
-                log.write_pending().await.map_err(BuildError::log)?;
+                sink.flush().await.map_err(RunError::Output)?;
             }
-            log.end_output();
-            self.exit_code(id).await
+            sink.end_output();
+            Ok(self.wait_exit(id).await?)
         };
         tokio::select! {
             result = tokio::time::timeout(timeout, run) => match result {
                 Ok(result) => result,
                 Err(_) => {
                     let _ = self.docker.kill_container(id, None::<KillContainerOptions>).await;
-                    Err(BuildError::Timeout(timeout.as_secs().div_ceil(60)))
+                    Err(RunError::TimedOut)
                 }
             },
             () = cancel.cancelled() => {
                 let options = StopContainerOptions { t: Some(grace.as_secs() as i32), signal: None };
                 let _ = self.docker.stop_container(id, Some(options)).await;
-                Err(BuildError::Cancelled(cancel.reason()))
+                Err(RunError::Cancelled)
             }
         }
     }
 
-    /// Waits for a container started by a previous process: attaches when it still runs, or
-    /// takes the exit code of one that has ended.
+    /// Waits for a container started by a previous process: attaches when it still runs (or was
+    /// never started), or takes the exit state of one that has ended.
     pub async fn resume_wait(
         &self,
         id: &str,
-        log: &mut BuildLog,
+        sink: &mut impl OutputSink,
         timeout: Duration,
-        cancel: &Cancel,
+        cancel: &CancellationToken,
         grace: Duration,
-    ) -> Result<i64, BuildError> {
-        let inspect =
-            self.docker.inspect_container(id, None).await.map_err(|e| {
-                BuildError::Docker(format!("cannot inspect the build container: {}", docker_message(&e)))
-            })?;
+    ) -> Result<ExitState, RunError> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| EngineError(format!("cannot inspect the build container: {}", docker_message(&e))))?;
         let state = inspect.state.unwrap_or_default();
         let never_started = state.status.is_some_and(|s| s.to_string() == "created");
         if state.running == Some(true) || never_started {
-            self.attach_and_wait(id, never_started, log, timeout, cancel, grace).await
+            self.attach_and_wait(id, never_started, sink, timeout, cancel, grace).await
         } else {
-            self.exit_code(id).await
+            Ok(self.wait_exit(id).await?)
         }
     }
 
-    /// The exit code of an ended container; an out-of-memory kill is its own error.
-    async fn exit_code(&self, id: &str) -> Result<i64, BuildError> {
+    /// How an ended container ended. One inspect, only after a non-zero exit, tells whether the
+    /// kernel killed it for memory and what its limit was.
+    async fn wait_exit(&self, id: &str) -> Result<ExitState, EngineError> {
         let code = match self.docker.wait_container(id, None).next().await {
             Some(Ok(response)) => response.status_code,
             Some(Err(DockerError::DockerContainerWaitError { code, .. })) => code,
-            Some(Err(e)) => {
-                return Err(BuildError::Docker(format!("lost the build container: {}", docker_message(&e))));
-            }
-            None => return Err(BuildError::Docker("the Docker engine ended the wait without an exit code".into())),
+            Some(Err(e)) => return Err(EngineError(format!("lost the build container: {}", docker_message(&e)))),
+            None => return Err(EngineError("the Docker engine ended the wait without an exit code".into())),
         };
-        if code != 0 {
-            let inspect = self.docker.inspect_container(id, None).await.ok();
-            let state = inspect.and_then(|c| c.state);
-            if state.as_ref().and_then(|s| s.oom_killed) == Some(true) {
-                let limit = self.docker.inspect_container(id, None).await.ok();
-                let memory = limit.and_then(|c| c.host_config).and_then(|h| h.memory).unwrap_or(0);
-                return Err(BuildError::OutOfMemory(memory));
-            }
+        let mut state = ExitState { code, oom_killed: false, memory_limit: 0 };
+        if code != 0
+            && let Ok(container) = self.docker.inspect_container(id, None).await
+        {
+            state.oom_killed = container.state.and_then(|s| s.oom_killed) == Some(true);
+            state.memory_limit = container.host_config.and_then(|h| h.memory).unwrap_or(0);
         }
-        Ok(code)
-    }
-
-    /// Whether `image` is on this host.
-    pub async fn has_image(&self, image: &str) -> bool {
-        self.docker.inspect_image(image).await.is_ok()
+        Ok(state)
     }
 
     /// Commits container `id` as `<image>:<branch_tag>` and `<image>:<sha_tag>`, labelled as made
@@ -314,7 +352,7 @@ impl DockerEngine {
         (branch_tag, sha_tag): (&str, &str),
         owner: &ImageOwner<'_>,
         mut labels: HashMap<String, String>,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), EngineError> {
         for tag in [branch_tag, sha_tag] {
             let name = format!("{image}:{tag}");
             let found = match self.docker.inspect_image(&name).await {
@@ -322,7 +360,7 @@ impl DockerEngine {
                 Err(DockerError::DockerResponseServerError { status_code: 404, .. }) => continue,
                 Err(e) => {
                     tracing::warn!(image = name, "cannot inspect the image: {e}");
-                    return Err(BuildError::Docker(format!("cannot inspect image {name}: the Docker engine failed")));
+                    return Err(EngineError(format!("cannot inspect image {name}: the Docker engine failed")));
                 }
             };
             let theirs = found.config.and_then(|c| c.labels).unwrap_or_default();
@@ -332,7 +370,7 @@ impl DockerEngine {
                 && same(LABEL_REPOSITORY, owner.repository)
                 && same(LABEL_BRANCH, owner.branch))
             {
-                return Err(BuildError::Docker(format!(
+                return Err(EngineError(format!(
                     "refusing to commit over the image {name}: it was not made by autobuilder for {} {} of project {}",
                     owner.repository, owner.branch, owner.project
                 )));
@@ -351,8 +389,7 @@ impl DockerEngine {
             ..Default::default()
         };
         let config = ContainerConfig { labels: Some(labels), ..Default::default() };
-        let fail =
-            |e: DockerError| BuildError::Docker(format!("cannot commit the image {image}: {}", docker_message(&e)));
+        let fail = |e: DockerError| EngineError(format!("cannot commit the image {image}: {}", docker_message(&e)));
         self.docker.commit_container(options, config).await.map_err(fail)?;
         let tag = TagImageOptions { repo: Some(image.to_string()), tag: Some(branch_tag.to_string()) };
         self.docker.tag_image(&format!("{image}:{sha_tag}"), Some(tag)).await.map_err(fail)?;
@@ -412,8 +449,8 @@ impl DockerEngine {
         let id = self.docker.create_container(None::<CreateContainerOptions>, body).await?.id;
         let run = async {
             self.docker.start_container(&id, None).await?;
-            let code = self.exit_code(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            anyhow::ensure!(code == 0, "rm exited {code}");
+            let exit = self.wait_exit(&id).await?;
+            anyhow::ensure!(exit.code == 0, "rm exited {}", exit.code);
             Ok(())
         };
         let result = run.await;

@@ -1,4 +1,5 @@
-//! Git (libgit2): check out a pushed commit for a build, and read a recipes repository at a commit.
+//! Git (libgit2): check out a pushed commit for a build, and read the files of a mirrored
+//! repository (a project's recipes) at a commit.
 //!
 //! Every function here blocks; call them from `tokio::task::spawn_blocking`.
 
@@ -10,7 +11,6 @@ use anyhow::Context;
 use git2::{FetchOptions, Oid, Repository, build::CheckoutBuilder};
 
 use crate::model::{Branch, CommitSha};
-use crate::recipes::{MAX_RECIPE_BYTES, is_recipe_path};
 
 /// Fetches `branch` from `url` into a new repository at `dest` and checks out exactly `sha`,
 /// whatever the branch head is by now. `dest` keeps its `.git`, so scripts may run git commands.
@@ -99,8 +99,14 @@ impl Mirror<'_> {
         Ok(Some(repo.graph_descendant_of(newer, older)?))
     }
 
-    /// The recipe files (`.yaml`/`.yml` outside hidden folders) of commit `sha`, as (path, content).
-    pub fn recipe_files(&self, sha: &CommitSha) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    /// The files of commit `sha` whose path (from the repository root) `wanted` accepts, as
+    /// (path, content), each content cut after `max_bytes`.
+    pub fn files(
+        &self,
+        sha: &CommitSha,
+        wanted: impl Fn(&str) -> bool,
+        max_bytes: usize,
+    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         let repo = Repository::open_bare(self.path)?;
         let tree = repo.find_commit(Oid::from_str(sha.as_str())?)?.tree()?;
         let mut files = Vec::new();
@@ -110,13 +116,13 @@ impl Mirror<'_> {
                 return git2::TreeWalkResult::Ok;
             }
             let path = format!("{root}{}", String::from_utf8_lossy(entry.name_bytes()));
-            if !is_recipe_path(&path) {
+            if !wanted(&path) {
                 return git2::TreeWalkResult::Ok;
             }
             match entry.to_object(&repo).and_then(|o| o.peel_to_blob()) {
                 Ok(blob) => {
                     let content = blob.content();
-                    files.push((path, content[..content.len().min(MAX_RECIPE_BYTES + 1)].to_vec()));
+                    files.push((path, content[..content.len().min(max_bytes)].to_vec()));
                     git2::TreeWalkResult::Ok
                 }
                 Err(e) => {
@@ -234,5 +240,26 @@ mod tests {
             .unwrap();
         let origin = Repository::open(&dest).unwrap().find_remote("origin").unwrap().url().unwrap().to_string();
         assert_eq!(origin, split_credentials(&url).0);
+    }
+
+    #[test]
+    fn a_mirror_gives_the_files_the_caller_wants_cut_at_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path().join("src")).unwrap();
+        let mut index = repo.index().unwrap();
+        for (path, content) in [("o/r/master.yaml", "buildscripts: [a.sh]"), ("README.md", "hello"), ("x.yaml", "ab")] {
+            let file = dir.path().join("src").join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, content).unwrap();
+            index.add_path(Path::new(path)).unwrap();
+        }
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        repo.commit(Some("refs/heads/master"), &sig, &sig, "c", &tree, &[]).unwrap();
+        let url = format!("file://{}", dir.path().join("src").display());
+        let mirror = Mirror { path: &dir.path().join("mirror.git"), url: &url };
+        let head = mirror.fetch(&Branch::parse("master").unwrap(), None).unwrap();
+        let files = mirror.files(&head, |path| path.ends_with(".yaml"), 5).unwrap();
+        assert_eq!(files, [("o/r/master.yaml".to_string(), b"build".to_vec()), ("x.yaml".to_string(), b"ab".to_vec())]);
     }
 }

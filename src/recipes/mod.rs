@@ -4,7 +4,6 @@
 
 pub mod chains;
 pub mod names;
-pub mod reload;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -12,7 +11,7 @@ use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Branch, RepoName};
+use crate::model::{Branch, MIN_CPUS, MemorySize, RepoName};
 use chains::{ImageSource, Output};
 
 /// Recipe files larger than this are refused (a recipe is a few lines).
@@ -413,16 +412,16 @@ fn check_archives(archives: &str) -> Result<(), String> {
 
 fn check_limits(limits: &ScriptLimits) -> Result<(), String> {
     if let Some(memory) = &limits.memory {
-        crate::config::parse_memory(memory).map_err(|e| format!("memory: {e:#}"))?;
+        MemorySize::parse(memory).map_err(|e| format!("memory: {e:#}"))?;
     }
     if limits.timeout_minutes == Some(0) || limits.cpus.is_some_and(|c| c <= 0.0) || limits.pids.is_some_and(|p| p <= 0)
     {
         return Err("timeout_minutes, cpus and pids must be positive".into());
     }
     if let Some(cpus) = limits.cpus
-        && (cpus.is_nan() || cpus < crate::config::MIN_CPUS)
+        && (cpus.is_nan() || cpus < MIN_CPUS)
     {
-        return Err(format!("cpus {cpus} is below Docker's minimum of {}", crate::config::MIN_CPUS));
+        return Err(format!("cpus {cpus} is below Docker's minimum of {MIN_CPUS}"));
     }
     Ok(())
 }

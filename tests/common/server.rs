@@ -332,11 +332,13 @@ impl Server {
         .await
     }
 
-    /// Waits until the history holds a reload of the recipes at `sha`, and returns it.
+    /// Waits until the history holds a finished reload of the recipes at `sha`, and returns it.
     pub async fn wait_reload(&self, sha: &str) -> Value {
-        wait_until(&format!("a reload of the recipes at {sha}"), async || {
+        // A reload is in the history from when it is recorded, `queued` until its end is.
+        wait_until(&format!("a finished reload of the recipes at {sha}"), async || {
             let (_, history) = self.get_json("/build/history?repository=org/recipes&limit=50").await;
-            history.as_array().unwrap().iter().find(|b| b["commit"] == sha).cloned()
+            let reload = history.as_array().unwrap().iter().find(|b| b["commit"] == sha).cloned()?;
+            (!matches!(reload["status"].as_str(), Some("queued" | "running"))).then_some(reload)
         })
         .await
     }

@@ -1,16 +1,20 @@
-//! Loading a project's recipes from its recipes repository, at start-up and on every push to it.
-//! Each reload is recorded in the history like a build, with a log of what is tracked and every
-//! problem, and gets a commit status on the recipes commit.
+//! Reloading a project's recipes from its recipes repository, at start-up and on every push to
+//! it: a job like a build, recorded in the history with a log of what is tracked and every
+//! problem, and given a commit status on the recipes commit. `hooks sync` shares its fetch of the
+//! recipes and its set-up of webhooks.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use crate::app::App;
 use crate::config::Config;
 use crate::git::Mirror;
+use crate::github::api::GithubApi;
+use crate::github::hook_setup::Change;
 use crate::github::status::CommitStatus;
 use crate::model::{Branch, BuildId, BuildKind, BuildStatus, CommitSha, NewBuild, Outcome, RepoName};
-use crate::recipes::RecipeSet;
+use crate::recipes::{MAX_RECIPE_BYTES, RecipeSet, is_recipe_path};
 
 /// Script name of reload entries in the history, and the suffix of their status context.
 pub const RELOAD_SCRIPT: &str = "recipes";
@@ -60,6 +64,63 @@ enum Fetched {
     NotNewer { head: CommitSha, loaded: CommitSha },
 }
 
+/// A project's recipes repository, fetched into a bare mirror under `data_dir/recipes/<project>.git`.
+struct RecipesRepo {
+    repository: RepoName,
+    branch: Branch,
+    mirror: PathBuf,
+    url: String,
+}
+
+impl RecipesRepo {
+    /// The recipes repository and branch of `project` (a `[projects.*]` table).
+    fn of(config: &Config, project: &str) -> anyhow::Result<Self> {
+        let settings = config.projects.get(project).ok_or_else(|| anyhow::anyhow!("unknown project {project}"))?;
+        let repository = RepoName::parse(&settings.recipes)?;
+        Ok(Self {
+            branch: Branch::parse(&settings.branch)?,
+            mirror: config.data_dir.join("recipes").join(format!("{project}.git")),
+            url: config.clone_url(&repository),
+            repository,
+        })
+    }
+
+    /// Fetches the branch into the mirror; returns its head.
+    async fn fetch_head(&self) -> anyhow::Result<CommitSha> {
+        let branch = self.branch.clone();
+        self.with_mirror(move |mirror| mirror.fetch(&branch, None)).await
+    }
+
+    /// The recipe files of `commit` (fetched before), each cut one byte past the largest a recipe
+    /// may be, so that the parser refuses an oversized one by name.
+    async fn recipe_files(&self, commit: &CommitSha) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let commit = commit.clone();
+        self.with_mirror(move |mirror| mirror.files(&commit, is_recipe_path, MAX_RECIPE_BYTES + 1)).await
+    }
+
+    /// The head, with its recipe files, unless `loaded` is that head or newer.
+    async fn fetch_newer(&self, loaded: Option<CommitSha>) -> anyhow::Result<Fetched> {
+        let head = self.fetch_head().await?;
+        if let Some(loaded) = loaded {
+            let (older, newer) = (head.clone(), loaded.clone());
+            if head == loaded || self.with_mirror(move |m| m.is_ancestor(&older, &newer)).await? == Some(true) {
+                return Ok(Fetched::NotNewer { head, loaded });
+            }
+        }
+        let files = self.recipe_files(&head).await?;
+        Ok(Fetched::Head(head, files))
+    }
+
+    /// Runs `work` on the mirror, on a blocking thread (libgit2 blocks).
+    async fn with_mirror<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Mirror<'_>) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let (path, url) = (self.mirror.clone(), self.url.clone());
+        tokio::task::spawn_blocking(move || work(&Mirror { path: &path, url: &url })).await?
+    }
+}
+
 /// Fetches the project's recipes repository, parses its branch head, swaps the loaded recipes,
 /// and records the reload. `pushed` is the commit a push delivery named: the head is loaded
 /// whatever it names, as deliveries may arrive out of order, and recipes older than (or the same
@@ -67,27 +128,9 @@ enum Fetched {
 /// Returns the history entry of the reload, `None` when there was nothing newer to load.
 pub async fn reload(app: &Arc<App>, project: &str, pushed: Option<CommitSha>) -> anyhow::Result<Option<BuildId>> {
     let _one_at_a_time = app.recipes.reloading.lock().await;
-    let settings = app.config.projects.get(project).ok_or_else(|| anyhow::anyhow!("unknown project {project}"))?;
-    let repository = RepoName::parse(&settings.recipes)?;
-    let branch = Branch::parse(&settings.branch)?;
-    let mirror_path = app.config.data_dir.join("recipes").join(format!("{project}.git"));
-    let url = app.config.clone_url(&repository);
-
-    let fetched = {
-        let (branch, loaded) = (branch.clone(), app.recipes.commit(project));
-        tokio::task::spawn_blocking(move || {
-            let mirror = Mirror { path: &mirror_path, url: &url };
-            let head = mirror.fetch(&branch, None)?;
-            if let Some(loaded) = loaded
-                && (head == loaded || mirror.is_ancestor(&head, &loaded)? == Some(true))
-            {
-                return Ok(Fetched::NotNewer { head, loaded });
-            }
-            let files = mirror.recipe_files(&head)?;
-            Ok::<_, anyhow::Error>(Fetched::Head(head, files))
-        })
-        .await?
-    };
+    let recipes_repo = RecipesRepo::of(&app.config, project)?;
+    let (repository, branch) = (recipes_repo.repository.clone(), recipes_repo.branch.clone());
+    let fetched = recipes_repo.fetch_newer(app.recipes.commit(project)).await;
 
     let mut lines = Vec::new();
     let not_the_head = match (&pushed, &fetched) {
@@ -152,7 +195,7 @@ pub async fn reload(app: &Arc<App>, project: &str, pushed: Option<CommitSha>) ->
         author: None,
     };
     let id = app.store.insert(&new, None).await?.id;
-    let mut log = crate::build::log::BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await?;
+    let mut log = super::log::BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await?;
     for line in &lines {
         log.line(line.as_bytes());
     }
@@ -184,7 +227,7 @@ pub async fn reload(app: &Arc<App>, project: &str, pushed: Option<CommitSha>) ->
 /// of this project or of `others`, could also publish.
 pub fn apply_rules(set: &mut RecipeSet, config: &Config, project: &str, others: &[(&str, &RecipeSet)]) {
     set.refuse(|script| {
-        config.builds.limits(&script.limits)?;
+        super::limits::resolve(&config.builds, &script.limits)?;
         match &script.baseimage {
             Some(image) => crate::recipes::chains::check_baseimage(config, project, image),
             None => Ok(()),
@@ -197,9 +240,8 @@ pub fn apply_rules(set: &mut RecipeSet, config: &Config, project: &str, others: 
 /// `[hooks] auto`: gives newly tracked repositories their webhook.
 async fn give_hooks(app: Arc<App>, project: String, repos: Vec<RepoName>) {
     let Some(api) = &app.github else { return };
-    let secret = app.config.projects[&project].webhook_secret.expose().to_string();
-    for repo in repos {
-        match crate::github::hook_setup::sync(api, &repo, &app.config.hook_url(&project), &secret, false).await {
+    for (repo, result) in set_up_hooks(api, &app.config, &project, repos, false).await {
+        match result {
             Ok(changes) => {
                 for change in changes {
                     tracing::info!(project, %repo, "webhook: {change}");
@@ -208,6 +250,37 @@ async fn give_hooks(app: Arc<App>, project: String, repos: Vec<RepoName>) {
             Err(e) => tracing::warn!(project, %repo, "cannot set up the webhook: {e:#}"),
         }
     }
+}
+
+/// The repositories of `project` that get its webhook: the recipes repository, and every
+/// repository with a recipe at the head of its branch (fetched now).
+pub async fn hooked_repositories(config: &Config, project: &str) -> anyhow::Result<Vec<RepoName>> {
+    let recipes_repo = RecipesRepo::of(config, project)?;
+    let head = recipes_repo.fetch_head().await?;
+    let files = recipes_repo.recipe_files(&head).await?;
+    let set = RecipeSet::parse(project, files.iter().map(|(path, content)| (path.clone(), content.as_slice())));
+    let mut repos = vec![recipes_repo.repository.clone()];
+    repos.extend(set.repositories().into_iter().cloned());
+    Ok(repos)
+}
+
+/// Gives each of `repos` exactly one webhook to `project`'s hook URL with its secret (see
+/// [`crate::github::hook_setup::sync`]); with `dry_run`, only finds what would change. The changes
+/// (or the failure) per repository, in order.
+pub async fn set_up_hooks(
+    api: &GithubApi,
+    config: &Config,
+    project: &str,
+    repos: Vec<RepoName>,
+    dry_run: bool,
+) -> Vec<(RepoName, anyhow::Result<Vec<Change>>)> {
+    let (url, secret) = (config.hook_url(project), config.projects[project].webhook_secret.expose());
+    let mut results = Vec::with_capacity(repos.len());
+    for repo in repos {
+        let result = crate::github::hook_setup::sync(api, &repo, &url, secret, dry_run).await;
+        results.push((repo, result));
+    }
+    results
 }
 
 /// Writes what `set` tracks and every problem into `lines`; a broken file makes it a `failure`.
