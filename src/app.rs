@@ -92,7 +92,7 @@ impl App {
         let reloads = self.config.projects.keys().map(|project| {
             let app = self.clone();
             async move {
-                if let Err(e) = crate::build::reload::reload(&app, project, None).await {
+                if let Err(e) = crate::build::reload::reload(&app, project, None, false).await {
                     tracing::error!(project, "cannot load recipes: {e:#}");
                 }
             }

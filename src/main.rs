@@ -254,7 +254,7 @@ async fn shutdown_signal() {
 fn check(dir: &std::path::Path, config_path: Option<PathBuf>, project: &str) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path.as_deref())?;
     let mut set = RecipeSet::parse_dir(project, dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    apply_rules(&mut set, &config, project, &[]);
+    apply_rules(&mut set, &config, project);
     for recipe in set.recipes.values() {
         let scripts: Vec<&str> = recipe.scripts.iter().map(|s| s.script.as_str()).collect();
         println!("ok       {}: {} {} builds {}", recipe.file, recipe.repository, recipe.branch, scripts.join(", "));

@@ -170,6 +170,35 @@ async fn artifact_names_cannot_be_taken_by_another_recipe_or_a_pull_request() {
     assert!(!server.artifacts_dir().join("trust-app-pull-7.tar.gz").exists(), "a pull request got a moving name");
 }
 
+/// Two projects share the artifact store: recipes of both whose names could meet are both refused,
+/// whichever project loaded first, so no load order (a restart, a failed fetch) hands a name over.
+#[tokio::test(flavor = "multi_thread")]
+async fn projects_cannot_take_each_others_artifact_names_whatever_loads_first() {
+    let git = GitHost::new();
+    git.commit("org/recipes", "master", &[("trust/b-c/master.yaml", BUILD), ("trust/own/master.yaml", BUILD)]);
+    git.commit("org/other-recipes", "master", &[("trust-b/c/master.yaml", BUILD)]);
+    let (ours, theirs) = (
+        git.commit("trust/b-c", "master", &[("build.sh", &script("echo ours"))]),
+        git.commit("trust-b/c", "master", &[("build.sh", &script("echo theirs"))]),
+    );
+    let mut server = Server::start(|dir| {
+        test_config(dir, &git, None).with(|c| {
+            c.projects.insert("other".into(), project("org/other-recipes", "other-secret"));
+        })
+    });
+    for _ in 0..2 {
+        let (_, answer) = server.push("trust/b-c", "master", &ours).await;
+        assert!(answer["message"].as_str().unwrap().starts_with("no recipe"), "{answer}");
+        let body = push_payload("trust-b/c", "refs/heads/master", &theirs).to_string();
+        let (_, answer) = server.deliver("other", "push", body.as_bytes(), Some("other-secret")).await;
+        assert!(answer["message"].as_str().unwrap().starts_with("no recipe"), "{answer}");
+        // The recipe that meets nobody's names is in use.
+        let own = git.commit("trust/own", "master", &[("build.sh", &script("echo own"))]);
+        assert_eq!(server.push("trust/own", "master", &own).await.0, 202);
+        server.restart();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn build_containers_are_hardened_and_file_size_is_limited() {
     let git = GitHost::new();

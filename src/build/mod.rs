@@ -255,19 +255,28 @@ pub struct Enqueued {
 }
 
 /// Records one queued build per build script of `recipe`, posts `pending`, and starts them; a
-/// script already queued or running for this commit is left as it is. With `supersede`, the
-/// branch's queued builds of other commits (and running ones, per project setting) end
-/// `cancelled`: "superseded by <sha10>".
-pub async fn enqueue(app: &Arc<App>, recipe: &Recipe, source: Source, supersede: bool) -> anyhow::Result<Enqueued> {
+/// script already queued or running for this commit is left as it is, unless `restart` gives the
+/// reason why a running one is out of date (it started before a new base image). The branch's
+/// queued builds of other commits (and running ones, per project setting) end `cancelled`:
+/// "superseded by <sha10>".
+pub async fn enqueue(
+    app: &Arc<App>,
+    recipe: &Recipe,
+    source: Source,
+    restart: Option<&str>,
+) -> anyhow::Result<Enqueued> {
     let building = app.active.of_branch(&source);
-    if supersede {
-        let running_too = app.config.projects.get(&source.project).is_none_or(|p| p.supersede_running);
-        for (id, active) in &building {
-            let other_commit = active.job.source.commit != source.commit;
-            if other_commit && (running_too || !active.running.load(Ordering::Relaxed)) {
+    let running_too = app.config.projects.get(&source.project).is_none_or(|p| p.supersede_running);
+    for (id, active) in &building {
+        let running = active.running.load(Ordering::Relaxed);
+        if active.job.source.commit != source.commit {
+            if running_too || !running {
                 tracing::info!(build = %id, "superseded by {}", source.commit.short());
                 active.cancel.cancel(&format!("superseded by {}", source.commit.short()));
             }
+        } else if let Some(reason) = restart.filter(|_| running) {
+            tracing::info!(build = %id, "{reason}");
+            active.cancel.cancel(reason);
         }
     }
     let mut enqueued = Enqueued::default();
@@ -311,10 +320,17 @@ pub async fn rebuild_dependents(app: &Arc<App>, job: &Job) {
             recipe.repository.clone(),
             recipe.branch.clone(),
             commit,
-            Some(message),
+            Some(message.clone()),
             None,
         );
-        match enqueue(app, recipe, source, true).await {
+        // In turn with the branch's deliveries: a newer push seen meanwhile is not rolled back.
+        let _turn = app.heads.turn(&source).await;
+        if let Some(newer) = order::newer_than(app, &source, &order::Lineage::default()).await {
+            tracing::info!(%producer, dependent = %recipe.repository, "not rebuilt at {}: {} is newer", source.commit.short(), newer.short());
+            continue;
+        }
+        app.heads.saw(&source);
+        match enqueue(app, recipe, source, Some(&message)).await {
             Ok(ids) => tracing::info!(%producer, dependent = %recipe.repository, ?ids, "dependents rebuilt"),
             Err(e) => tracing::warn!(%producer, dependent = %recipe.repository, "cannot rebuild the dependent: {e:#}"),
         }

@@ -30,7 +30,7 @@ pub struct Recipes {
 impl Recipes {
     /// The recipes of `project`, if any were ever loaded.
     pub fn get(&self, project: &str) -> Option<Arc<RecipeSet>> {
-        self.sets.read().expect("not poisoned").get(project).map(|loaded| loaded.set.clone())
+        self.sets.read().expect("not poisoned").get(project).map(|loaded| loaded.active.clone())
     }
 
     /// The recipes commit the loaded recipes of `project` come from.
@@ -38,21 +38,41 @@ impl Recipes {
         self.sets.read().expect("not poisoned").get(project).map(|loaded| loaded.commit.clone())
     }
 
-    /// The recipes every other project has loaded (they share the artifact store).
-    fn others(&self, project: &str) -> Vec<(String, Arc<RecipeSet>)> {
-        let sets = self.sets.read().expect("not poisoned");
-        sets.iter().filter(|(name, _)| name.as_str() != project).map(|(n, l)| (n.clone(), l.set.clone())).collect()
-    }
-
-    fn replace(&self, project: &str, set: RecipeSet, commit: &CommitSha) -> Option<Arc<RecipeSet>> {
-        let loaded = Loaded { set: Arc::new(set), commit: commit.clone() };
-        self.sets.write().expect("not poisoned").insert(project.to_string(), loaded).map(|previous| previous.set)
+    /// Stores the recipes of `project` at `commit`, then refuses in every project the recipes whose
+    /// artifact names a recipe of another project could also publish (they share the artifact
+    /// store): both sides, whichever loaded first, so that no load order decides who owns a
+    /// name. The recipes `project` had in use before, and has now.
+    fn replace(&self, project: &str, set: RecipeSet, commit: &CommitSha) -> (Option<Arc<RecipeSet>>, Arc<RecipeSet>) {
+        let mut sets = self.sets.write().expect("not poisoned");
+        let set = Arc::new(set);
+        let loaded = Loaded { parsed: set.clone(), active: set, commit: commit.clone() };
+        let previous = sets.insert(project.to_string(), loaded).map(|previous| previous.active);
+        let parsed: Vec<(String, Arc<RecipeSet>)> = sets.iter().map(|(n, l)| (n.clone(), l.parsed.clone())).collect();
+        for (name, loaded) in sets.iter_mut() {
+            let others: Vec<(&str, &RecipeSet)> =
+                parsed.iter().filter(|(other, _)| other != name).map(|(n, s)| (n.as_str(), s.as_ref())).collect();
+            let mut active = RecipeSet::clone(&loaded.parsed);
+            crate::recipes::names::refuse_collisions(&mut active, &others);
+            if name != project && active.recipes.len() != loaded.active.recipes.len() {
+                tracing::warn!(
+                    project = name.as_str(),
+                    "after the reload of project {project}, {} of its recipes are in use: {:?}",
+                    active.recipes.len(),
+                    active.problems
+                );
+            }
+            loaded.active = Arc::new(active);
+        }
+        let now = sets[project].active.clone();
+        (previous, now)
     }
 }
 
-/// The recipes of one project and the recipes commit they come from.
+/// The recipes of one project and the recipes commit they come from: as parsed (within the
+/// project's own rules), and in use (less those whose names another project could publish).
 struct Loaded {
-    set: Arc<RecipeSet>,
+    parsed: Arc<RecipeSet>,
+    active: Arc<RecipeSet>,
     commit: CommitSha,
 }
 
@@ -124,13 +144,21 @@ impl RecipesRepo {
 /// Fetches the project's recipes repository, parses its branch head, swaps the loaded recipes,
 /// and records the reload. `pushed` is the commit a push delivery named: the head is loaded
 /// whatever it names, as deliveries may arrive out of order, and recipes older than (or the same
-/// as) those loaded are never loaded again. A failed fetch keeps the recipes loaded before.
+/// as) those loaded are never loaded again, unless the push was `forced`. A failed fetch keeps
+/// the recipes loaded before.
 /// Returns the history entry of the reload, `None` when there was nothing newer to load.
-pub async fn reload(app: &Arc<App>, project: &str, pushed: Option<CommitSha>) -> anyhow::Result<Option<BuildId>> {
+pub async fn reload(
+    app: &Arc<App>,
+    project: &str,
+    pushed: Option<CommitSha>,
+    forced: bool,
+) -> anyhow::Result<Option<BuildId>> {
     let _one_at_a_time = app.recipes.reloading.lock().await;
     let recipes_repo = RecipesRepo::of(&app.config, project)?;
     let (repository, branch) = (recipes_repo.repository.clone(), recipes_repo.branch.clone());
-    let fetched = recipes_repo.fetch_newer(app.recipes.commit(project)).await;
+    // A force push may move the recipes back on purpose: its head is loaded whatever is loaded.
+    let loaded = if forced { None } else { app.recipes.commit(project) };
+    let fetched = recipes_repo.fetch_newer(loaded).await;
 
     let mut lines = Vec::new();
     let not_the_head = match (&pushed, &fetched) {
@@ -152,16 +180,13 @@ pub async fn reload(app: &Arc<App>, project: &str, pushed: Option<CommitSha>) ->
         Ok(Fetched::Head(commit, files)) => {
             let mut set =
                 RecipeSet::parse(project, files.iter().map(|(path, content)| (path.clone(), content.as_slice())));
-            let others = app.recipes.others(project);
-            let others: Vec<(&str, &RecipeSet)> = others.iter().map(|(p, s)| (p.as_str(), s.as_ref())).collect();
-            apply_rules(&mut set, &app.config, project, &others);
+            apply_rules(&mut set, &app.config, project);
             for script in set.recipes.values_mut().flat_map(|r| r.scripts.iter_mut()) {
                 script.recipes_commit = Some(commit.to_string());
             }
-            let outcome = describe(&set, &mut lines, &repository, &commit);
+            let (previous, now) = app.recipes.replace(project, set, &commit);
+            let outcome = describe(&now, &mut lines, &repository, &commit);
             lines.extend(not_the_head);
-            let previous = app.recipes.replace(project, set, &commit);
-            let now = app.recipes.get(project).expect("just stored");
             let before: Vec<&RepoName> = previous.as_ref().map(|p| p.repositories()).unwrap_or_default();
             for repo in &before {
                 if !now.repositories().contains(repo) {
@@ -221,11 +246,11 @@ pub async fn reload(app: &Arc<App>, project: &str, pushed: Option<CommitSha>) ->
     Ok(Some(id))
 }
 
-/// What the operator and the other recipes rule out, applied to freshly parsed recipes (by
-/// `serve` and by `autobuilder check`): limits within the caps, base images from allowed
-/// registries and projects, image chains resolved, and no artifact name that another recipe,
-/// of this project or of `others`, could also publish.
-pub fn apply_rules(set: &mut RecipeSet, config: &Config, project: &str, others: &[(&str, &RecipeSet)]) {
+/// What the operator and the project's other recipes rule out, applied to freshly parsed recipes
+/// (by `serve` and by `autobuilder check`): limits within the caps, base images from allowed
+/// registries and projects, image chains resolved, and no artifact name that another recipe of
+/// the project could also publish (other projects' recipes are checked when they are put in use).
+pub fn apply_rules(set: &mut RecipeSet, config: &Config, project: &str) {
     set.refuse(|script| {
         super::limits::resolve(&config.builds, &script.limits)?;
         match &script.baseimage {
@@ -234,7 +259,7 @@ pub fn apply_rules(set: &mut RecipeSet, config: &Config, project: &str, others: 
         }
     });
     crate::recipes::chains::resolve(set);
-    crate::recipes::names::refuse_collisions(set, others);
+    crate::recipes::names::refuse_collisions(set, &[]);
 }
 
 /// `[hooks] auto`: gives newly tracked repositories their webhook.

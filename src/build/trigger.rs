@@ -73,8 +73,8 @@ impl Answer {
 pub enum Decision {
     /// Nothing to do but answer.
     Answer(Answer),
-    /// Load the recipes (the push named this commit).
-    Reload(CommitSha),
+    /// Load the recipes (the push named this commit; a force push may move them back).
+    Reload { commit: CommitSha, forced: bool },
     /// Build every script of a recipe at a commit.
     Build { recipe: Box<Recipe>, source: Source, lineage: Lineage },
     /// Cancel the builds of a closed pull request (its `pull/<n>` branch).
@@ -125,7 +125,7 @@ pub fn decide(project: &Project<'_>, event: &str, parsed: anyhow::Result<Event>)
                 format!("branch {branch} of the recipes repository is not loaded (project loads {})", settings.branch);
             return answer(Verdict::Done, message);
         }
-        return Decision::Reload(push.after);
+        return Decision::Reload { commit: push.after, forced: push.forced };
     }
     let Some(recipes) = project.recipes else {
         let error = format!(
@@ -180,11 +180,11 @@ fn decide_pull_request(project: &Project<'_>, settings: &ProjectConfig, pr: Pull
 pub async fn carry_out(app: &Arc<App>, project: &str, decision: Decision) -> Answer {
     match decision {
         Decision::Answer(answer) => answer,
-        Decision::Reload(sha) => {
-            let message = format!("reloading recipes at {}", sha.short());
+        Decision::Reload { commit, forced } => {
+            let message = format!("reloading recipes at {}", commit.short());
             let (app, project) = (app.clone(), project.to_string());
             tokio::spawn(async move {
-                if let Err(e) = reload(&app, &project, Some(sha)).await {
+                if let Err(e) = reload(&app, &project, Some(commit), forced).await {
                     tracing::error!(project, "recipes reload failed: {e:#}");
                 }
             });
@@ -216,7 +216,7 @@ async fn queue_builds(app: &Arc<App>, recipe: &Recipe, source: Source, lineage: 
         return Ok(Answer::said(Verdict::Done, message));
     }
     app.heads.saw(&source);
-    let enqueued = enqueue(app, recipe, source, true).await?;
+    let enqueued = enqueue(app, recipe, source, None).await?;
     let (verdict, message) = match (enqueued.queued.len(), enqueued.already.len()) {
         (0, _) => (Verdict::Done, format!("already building {} for {repository} {branch}", commit.short())),
         (queued, 0) => {
@@ -389,7 +389,7 @@ mod tests {
             assert!(message.contains(text), "{message}");
         }
         let reload = decide_on(&settings, Some(&recipes), "push", push("org/recipes", "refs/heads/master", SHA));
-        assert!(matches!(reload, Decision::Reload(sha) if sha.as_str() == SHA));
+        assert!(matches!(reload, Decision::Reload { commit, forced: true } if commit.as_str() == SHA));
         let (verdict, error) = said(decide_on(&settings, None, "push", push("org/app", "refs/heads/master", SHA)));
         assert_eq!(verdict, Verdict::NotReady, "{error}");
     }

@@ -83,8 +83,9 @@ fn names_of(recipe: &Recipe) -> Vec<(String, Name)> {
 }
 
 /// Refuses every recipe of `set` whose published names could meet another's, in `set` or in
-/// `others` (the recipes other projects have loaded, which share the artifact store). Both
-/// recipes of `set` are refused; one of `others` stays (it was there first) and is named.
+/// `others` (the recipes of other projects, which share the artifact store). Both recipes of
+/// `set` are refused; one of `others` is named (the caller refuses it when it checks that
+/// project against this one).
 pub fn refuse_collisions(set: &mut RecipeSet, others: &[(&str, &RecipeSet)]) {
     // (where, what, name) grouped by length: names of different lengths never meet.
     let mut by_length: BTreeMap<usize, Vec<Owned>> = BTreeMap::new();
