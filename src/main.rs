@@ -61,9 +61,10 @@ enum Command {
         /// are applied as `serve` applies them. Without it, the defaults.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The project these recipes belong to (its image namespace and `images_from` apply).
-        #[arg(long, default_value = "check")]
-        project: String,
+        /// The project these recipes belong to (its image namespace and `images_from` apply);
+        /// default: the one project of --config, if it has one.
+        #[arg(long)]
+        project: Option<String>,
     },
 }
 
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
         Command::Serve { config, address_file } => serve(config, address_file),
         Command::Live { config, address_file } => live(config, address_file),
         Command::Hooks { action: HooksAction::Sync { config, dry_run } } => hooks_sync(config, dry_run),
-        Command::Check { dir, config, project } => check(&dir, config, &project),
+        Command::Check { dir, config, project } => check(&dir, config, project),
     };
     match result {
         Ok(code) => code,
@@ -251,8 +252,17 @@ async fn shutdown_signal() {
     }
 }
 
-fn check(dir: &std::path::Path, config_path: Option<PathBuf>, project: &str) -> anyhow::Result<ExitCode> {
+fn check(dir: &std::path::Path, config_path: Option<PathBuf>, project: Option<String>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path.as_deref())?;
+    let only = (config.projects.len() == 1).then(|| config.projects.keys().next().cloned()).flatten();
+    let project = project.or(only).unwrap_or_else(|| "check".into());
+    if config_path.is_some() && !config.projects.is_empty() && !config.projects.contains_key(&project) {
+        anyhow::bail!(
+            "--project {project} is not configured in the --config file: name one of {}",
+            config.projects.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let project = project.as_str();
     let mut set = RecipeSet::parse_dir(project, dir).with_context(|| format!("cannot read {}", dir.display()))?;
     apply_rules(&mut set, &config, project);
     for recipe in set.recipes.values() {

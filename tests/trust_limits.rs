@@ -247,9 +247,7 @@ async fn artifacts_are_downloads_and_pages_carry_security_headers() {
         let response = server.http.get(format!("{}{page}", server.url)).send().await.unwrap();
         let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
         let policy = header("content-security-policy").unwrap_or_default();
-        for part in
-            ["default-src 'self'", "script-src 'self';", "connect-src 'self';", "frame-ancestors 'none'"]
-        {
+        for part in ["default-src 'self'", "script-src 'self';", "connect-src 'self';", "frame-ancestors 'none'"] {
             assert!(policy.contains(part), "{page}: {policy}");
         }
         assert!(!policy.contains("unsafe-inline"), "{page}: {policy}");

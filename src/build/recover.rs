@@ -34,7 +34,7 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
             Some(id) => {
                 workspaces.insert(BuildId(id), entry.path());
             }
-            None if name.starts_with(&prefix) => remove_left_dir(&entry.path()),
+            None if name.starts_with(&prefix) => remove_left_dir(app, entry.path()),
             None => {}
         }
     }
@@ -58,7 +58,7 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
                     app.docker.remove_later(container);
                 }
                 if let Some(workspace) = workspace {
-                    remove_left_dir(&workspace);
+                    remove_left_dir(app, workspace);
                 }
             }
         }
@@ -73,16 +73,15 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
         app.docker.remove_later(container);
     }
     for (_, workspace) in workspaces {
-        remove_left_dir(&workspace);
+        remove_left_dir(app, workspace);
     }
     Ok(())
 }
 
-/// Removes a build directory a previous process left, saying so when it cannot.
-fn remove_left_dir(dir: &std::path::Path) {
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        tracing::warn!("cannot remove the left build directory {}: {e}", dir.display());
-    }
+/// Removes a build directory a previous process left, in the background (as after a build).
+fn remove_left_dir(app: &Arc<App>, dir: PathBuf) {
+    let app = app.clone();
+    tokio::spawn(async move { super::run::remove_workspace(&app, dir).await });
 }
 
 /// The job of a stored build, or None for a reload or a build without readable settings.

@@ -18,7 +18,7 @@ use crate::docker::{
 };
 use crate::model::{BuildId, BuildStatus, Outcome, Output};
 use crate::recipes::ArtifactFormat;
-use crate::recipes::chains::{ImageSource, branch_tag, commit_tag, project_image, registry_of};
+use crate::recipes::chains::{ImageSource, branch_tag, commit_tag, project_image, pulled_from};
 
 /// Runs a queued build to its end: waits for its turn (leaving the queue when cancelled first).
 pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, place: Place) {
@@ -247,7 +247,7 @@ async fn ensure_image(app: &App, image: &str, log: &mut BuildLog) -> Result<(), 
     if app.docker.has_image(image).await? {
         return Ok(());
     }
-    let registry = registry_of(image).unwrap_or("docker.io");
+    let registry = pulled_from(image);
     if !app.config.docker.allowed_registries.iter().any(|allowed| allowed == registry) {
         let reason = format!(
             "it is not on the Docker host, and autobuilder pulls only from [docker] allowed_registries: \
@@ -560,29 +560,29 @@ async fn finish(
         app.docker.remove_later(container);
     }
     if let Some(workspace) = workspace {
-        let image = job.script.baseimage.clone().unwrap_or_else(|| app.config.docker.default_image.clone());
         let app = app.clone();
-        tokio::spawn(async move { remove_workspace(&app, id, workspace, &image).await });
+        tokio::spawn(async move { remove_workspace(&app, workspace).await });
     }
 }
 
-/// Removes a build's directory. Build containers write as root: what a service that is not root
-/// cannot remove is removed by a throwaway container of the build's image (no network). Every
-/// failure is logged.
-async fn remove_workspace(app: &App, id: BuildId, workspace: PathBuf, image: &str) {
+/// Removes a build's directory (of this run, or left by a previous one). Build containers write
+/// as root: what a service that is not root cannot remove is removed by a throwaway container of
+/// the operator's `[docker] default_image` (never a build's own image), without network and with
+/// only the capabilities removing needs. Every failure is logged.
+pub(super) async fn remove_workspace(app: &App, workspace: PathBuf) {
     let dir = workspace.clone();
     let first = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await.expect("does not panic");
     let Err(e) = first else { return };
     if !workspace.exists() {
         return;
     }
-    tracing::info!(build = %id, "cannot remove {} ({e}): removing it with a container", workspace.display());
-    if let Err(e) = app.docker.remove_as_root(&workspace, image).await {
-        tracing::warn!(build = %id, "cannot remove {} with a container: {e:#}", workspace.display());
+    tracing::info!("cannot remove {} ({e}): removing it with a container", workspace.display());
+    if let Err(e) = app.docker.remove_as_root(&workspace, &app.config.docker.default_image).await {
+        tracing::warn!("cannot remove {} with a container: {e:#}", workspace.display());
     }
     let dir = workspace.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await.expect("does not panic") {
-        tracing::warn!(build = %id, "build directory {} is left behind: {e}", workspace.display());
+        tracing::warn!("build directory {} is left behind: {e}", workspace.display());
     }
 }
 

@@ -434,14 +434,21 @@ impl DockerEngine {
     /// Empties `dir` (a build's directory, with files the build made as root) from a throwaway
     /// container of `image`, without network, that removes what is inside.
     pub async fn remove_as_root(&self, dir: &Path, image: &str) -> anyhow::Result<()> {
+        // Only what removing files needs: reading and writing past their modes.
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
-            cmd: Some(["rm", "-rf", "/workspace/src", "/workspace/archives"].map(String::from).to_vec()),
+            entrypoint: Some(vec!["rm".into()]),
+            cmd: Some(["-rf", "/workspace/src", "/workspace/archives"].map(String::from).to_vec()),
             labels: Some(HashMap::from([(LABEL_INSTANCE.to_string(), self.instance.clone())])),
             host_config: Some(HostConfig {
                 binds: Some(vec![format!("{}:/workspace", dir.display())]),
                 network_mode: Some("none".into()),
                 log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(vec!["DAC_OVERRIDE".into(), "FOWNER".into()]),
+                memory: Some(64 << 20),
+                pids_limit: Some(64),
                 ..Default::default()
             }),
             ..Default::default()
@@ -453,7 +460,10 @@ impl DockerEngine {
             anyhow::ensure!(exit.code == 0, "rm exited {}", exit.code);
             Ok(())
         };
-        let result = run.await;
+        let result = match tokio::time::timeout(Duration::from_secs(120), run).await {
+            Ok(result) => result,
+            Err(_) => Err(anyhow::anyhow!("rm did not end within 2 minutes")),
+        };
         self.remove_later(id);
         result
     }

@@ -132,6 +132,15 @@ pub fn check_baseimage(config: &crate::config::Config, project: &str, image: &st
     ))
 }
 
+/// The registry an image is pulled from, as `[docker] allowed_registries` names it: `docker.io`
+/// for a name without a host and for every name of Docker Hub's hosts.
+pub fn pulled_from(image: &str) -> &str {
+    match registry_of(image) {
+        Some(host) if !is_docker_hub(host) => host,
+        _ => "docker.io",
+    }
+}
+
 fn is_docker_hub(host: &str) -> bool {
     matches!(host, "docker.io" | "index.docker.io" | "registry-1.docker.io")
 }
@@ -301,6 +310,15 @@ mod tests {
         assert_eq!(set.recipes.len(), 1, "only the producer outside the cycle loads");
         assert!(set.problems.iter().all(|p| p.reason.contains("cycle")), "{:?}", set.problems);
         assert!(set.problems[0].reason.contains("org/a@master -> org/b@master -> org/a@master"), "{:?}", set.problems);
+    }
+
+    #[test]
+    fn docker_hub_has_one_name_in_allowed_registries() {
+        for image in ["ubuntu:22.04", "docker.io/library/ubuntu", "index.docker.io/x/y", "registry-1.docker.io/x/y"] {
+            assert_eq!(pulled_from(image), "docker.io", "{image}");
+        }
+        assert_eq!(pulled_from("ghcr.io/x/y:1"), "ghcr.io");
+        assert_eq!(pulled_from("localhost:5000/x"), "localhost:5000");
     }
 
     #[test]
