@@ -205,7 +205,10 @@ end() { # pid seconds: SIGTERM, then SIGKILL if it is still there after that man
 }
 # shellcheck disable=SC2317 # run by the traps
 stop() {
-  trap - EXIT INT TERM
+  # A second Ctrl-C or SIGTERM (a supervisor signals the whole process group) must not cut the
+  # stopping short and leave the server running.
+  trap - EXIT
+  trap '' INT TERM
   echo
   say "stopping"
   [ -z "$loop" ] || end "$loop" 10
