@@ -135,7 +135,7 @@ async fn the_queue_runs_in_order_within_the_limit_and_admins_cancel_and_rebuild(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_kill_9_running_builds_are_reattached_and_queued_ones_run() {
-    let (git, shas) = setup(&[("org/slow", "echo before; sleep 4; echo after"), ("org/next", "echo next")]);
+    let (git, shas) = setup(&[("org/slow", "echo before; sleep 8; echo after"), ("org/next", "echo next")]);
     let github = FakeGithub::start().await;
     let mut server = Server::start(|dir| test_config(dir, &git, Some(&github.url)).with(|c| c.builds.concurrency = 1));
     let slow = server.push_builds("org/slow", "master", &shas[0]).await[0];
@@ -163,7 +163,7 @@ async fn after_kill_9_running_builds_are_reattached_and_queued_ones_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_hands_running_builds_over_to_the_next_start() {
-    let (git, shas) = setup(&[("org/slow", "sleep 3; echo done")]);
+    let (git, shas) = setup(&[("org/slow", "sleep 6; echo done")]);
     let mut server = Server::start(|dir| test_config(dir, &git, None));
     let id = server.push_builds("org/slow", "master", &shas[0]).await[0];
     server.wait_running(id).await;
@@ -312,7 +312,8 @@ async fn recipes_set_limits_within_the_operators_caps() {
         "master",
         &[("org/limited/master.yaml", limited), ("org/greedy/master.yaml", greedy)],
     );
-    let sha = git.commit("org/limited", "master", &[("build.sh", &script("sleep 2"))]);
+    // Long enough for the container to be inspected while it exists, on a busy machine too.
+    let sha = git.commit("org/limited", "master", &[("build.sh", &script("sleep 10"))]);
     let server = Server::start(|dir| test_config(dir, &git, None));
 
     let reload = server.wait_reload(&reload).await;

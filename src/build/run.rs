@@ -541,6 +541,9 @@ async fn finish(
         _ => outcome.error.clone().unwrap_or_default(),
     };
     tracing::info!(build = %id, repo = %job.source.repository, branch = %job.source.branch, status = %outcome.status, "{description}");
+    // No longer active before its end is seen: a push of the same commit from then on builds
+    // it again rather than answering "already building" with a build that has ended.
+    app.active.remove(id);
     // The end and its commit status are recorded together: a crash keeps both or neither.
     let status = app.statuses.outbox_row(status_of(app, job, id, outcome.status, description));
     match app.store.finish(id, &outcome, status.as_ref()).await {
@@ -551,7 +554,6 @@ async fn finish(
         }
         Err(e) => tracing::error!(build = %id, "cannot record the end of the build: {e:#}"),
     }
-    app.active.remove(id);
     if outcome.status == BuildStatus::Success && job.script.commit.is_some() && job.script.rebuild_dependents {
         let (app, job) = (app.clone(), job.clone());
         tokio::spawn(async move { super::rebuild_dependents(&app, &job).await });
