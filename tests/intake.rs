@@ -23,18 +23,7 @@ async fn send(
     body: Vec<u8>,
     secret: Option<&str>,
 ) -> (u16, Value) {
-    let mut request = server
-        .http
-        .post(format!("{}/build/{project}/hook", server.url))
-        .header("x-github-event", event)
-        .header("content-type", content_type);
-    if let Some(secret) = secret {
-        request = request.header("x-hub-signature-256", sign(secret.as_bytes(), &body));
-    }
-    let response = request.body(body).send().await.unwrap();
-    let code = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    server.send_hook(project, event, None, Some(content_type), body, secret).await
 }
 
 /// `payload=<json>`, as GitHub sends a webhook whose content type is form-encoded.

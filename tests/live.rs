@@ -30,15 +30,6 @@ tar -czf /tmp/archives/out.tar.gz /etc/hostname
     )
 }
 
-const RECIPE: &str = "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz}\n";
-
-fn setup(script: &str) -> (GitHost, String) {
-    let git = GitHost::new();
-    git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
-    let sha = git.commit("org/app", "master", &[("build.sh", script)]);
-    (git, sha)
-}
-
 fn ws_url(server: &Server) -> String {
     format!("{}/live", server.url.replace("http://", "ws://"))
 }
@@ -51,7 +42,7 @@ async fn raw_log(server: &Server, id: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_line_arrives_once_and_in_order_across_a_dropped_connection() {
-    let (git, sha) = setup(&chatty_script(600, "0.1"));
+    let (git, sha) = one_script_app(&chatty_script(600, "0.1"));
     let server = Server::start(|dir| test_config(dir, &git, None));
     let id = server.push_builds("org/app", "master", &sha).await[0];
 
@@ -78,7 +69,7 @@ async fn every_line_arrives_once_and_in_order_across_a_dropped_connection() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_outage_stops_no_build_and_loses_no_line() {
-    let (git, sha) = setup(&chatty_script(1500, "0.15"));
+    let (git, sha) = one_script_app(&chatty_script(1500, "0.15"));
     let mut redis = RedisServer::start();
     let server = Server::start(|dir| {
         test_config(dir, &git, None).with(|c| {
@@ -119,7 +110,7 @@ async fn a_redis_outage_stops_no_build_and_loses_no_line() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_stops_reading_holds_back_neither_the_build_nor_others() {
-    let (git, sha) = setup("#!/bin/sh\nseq 1 200000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
+    let (git, sha) = one_script_app("#!/bin/sh\nseq 1 200000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
     let server = Server::start(|dir| test_config(dir, &git, None));
 
     let mut stuck = LiveClient::connect(&ws_url(&server)).await;
@@ -136,7 +127,7 @@ async fn a_client_that_stops_reading_holds_back_neither_the_build_nor_others() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_million_lines_complete_and_a_late_client_opens_on_the_tail() {
-    let (git, sha) = setup("#!/bin/sh\nseq 1 1000000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
+    let (git, sha) = one_script_app("#!/bin/sh\nseq 1 1000000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
     let server = Server::start(|dir| test_config(dir, &git, None));
     let id = server.push_builds("org/app", "master", &sha).await[0];
     assert_eq!(server.wait_build(id).await["status"], "success");
@@ -171,7 +162,7 @@ async fn a_million_lines_complete_and_a_late_client_opens_on_the_tail() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pages_show_lines_live_render_them_safely_and_catch_up_after_a_drop() {
-    let (git, sha) = setup(&chatty_script(1000, "0.25"));
+    let (git, sha) = one_script_app(&chatty_script(1000, "0.25"));
     let server = Server::start(|dir| test_config(dir, &git, None));
     let browser = Browser::start().await;
     let id = server.push_builds("org/app", "master", &sha).await[0];

@@ -96,7 +96,7 @@ async fn oversized_websocket_messages_end_the_connection_and_cost_no_memory() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_clients_are_capped_and_the_service_keeps_answering() {
-    let (git, _) = setup("#!/bin/sh\n");
+    let (git, _) = one_script_app("#!/bin/sh\n");
     let server = Server::start(|dir| {
         test_config(dir, &git, None).with(|c| {
             c.live.max_clients = 8;
@@ -159,22 +159,12 @@ async fn autobuilder_live_answers_at_the_root_too() {
     assert!(connect_from(&live.url, "127.0.0.1").await.is_ok());
 }
 
-/// A recipe of one script `build.sh` whose artifact is `out.tar.gz`.
-const RECIPE: &str = "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz}\n";
-
-fn setup(script: &str) -> (GitHost, String) {
-    let git = GitHost::new();
-    git.commit("org/recipes", "master", &[("org/app/master.yaml", RECIPE)]);
-    let sha = git.commit("org/app", "master", &[("build.sh", script)]);
-    (git, sha)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flooding_build_is_cut_at_the_log_cap_and_ends_well() {
     // 5 MB of output (and a long line without newlines) against a 1 MB cap.
     let script = "#!/bin/sh\necho first line\ni=0\nwhile [ $i -lt 50 ]; do head -c 100000 /dev/zero | tr '\\0' 'y'; echo; \
                   i=$((i+1)); done\necho after the flood\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
-    let (git, sha) = setup(script);
+    let (git, sha) = one_script_app(script);
     let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.builds.max_log_bytes = 1_000_000));
     let id = server.push_builds("org/app", "master", &sha).await[0];
     let build = server.wait_build(id).await;
@@ -212,7 +202,7 @@ async fn secrets_across_the_line_cut_and_inside_escapes_stay_masked() {
     let script = "#!/bin/sh\nhead -c 65529 /dev/zero | tr '\\0' x; printf '%s tail\\n' \"$TOKEN\"\n\
                   printf 'pw: hunter2-\\033[0msupersecret\\n'\necho \"plain $TOKEN\"\n\
                   tar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
-    let (git, sha) = setup(script);
+    let (git, sha) = one_script_app(script);
     let server = Server::start(|dir| {
         test_config(dir, &git, None).with(|c| {
             c.demo().secrets.insert("TOKEN".into(), Secret::new("hunter2-supersecret"));
@@ -296,23 +286,12 @@ async fn a_browser_asking_for_a_missing_page_gets_an_html_page() {
 
 /// Sends a signed push with a chosen delivery id to `project`.
 async fn push_to(server: &Server, project: &str, secret: &str, delivery: &str, body: &Value) -> (u16, Value) {
-    let body = body.to_string();
-    let response = server
-        .http
-        .post(format!("{}/build/{project}/hook", server.url))
-        .header("x-github-event", "push")
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", autobuilder::github::events::sign(secret.as_bytes(), body.as_bytes()))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    server.send_hook(project, "push", Some(delivery), None, body.to_string().into_bytes(), Some(secret)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn commit_messages_are_bounded_and_delivery_ids_are_per_project() {
-    let (git, sha) = setup("#!/bin/sh\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
+    let (git, sha) = one_script_app("#!/bin/sh\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
     git.commit("org/other-recipes", "master", &[("README", "nothing tracked")]);
     let server = Server::start(|dir| {
         test_config(dir, &git, None).with(|c| {
@@ -343,7 +322,7 @@ async fn commit_messages_are_bounded_and_delivery_ids_are_per_project() {
 async fn hub_uploads_are_streamed_from_the_file() {
     // A 200 MB artifact (zeros: the fake hub does not unpack it).
     let script = "#!/bin/sh\nhead -c 200000000 /dev/zero > /tmp/archives/out.tar.gz\n";
-    let (git, sha) = setup(script);
+    let (git, sha) = one_script_app(script);
     let hub = FakeHub::start().await;
     let server = Server::start(|dir| {
         test_config(dir, &git, None).with(|c| {
@@ -368,7 +347,7 @@ async fn hub_uploads_are_streamed_from_the_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_100_mb_log_opens_on_its_tail_without_reading_it_into_memory() {
     // `seq` prints 169 MB; the default cap keeps 100 MB of it.
-    let (git, sha) = setup("#!/bin/sh\nseq 1 20000000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
+    let (git, sha) = one_script_app("#!/bin/sh\nseq 1 20000000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n");
     let server = Server::start(|dir| test_config(dir, &git, None));
     let id = server.push_builds("org/app", "master", &sha).await[0];
     assert_eq!(server.wait_build(id).await["status"], "success");

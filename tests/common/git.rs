@@ -75,3 +75,15 @@ pub fn recipe(scripts: &[(&str, &str)]) -> String {
     }
     yaml
 }
+
+/// A recipe of one script `build.sh` whose artifact is `out.tar.gz`.
+pub const ONE_SCRIPT: &str = "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz}\n";
+
+/// A recipes repository tracking `org/app` master with [`ONE_SCRIPT`], and `org/app` at a commit
+/// whose `build.sh` is `script`; the host and that commit.
+pub fn one_script_app(script: &str) -> (GitHost, String) {
+    let git = GitHost::new();
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", ONE_SCRIPT)]);
+    let sha = git.commit("org/app", "master", &[("build.sh", script)]);
+    (git, sha)
+}

@@ -264,36 +264,42 @@ impl Server {
 
     /// Sends a webhook delivery signed with `secret`.
     pub async fn deliver(&self, project: &str, event: &str, body: &[u8], secret: Option<&str>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .post(format!("{}/build/{project}/hook", self.url))
-            .header("x-github-event", event)
-            .header("x-github-delivery", format!("{:x}", rand_id()))
-            .header("content-type", "application/json")
-            .body(body.to_vec());
-        if let Some(secret) = secret {
-            request = request.header("x-hub-signature-256", autobuilder::github::events::sign(secret.as_bytes(), body));
-        }
-        let response = request.send().await.unwrap();
-        let code = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        let id = format!("{:x}", rand_id());
+        self.send_hook(project, event, Some(&id), Some("application/json"), body.to_vec(), secret).await
     }
 
     /// Delivers a push with a chosen `X-GitHub-Delivery` id.
     pub async fn push_as(&self, delivery: &str, repo: &str, branch: &str, sha: &str) -> (u16, Value) {
-        let body = push_payload(repo, &format!("refs/heads/{branch}"), sha).to_string();
-        let response = self
-            .http
-            .post(format!("{}/build/demo/hook", self.url))
-            .header("x-github-event", "push")
-            .header("x-github-delivery", delivery)
-            .header("x-hub-signature-256", autobuilder::github::events::sign(SECRET.as_bytes(), body.as_bytes()))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+        let body = push_payload(repo, &format!("refs/heads/{branch}"), sha).to_string().into_bytes();
+        self.send_hook("demo", "push", Some(delivery), None, body, Some(SECRET)).await
+    }
+
+    /// Sends `body` to the hook of `project`, every header the hook reads chosen: the delivery id
+    /// and the content type (none when `None`), signed with `secret` (unsigned when `None`).
+    pub async fn send_hook(
+        &self,
+        project: &str,
+        event: &str,
+        delivery: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        secret: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}/build/{project}/hook", self.url)).header("x-github-event", event);
+        if let Some(delivery) = delivery {
+            request = request.header("x-github-delivery", delivery);
+        }
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        if let Some(secret) = secret {
+            request =
+                request.header("x-hub-signature-256", autobuilder::github::events::sign(secret.as_bytes(), &body));
+        }
+        let response = request.body(body).send().await.unwrap();
+        let code = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// Delivers a signed push of `sha` to `repo` `branch`; returns the answer.
