@@ -92,7 +92,7 @@ async fn a_push_builds_the_pushed_commit_publishes_and_reports() {
     assert!(page.contains(&format!("data-build-id=\"{}\"", ids[0])), "{page}");
     let (code, page) = server.get_text("/monitor").await;
     assert_eq!(code, 200);
-    assert!(page.contains("data-page=\"monitor\"") && page.contains("/static/monitor.js"), "{page}");
+    assert!(page.contains("data-page=\"monitor\"") && page.contains("/static/overview.js"), "{page}");
 
     // Nothing left behind: container and temp directories.
     wait_until("the build container to be removed", async || server.containers_of(ids[0]).is_empty().then_some(()))

@@ -233,7 +233,7 @@ async fn artifacts_are_downloads_and_pages_carry_security_headers() {
     assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
     assert_eq!(header("content-security-policy").as_deref(), Some("sandbox"));
 
-    for page in ["/monitor", "/build/status", "/static/monitor.js"] {
+    for page in ["/monitor", "/build/status", "/static/overview.js"] {
         let response = server.http.get(format!("{}{page}", server.url)).send().await.unwrap();
         let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
         let policy = header("content-security-policy").unwrap_or_default();

@@ -14,8 +14,15 @@ use super::ApiError;
 use super::api::find;
 use crate::app::App;
 
-const STYLE: &str = include_str!("../../static/style.css");
-const SCRIPT: &str = include_str!("../../static/monitor.js");
+/// The files under `/static/`: name, content type, content.
+const STATIC_FILES: [(&str, &str, &str); 6] = [
+    ("style.css", "text/css", include_str!("../../static/style.css")),
+    ("overview.css", "text/css", include_str!("../../static/overview.css")),
+    ("build.css", "text/css", include_str!("../../static/build.css")),
+    ("common.js", "text/javascript", include_str!("../../static/common.js")),
+    ("overview.js", "text/javascript", include_str!("../../static/overview.js")),
+    ("build.js", "text/javascript", include_str!("../../static/build.js")),
+];
 
 #[derive(Clone)]
 pub struct Pages {
@@ -36,11 +43,16 @@ impl Pages {
 
     pub fn router(self) -> Router<Arc<App>> {
         let (monitor_pages, build_pages) = (self.clone(), self);
-        Router::new()
+        let mut router = Router::new()
             .route("/monitor", get(move |state| monitor(state, monitor_pages.clone())))
-            .route("/monitor/build/{id}", get(move |state, path| build(state, path, build_pages.clone())))
-            .route("/static/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE) }))
-            .route("/static/monitor.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], SCRIPT) }))
+            .route("/monitor/build/{id}", get(move |state, path| build(state, path, build_pages.clone())));
+        for (name, content_type, content) in STATIC_FILES {
+            router = router.route(
+                &format!("/static/{name}"),
+                get(move || async move { ([(header::CONTENT_TYPE, content_type)], content) }),
+            );
+        }
+        router
     }
 
     fn render(&self, name: &str, context: &Context) -> Result<Html<String>, ApiError> {
