@@ -61,6 +61,11 @@ pub struct GitConfig {
     pub retries: u32,
     /// Seconds before the first retry; doubled for each next one.
     pub retry_delay_seconds: u64,
+    /// 0: every build gets the repository's full history, from its mirror under `data_dir`
+    /// (the first build of a repository fetches it all, later ones only what is new). N: the
+    /// first build fetches the pushed commit with N commits of history and the mirror is filled
+    /// behind it; later builds get the full history from the mirror.
+    pub depth: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -296,7 +301,7 @@ impl Default for Config {
 
 impl Default for GitConfig {
     fn default() -> Self {
-        Self { clone_url: "https://github.com/{repo}.git".into(), retries: 2, retry_delay_seconds: 2 }
+        Self { clone_url: "https://github.com/{repo}.git".into(), retries: 2, retry_delay_seconds: 2, depth: 0 }
     }
 }
 
@@ -503,6 +508,12 @@ impl Config {
     /// The clone URL of a repository.
     pub fn clone_url(&self, repo: &RepoName) -> String {
         self.git.clone_url.replace("{repo}", repo.as_str())
+    }
+
+    /// The bare mirror of a tracked repository: builds check out from it, pushes are put in order
+    /// with it.
+    pub fn mirror_dir(&self, repo: &RepoName) -> PathBuf {
+        self.data_dir.join("mirrors").join(repo.org()).join(format!("{}.git", repo.name()))
     }
 }
 

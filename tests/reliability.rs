@@ -319,18 +319,18 @@ async fn recipes_set_limits_within_the_operators_caps() {
     let reload = server.wait_reload(&reload).await;
     assert!(reload["error"].as_str().unwrap().contains("max_memory"), "{reload}");
     let id = server.push_builds("org/limited", "master", &sha).await[0];
-    let container =
-        wait_until("the container", async || Some(server.containers_of(id)).filter(|c| !c.is_empty())).await;
-    let inspect = Command::new("docker")
-        .args([
-            "inspect",
-            "-f",
-            "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.HostConfig.NanoCpus}} {{.HostConfig.Privileged}}",
-            &container,
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), "134217728 64 500000000 false");
+    // Inspected until docker answers: on a loaded machine the container may be listed before it
+    // can be inspected.
+    let limits = wait_until("the container's limits", async || {
+        let container = server.containers_of(id);
+        let format =
+            "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} {{.HostConfig.NanoCpus}} {{.HostConfig.Privileged}}";
+        let inspect = Command::new("docker").args(["inspect", "-f", format, &container]).output().unwrap();
+        let limits = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
+        (!container.is_empty() && inspect.status.success() && !limits.is_empty()).then_some(limits)
+    })
+    .await;
+    assert_eq!(limits, "134217728 64 500000000 false");
     assert_eq!(server.wait_build(id).await["status"], "success");
 }
 

@@ -69,12 +69,7 @@ pub async fn newer_than(app: &App, source: &Source, lineage: &Lineage) -> Option
     if newest == source.commit || lineage.forced || lineage.before.as_ref() == Some(&newest) {
         return None;
     }
-    let path = app
-        .config
-        .data_dir
-        .join("mirrors")
-        .join(source.repository.org())
-        .join(format!("{}.git", source.repository.name()));
+    let path = app.config.mirror_dir(&source.repository);
     let url = app.config.clone_url(&source.repository);
     let (branch, commit, newer) = (source.branch.clone(), source.commit.clone(), newest.clone());
     let check = tokio::task::spawn_blocking(move || {

@@ -353,23 +353,34 @@ async fn wait_for_image(
     }
 }
 
-/// Fetches the pushed commit, retrying a flaky remote (`[git] retries`, doubling delays).
+/// Checks out the pushed commit (see `git::check_out`), retrying a flaky remote (`[git] retries`,
+/// doubling delays).
 async fn checkout(app: &App, active: &ActiveBuild, source: &Path, log: &mut BuildLog) -> Result<(), BuildError> {
     let job = &active.job;
+    let wanted = crate::git::Wanted {
+        url: app.config.clone_url(&job.source.repository),
+        branch: job.source.branch.clone(),
+        commit: job.source.commit.clone(),
+        mirror: app.config.mirror_dir(&job.source.repository),
+        depth: app.config.git.depth,
+    };
     let mut delay = Duration::from_secs(app.config.git.retry_delay_seconds);
     for attempt in 0..=app.config.git.retries {
         log.note(&format!("fetching {} {} at {}", job.source.repository, job.source.branch, job.source.commit));
         log.write_pending().await.map_err(BuildError::log)?;
-        let url = app.config.clone_url(&job.source.repository);
-        let (branch, commit, dest) = (job.source.branch.clone(), job.source.commit.clone(), source.to_path_buf());
+        let (wanted, dest) = (wanted.clone(), source.to_path_buf());
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&dest);
-            crate::git::checkout_commit(&url, &branch, &commit, &dest)
+            crate::git::check_out(&wanted, &dest)
         })
         .await
         .expect("checkout does not panic");
         let error = match result {
-            Ok(()) => return Ok(()),
+            Ok(via) => {
+                log.note(&format!("checked out {via} in {:.2}s", started.elapsed().as_secs_f64()));
+                return Ok(());
+            }
             Err(e) => format!("{e:#}"),
         };
         if error.contains("No space left on device") {

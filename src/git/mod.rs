@@ -1,38 +1,18 @@
-//! Git (libgit2): check out a pushed commit for a build, and read the files of a mirrored
-//! repository (a project's recipes) at a commit.
+//! Git (libgit2): a build's checkout of the pushed commit, the mirrors it comes from (which also
+//! give the recipes and the ancestry of pushes), and the credentials of clone URLs.
 //!
 //! Every function here blocks; call them from `tokio::task::spawn_blocking`.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
+mod checkout;
+mod mirror;
+
+pub use checkout::{Wanted, check_out};
+pub use mirror::Mirror;
 
 use anyhow::Context;
-use git2::{FetchOptions, Oid, Repository, build::CheckoutBuilder};
+use git2::{FetchOptions, Repository};
 
 use crate::model::{Branch, CommitSha};
-
-/// Fetches `branch` from `url` into a new repository at `dest` and checks out exactly `sha`,
-/// whatever the branch head is by now. `dest` keeps its `.git`, so scripts may run git commands.
-pub fn checkout_commit(url: &str, branch: &Branch, sha: &CommitSha, dest: &Path) -> anyhow::Result<()> {
-    let repo = Repository::init(dest).with_context(|| format!("cannot create a repository in {}", dest.display()))?;
-    let oid = Oid::from_str(sha.as_str())?;
-    let refspec = format!("+{}:refs/remotes/origin/{branch}", remote_ref(branch));
-    fetch(&repo, url, &[refspec.as_str()])?;
-    if repo.find_commit(oid).is_err() {
-        // The branch moved on without this commit (a force push): ask for the commit itself,
-        // which GitHub serves while it is reachable from any ref.
-        let _ = fetch(&repo, url, &[sha.as_str()]);
-    }
-    let commit = repo.find_commit(oid).map_err(|_| {
-        anyhow::anyhow!("commit {sha} is not on branch {branch} of {} (force-pushed away?)", redact_url(url))
-    })?;
-    // The checkout is mounted into the build container: its origin never holds credentials.
-    repo.remote("origin", &split_credentials(url).0)?;
-    repo.set_head_detached(commit.id())?;
-    repo.checkout_head(Some(CheckoutBuilder::new().force()))?;
-    Ok(())
-}
 
 /// The commit `branch` points at on the remote (`git ls-remote`).
 pub fn branch_head(url: &str, branch: &Branch) -> anyhow::Result<CommitSha> {
@@ -53,103 +33,29 @@ pub fn remote_ref(branch: &Branch) -> String {
     }
 }
 
-/// A bare copy of a repository under the data directory (a project's recipes, or a tracked
-/// repository whose pushes are put in order), fetched on demand. One at a time per path.
-pub struct Mirror<'a> {
-    pub path: &'a Path,
-    pub url: &'a str,
+/// What a fetch received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fetched {
+    pub objects: usize,
+    pub bytes: usize,
 }
 
-impl Mirror<'_> {
-    /// Fetches `branch` and returns the commit to read: `sha` when given, else the branch head.
-    pub fn fetch(&self, branch: &Branch, sha: Option<&CommitSha>) -> anyhow::Result<CommitSha> {
-        let lock = one_at_a_time(self.path);
-        let _fetching = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let repo = match Repository::open_bare(self.path) {
-            Ok(repo) => repo,
-            Err(_) => {
-                if self.path.exists() {
-                    std::fs::remove_dir_all(self.path)?;
-                }
-                Repository::init_bare(self.path).with_context(|| format!("cannot create {}", self.path.display()))?
-            }
-        };
-        let tracking = format!("refs/remotes/origin/{branch}");
-        let refspec = format!("+{}:{tracking}", remote_ref(branch));
-        fetch(&repo, self.url, &[refspec.as_str()])?;
-        let oid = match sha {
-            Some(sha) => Oid::from_str(sha.as_str())?,
-            None => repo
-                .refname_to_id(&tracking)
-                .with_context(|| format!("branch {branch} not found in {}", redact_url(self.url)))?,
-        };
-        repo.find_commit(oid)
-            .with_context(|| format!("commit {oid} is not on branch {branch} of {}", redact_url(self.url)))?;
-        CommitSha::parse(&oid.to_string())
-    }
-
-    /// Whether `older` is an ancestor of `newer` (a commit is not its own ancestor); `None` when
-    /// either is not in the mirror (force-pushed away, or never fetched).
-    pub fn is_ancestor(&self, older: &CommitSha, newer: &CommitSha) -> anyhow::Result<Option<bool>> {
-        let repo = Repository::open_bare(self.path)?;
-        let (older, newer) = (Oid::from_str(older.as_str())?, Oid::from_str(newer.as_str())?);
-        if repo.find_commit(older).is_err() || repo.find_commit(newer).is_err() {
-            return Ok(None);
-        }
-        Ok(Some(repo.graph_descendant_of(newer, older)?))
-    }
-
-    /// The files of commit `sha` whose path (from the repository root) `wanted` accepts, as
-    /// (path, content), each content cut after `max_bytes`.
-    pub fn files(
-        &self,
-        sha: &CommitSha,
-        wanted: impl Fn(&str) -> bool,
-        max_bytes: usize,
-    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-        let repo = Repository::open_bare(self.path)?;
-        let tree = repo.find_commit(Oid::from_str(sha.as_str())?)?.tree()?;
-        let mut files = Vec::new();
-        let mut failure = None;
-        tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
-            if entry.kind() != Some(git2::ObjectType::Blob) {
-                return git2::TreeWalkResult::Ok;
-            }
-            let path = format!("{root}{}", String::from_utf8_lossy(entry.name_bytes()));
-            if !wanted(&path) {
-                return git2::TreeWalkResult::Ok;
-            }
-            match entry.to_object(&repo).and_then(|o| o.peel_to_blob()) {
-                Ok(blob) => {
-                    let content = blob.content();
-                    files.push((path, content[..content.len().min(max_bytes)].to_vec()));
-                    git2::TreeWalkResult::Ok
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    git2::TreeWalkResult::Abort
-                }
-            }
-        })?;
-        if let Some(e) = failure {
-            return Err(e.into());
-        }
-        Ok(files)
+impl std::fmt::Display for Fetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} objects, {:.1} MiB fetched", self.objects, self.bytes as f64 / 1048576.0)
     }
 }
 
-/// The lock of one mirror: libgit2 locks the refs it updates, but not the creation of a repository.
-fn one_at_a_time(path: &Path) -> Arc<Mutex<()>> {
-    static LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = LazyLock::new(Mutex::default);
-    LOCKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(path.to_path_buf()).or_default().clone()
-}
-
-fn fetch(repo: &Repository, url: &str, refspecs: &[&str]) -> anyhow::Result<()> {
+/// Fetches `refspecs` from `url` into `repo`, with `depth` commits of history (0: all).
+fn fetch(repo: &Repository, url: &str, refspecs: &[&str], depth: i32) -> anyhow::Result<Fetched> {
     let (clean, credentials) = split_credentials(url);
     let mut remote = repo.remote_anonymous(&clean)?;
     let mut options = FetchOptions::new();
     options.download_tags(git2::AutotagOption::None);
     options.update_fetchhead(false);
+    if depth > 0 {
+        options.depth(depth);
+    }
     if let Some((user, password)) = credentials {
         // Given to libgit2 when the server asks, so the URL it records (FETCH_HEAD) holds none.
         let mut asked = false;
@@ -165,7 +71,8 @@ fn fetch(repo: &Repository, url: &str, refspecs: &[&str]) -> anyhow::Result<()> 
     remote
         .fetch(refspecs, Some(&mut options), None)
         .with_context(|| format!("git fetch of {} failed", redact_url(url)))?;
-    Ok(())
+    let stats = remote.stats();
+    Ok(Fetched { objects: stats.received_objects(), bytes: stats.received_bytes() })
 }
 
 /// An `http(s)://` URL without its user info, and that user info as (user, password) when it has
@@ -224,42 +131,5 @@ mod tests {
         assert_eq!(split_credentials("ssh://git@host/a/b.git").1, None);
         assert_eq!(split_credentials("file:///tmp/a/b.git").1, None);
         assert!(url_secrets("https://github.com/{repo}.git").is_empty());
-    }
-
-    #[test]
-    fn the_checkout_origin_holds_no_credentials() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(dir.path().join("src")).unwrap();
-        let sig = git2::Signature::now("t", "t@example.com").unwrap();
-        let tree = repo.find_tree(repo.index().unwrap().write_tree().unwrap()).unwrap();
-        let oid = repo.commit(Some("refs/heads/master"), &sig, &sig, "c", &tree, &[]).unwrap();
-        // A file URL cannot carry credentials; the origin is what split_credentials leaves.
-        let url = format!("file://{}", dir.path().join("src").display());
-        let dest = dir.path().join("checkout");
-        checkout_commit(&url, &Branch::parse("master").unwrap(), &CommitSha::parse(&oid.to_string()).unwrap(), &dest)
-            .unwrap();
-        let origin = Repository::open(&dest).unwrap().find_remote("origin").unwrap().url().unwrap().to_string();
-        assert_eq!(origin, split_credentials(&url).0);
-    }
-
-    #[test]
-    fn a_mirror_gives_the_files_the_caller_wants_cut_at_its_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = Repository::init(dir.path().join("src")).unwrap();
-        let mut index = repo.index().unwrap();
-        for (path, content) in [("o/r/master.yaml", "buildscripts: [a.sh]"), ("README.md", "hello"), ("x.yaml", "ab")] {
-            let file = dir.path().join("src").join(path);
-            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-            std::fs::write(&file, content).unwrap();
-            index.add_path(Path::new(path)).unwrap();
-        }
-        let sig = git2::Signature::now("t", "t@example.com").unwrap();
-        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-        repo.commit(Some("refs/heads/master"), &sig, &sig, "c", &tree, &[]).unwrap();
-        let url = format!("file://{}", dir.path().join("src").display());
-        let mirror = Mirror { path: &dir.path().join("mirror.git"), url: &url };
-        let head = mirror.fetch(&Branch::parse("master").unwrap(), None).unwrap();
-        let files = mirror.files(&head, |path| path.ends_with(".yaml"), 5).unwrap();
-        assert_eq!(files, [("o/r/master.yaml".to_string(), b"build".to_vec()), ("x.yaml".to_string(), b"ab".to_vec())]);
     }
 }

@@ -1,0 +1,148 @@
+//! Checkouts that cost what changed: every build of a repository takes its objects from the
+//! repository's mirror under `data_dir/mirrors`, fetched over git's smart HTTP protocol here so the
+//! transfer is real; a damaged mirror is rebuilt; `[git] depth` fetches the first build shallow.
+
+mod common;
+
+use common::*;
+
+/// Prints what the checkout looks like from inside the build container, then the artifact.
+const BUILD_SH: &str = r#"#!/bin/sh
+set -e
+if [ -f /app/.git/shallow ]; then echo "history: shallow"; else echo "history: full"; fi
+echo "version: $(cat /app/version.txt)"
+sleep "${PAUSE:-0}"
+tar -czf /tmp/archives/out.tar.gz /app/version.txt
+"#;
+
+fn commit_app(git: &GitHost, version: &str) -> String {
+    git.commit("org/app", "master", &[("build.sh", BUILD_SH), ("version.txt", version)])
+}
+
+/// The line of build `id`'s log that says how the source was checked out.
+async fn checkout_line(server: &Server, id: i64) -> String {
+    let (_, log) = server.get_text(&format!("/build/{id}/log")).await;
+    log.lines()
+        .find(|line| line.contains("checked out"))
+        .unwrap_or_else(|| panic!("no checkout line in {log}"))
+        .to_string()
+}
+
+/// The number of objects a checkout line says were fetched.
+fn objects_fetched(line: &str) -> usize {
+    let at = line.find(" objects").unwrap_or_else(|| panic!("{line}"));
+    line[..at].rsplit('(').next().unwrap().trim().parse().unwrap_or_else(|_| panic!("{line}"))
+}
+
+async fn build_ok(server: &Server, sha: &str) -> i64 {
+    let ids = server.push_builds("org/app", "master", sha).await;
+    let build = server.wait_build(ids[0]).await;
+    assert_eq!(build["status"], "success", "{build}");
+    ids[0]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_build_of_a_repository_fetches_only_the_new_commit_into_its_mirror() {
+    ensure_test_image();
+    let git = GitHost::new();
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", ONE_SCRIPT)]);
+    for n in 0..40 {
+        git.commit("org/app", "master", &[(&format!("history/{n}.txt"), &format!("change {n}\n").repeat(50))]);
+    }
+    let first_sha = commit_app(&git, "1");
+    let url = git.serve_http().await;
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.git.clone_url = url.clone()));
+
+    let first = build_ok(&server, &first_sha).await;
+    let line = checkout_line(&server, first).await;
+    assert!(line.contains("from the mirror"), "{line}");
+    let first_objects = objects_fetched(&line);
+    assert!(first_objects > 120, "the whole history came: {line}");
+    server.wait_log(first, "history: full").await;
+    let mirror = server.dir.path().join("data/mirrors/org/app.git");
+    std::fs::write(mirror.join("kept-between-builds"), "").unwrap();
+
+    let second_sha = commit_app(&git, "2");
+    let second = build_ok(&server, &second_sha).await;
+    let line = checkout_line(&server, second).await;
+    assert!(line.contains("from the mirror") && !line.contains("rebuilt"), "{line}");
+    assert!(objects_fetched(&line) < 10, "only the new commit came: {line}");
+    server.wait_log(second, "version: 2").await;
+    assert!(mirror.join("kept-between-builds").exists(), "the same mirror was used");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_mirror_is_rebuilt_and_the_build_succeeds() {
+    ensure_test_image();
+    let (git, _) = one_script_app(BUILD_SH);
+    let url = git.serve_http().await;
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.git.clone_url = url.clone()));
+    build_ok(&server, &commit_app(&git, "1")).await;
+
+    // Garbage in place of every pack of the mirror.
+    let mirror = server.dir.path().join("data/mirrors/org/app.git");
+    for entry in std::fs::read_dir(mirror.join("objects/pack")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"garbage").unwrap();
+    }
+    let second = build_ok(&server, &commit_app(&git, "2")).await;
+    let line = checkout_line(&server, second).await;
+    assert!(line.contains("rebuilt because it was damaged"), "{line}");
+    server.wait_log(second, "version: 2").await;
+
+    // The mirror works again: the next build fetches only what is new.
+    let third = build_ok(&server, &commit_app(&git, "3")).await;
+    let line = checkout_line(&server, third).await;
+    assert!(!line.contains("rebuilt") && objects_fetched(&line) < 10, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_builds_of_one_repository_at_once_both_succeed() {
+    ensure_test_image();
+    let git = GitHost::new();
+    let recipe =
+        recipe(&[("build.sh", "  artifact: out.tar.gz"), ("again.sh", "  artifact: out.tar.gz\n  tag: again")]);
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", &recipe)]);
+    git.commit("org/app", "master", &[("again.sh", BUILD_SH)]);
+    let sha = commit_app(&git, "1");
+    let url = git.serve_http().await;
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.git.clone_url = url.clone()));
+
+    let ids = server.push_builds("org/app", "master", &sha).await;
+    assert_eq!(ids.len(), 2);
+    for id in ids {
+        let build = server.wait_build(id).await;
+        assert_eq!(build["status"], "success", "{build}");
+        server.wait_log(id, "version: 1").await;
+        assert!(checkout_line(&server, id).await.contains("from the mirror"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_depth_the_first_build_is_shallow_and_the_next_has_the_full_history() {
+    ensure_test_image();
+    let (git, _) = one_script_app(BUILD_SH);
+    for n in 0..20 {
+        git.commit("org/app", "master", &[("history.txt", &format!("change {n}\n"))]);
+    }
+    let url = git.serve_http().await;
+    let server = Server::start(|dir| {
+        test_config(dir, &git, None).with(|c| {
+            c.git.clone_url = url.clone();
+            c.git.depth = 1;
+        })
+    });
+    let first = build_ok(&server, &commit_app(&git, "1")).await;
+    assert!(checkout_line(&server, first).await.contains("shallow fetch"));
+    server.wait_log(first, "history: shallow").await;
+
+    let mirror = server.dir.path().join("data/mirrors/org/app.git");
+    wait_until("the mirror to be filled behind the first build", async || {
+        mirror.join("autobuilder-filled").exists().then_some(())
+    })
+    .await;
+    let second = build_ok(&server, &commit_app(&git, "2")).await;
+    assert!(checkout_line(&server, second).await.contains("from the mirror"));
+    server.wait_log(second, "history: full").await;
+}
