@@ -31,7 +31,7 @@ async fn checkout_line(server: &Server, id: i64) -> String {
 /// The number of objects a checkout line says were fetched.
 fn objects_fetched(line: &str) -> usize {
     let at = line.find(" objects").unwrap_or_else(|| panic!("{line}"));
-    line[..at].rsplit('(').next().unwrap().trim().parse().unwrap_or_else(|_| panic!("{line}"))
+    line[..at].rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{line}"))
 }
 
 async fn build_ok(server: &Server, sha: &str) -> i64 {
@@ -72,20 +72,19 @@ async fn a_second_build_of_a_repository_fetches_only_the_new_commit_into_its_mir
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_corrupt_mirror_is_rebuilt_and_the_build_succeeds() {
+async fn a_mirror_damaged_by_a_build_through_its_shared_objects_is_rebuilt_and_the_next_build_succeeds() {
     ensure_test_image();
-    let (git, _) = one_script_app(BUILD_SH);
+    // The checkout's packs are hard links to the mirror's: this script writes garbage into them.
+    let vandal = "#!/bin/sh\nfor pack in /app/.git/objects/pack/*.pack; do echo garbage > \"$pack\"; done\n\
+                  tar -czf /tmp/archives/out.tar.gz /app/build.sh\n";
+    let (git, _) = one_script_app(vandal);
+    for n in 0..10 {
+        git.commit("org/app", "master", &[(&format!("file{n}"), "content\n")]);
+    }
     let url = git.serve_http().await;
     let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.git.clone_url = url.clone()));
-    build_ok(&server, &commit_app(&git, "1")).await;
+    build_ok(&server, &git.commit("org/app", "master", &[])).await;
 
-    // Garbage in place of every pack of the mirror.
-    let mirror = server.dir.path().join("data/mirrors/org/app.git");
-    for entry in std::fs::read_dir(mirror.join("objects/pack")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::remove_file(&path).unwrap();
-        std::fs::write(&path, b"garbage").unwrap();
-    }
     let second = build_ok(&server, &commit_app(&git, "2")).await;
     let line = checkout_line(&server, second).await;
     assert!(line.contains("rebuilt because it was damaged"), "{line}");
@@ -145,4 +144,23 @@ async fn with_a_depth_the_first_build_is_shallow_and_the_next_has_the_full_histo
     let second = build_ok(&server, &commit_app(&git, "2")).await;
     assert!(checkout_line(&server, second).await.contains("from the mirror"));
     server.wait_log(second, "history: full").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_clone_token_is_in_no_file_of_the_checkout_or_the_mirror() {
+    ensure_test_image();
+    let token = "clone-secret-77e1";
+    let (git, _) = one_script_app(
+        "#!/bin/sh\nif grep -rl clone-secre[t] /app; then echo 'token: found'; else echo 'token: nowhere'; fi\n\
+         tar -czf /tmp/archives/out.tar.gz /app/build.sh\n",
+    );
+    let sha = git.commit("org/app", "master", &[]);
+    let url = git.serve_http().await.replace("http://", &format!("http://x-access-token:{token}@"));
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.git.clone_url = url.clone()));
+    let id = build_ok(&server, &sha).await;
+    let (_, log) = server.get_text(&format!("/build/{id}/log")).await;
+    assert!(log.contains("token: nowhere"), "{log}");
+    let mirror = server.dir.path().join("data/mirrors/org/app.git");
+    let found = std::process::Command::new("grep").args(["-rl", token]).arg(&mirror).output().unwrap();
+    assert!(found.stdout.is_empty(), "the token is in {}", String::from_utf8_lossy(&found.stdout));
 }

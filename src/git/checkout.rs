@@ -36,11 +36,11 @@ pub enum Via {
 impl std::fmt::Display for Via {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Via::Mirror { fetched, rebuilt: false } => write!(f, "from the mirror ({fetched} new)"),
+            Via::Mirror { fetched, rebuilt: false } => write!(f, "from the mirror after fetching {fetched} into it"),
             Via::Mirror { fetched, rebuilt: true } => {
-                write!(f, "from the mirror, rebuilt because it was damaged ({fetched})")
+                write!(f, "from the mirror, rebuilt because it was damaged, after fetching {fetched}")
             }
-            Via::Shallow { fetched } => write!(f, "by a shallow fetch ({fetched}; the mirror is filled meanwhile)"),
+            Via::Shallow { fetched } => write!(f, "by a shallow fetch of {fetched} (the mirror is filled meanwhile)"),
         }
     }
 }

@@ -42,7 +42,7 @@ pub struct Fetched {
 
 impl std::fmt::Display for Fetched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} objects, {:.1} MiB fetched", self.objects, self.bytes as f64 / 1048576.0)
+        write!(f, "{} objects ({:.1} MiB)", self.objects, self.bytes as f64 / 1048576.0)
     }
 }
 
