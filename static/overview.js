@@ -4,7 +4,7 @@
 "use strict";
 
 const CONSOLE_LINES = 15;        // lines of each running build's console on /monitor
-const HISTORY_ROWS = 50;         // builds asked for per page of history
+const HISTORY_ROWS = 50;         // builds asked for per page of history (?limit= for another size)
 const FILTERS = ["repository", "branch", "status"];
 
 // "3 min ago", from a time and now.
@@ -51,6 +51,8 @@ function monitorPage() {
   const query = new URLSearchParams(location.search);
   const filters = Object.fromEntries(FILTERS.map((name) => [name, query.get(name) || ""]));
   const before = query.get("before") || "";
+  const limit = query.get("limit") || "";
+  const pageSize = Math.min(1000, Math.max(1, Number(limit) || HISTORY_ROWS));
   const builds = new Map();      // every build seen: history, active, live events
   let history = [];              // the ids of this page of history, newest first
   let cursor = null;             // the `before` of the next page, when there is one
@@ -89,6 +91,7 @@ function monitorPage() {
   function historyQuery(extra) {
     const params = new URLSearchParams();
     for (const name of FILTERS) if (filters[name]) params.set(name, filters[name]);
+    if (limit) params.set("limit", limit);
     for (const [name, value] of Object.entries(extra)) if (value) params.set(name, value);
     return params.toString();
   }
@@ -96,13 +99,13 @@ function monitorPage() {
   async function refresh() {
     const [active, page, reloads] = await Promise.all([
       getJson("/build/status"),
-      getJson(`/build/history?${historyQuery({ kind: "build", limit: HISTORY_ROWS, before })}`),
+      getJson(`/build/history?${historyQuery({ kind: "build", limit: pageSize, before })}`),
       getJson("/build/history?kind=reload&limit=50"),
     ]);
     // A full page may end in the middle of a push: that push starts the next page instead.
     let kept = page;
     cursor = null;
-    if (page.length === HISTORY_ROWS) {
+    if (page.length === pageSize) {
       const groups = groupByPush(page);
       if (groups.length > 1) kept = groups.slice(0, -1).flatMap((g) => g.builds);
       cursor = kept[kept.length - 1].id;
