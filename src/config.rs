@@ -662,6 +662,20 @@ mod tests {
     }
 
     #[test]
+    fn sign_in_settings_are_checked_together() {
+        let with = |extra: &str| Config::from_toml_and_env(&format!("{extra}\n{SAMPLE}"), env(&[]));
+        let err = with("[monitor]\npublic = false").unwrap_err();
+        assert!(format!("{err:#}").contains("needs sign-in"), "{err:#}");
+        let err = with("[github]\nclient_id = \"x\"").unwrap_err();
+        assert!(format!("{err:#}").contains("client_id and client_secret go together"), "{err:#}");
+        let err = with("[github]\nclient_id = \"x\"\nclient_secret = \"y\"").unwrap_err();
+        assert!(format!("{err:#}").contains("needs a token or an app"), "{err:#}");
+        let config = with("[github]\nclient_id = \"x\"\nclient_secret = \"y\"\ntoken = \"t\"\nweb_url = \"https://ghe.example/\"\n[monitor]\npublic = false").unwrap();
+        assert_eq!(config.github.web_url, "https://ghe.example");
+        assert!(config.github.sign_in() && !config.monitor.public);
+    }
+
+    #[test]
     fn unknown_environment_key_is_an_error() {
         let err = Config::from_toml_and_env(SAMPLE, env(&[("AUTOBUILDER_NOPE", "1")])).unwrap_err();
         assert!(err.to_string().contains("AUTOBUILDER_NOPE"), "{err}");
