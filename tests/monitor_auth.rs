@@ -127,14 +127,20 @@ async fn a_writer_signs_in_with_github_cancels_and_rebuilds_from_the_page_then_s
     browser.goto(&format!("{}/monitor/build/{id}", server.url)).await;
     assert_eq!(browser.eval("return document.getElementById('actions') === null").await, true, "not signed in");
     browser.eval("document.getElementById('sign-in').click()").await;
-    browser.wait_for("the signed-in monitor", "return document.getElementById('signed-in')?.textContent === 'ada'").await;
+    browser
+        .wait_for("the signed-in monitor", "return document.getElementById('signed-in')?.textContent === 'ada'")
+        .await;
 
     browser.goto(&format!("{}/monitor/build/{id}", server.url)).await;
-    let buttons = "return [document.getElementById('cancel-build').hidden, document.getElementById('rebuild-build').hidden]";
+    let buttons =
+        "return [document.getElementById('cancel-build').hidden, document.getElementById('rebuild-build').hidden]";
     assert_eq!(browser.eval(buttons).await, serde_json::json!([false, true]), "cancel while it runs");
     browser.eval("document.getElementById('cancel-build').click()").await;
     browser
-        .wait_for("the build to be cancelled", "return document.querySelector('#status .badge').textContent === 'cancelled'")
+        .wait_for(
+            "the build to be cancelled",
+            "return document.querySelector('#status .badge').textContent === 'cancelled'",
+        )
         .await;
     let build = server.wait_build(id).await;
     assert_eq!((build["status"].as_str(), build["error"].as_str()), (Some("cancelled"), Some("cancelled by ada")));
@@ -151,9 +157,18 @@ async fn a_writer_signs_in_with_github_cancels_and_rebuilds_from_the_page_then_s
     assert_eq!(rebuilt["commit"], sha.as_str(), "{rebuilt}");
 
     browser.eval("document.getElementById('sign-out').click()").await;
-    browser.wait_for("the sign-in link again", "return location.pathname === '/monitor' && document.getElementById('sign-in') !== null").await;
+    browser
+        .wait_for(
+            "the sign-in link again",
+            "return location.pathname === '/monitor' && document.getElementById('sign-in') !== null",
+        )
+        .await;
     browser.goto(&format!("{}/monitor/build/{new}", server.url)).await;
-    assert_eq!(browser.eval("return document.getElementById('actions') === null").await, true, "signed out: no buttons");
+    assert_eq!(
+        browser.eval("return document.getElementById('actions') === null").await,
+        true,
+        "signed out: no buttons"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -242,10 +257,9 @@ async fn a_forged_state_or_a_tampered_cookie_signs_nobody_in_and_signing_out_nee
     let (name, value) = ada.cookie.split_once('=').unwrap();
     let mac = value.rsplit('.').next().unwrap();
     let flipped = format!("{}{}", &mac[..mac.len() - 1], if mac.ends_with('0') { '1' } else { '0' });
-    for tampered in [
-        format!("{name}={}", value.replacen("ada", "eve", 1)),
-        format!("{name}={}", value.replacen(mac, &flipped, 1)),
-    ] {
+    for tampered in
+        [format!("{name}={}", value.replacen("ada", "eve", 1)), format!("{name}={}", value.replacen(mac, &flipped, 1))]
+    {
         let monitor = page(&server, "/monitor", Some(&tampered)).await;
         assert!(monitor.contains(r#"id="sign-in""#) && !monitor.contains("signed-in"), "{tampered}");
         let (code, body) = act(&server, id, "rebuild", Some(&tampered), Some(&ada.csrf)).await;

@@ -14,7 +14,10 @@ const GITHUB_WEB: &str = "https://github.example";
 /// a file `FAIL`).
 fn two_script_app() -> GitHost {
     let git = GitHost::new();
-    let recipe = recipe(&[("build.sh", "  artifact: build.tar.gz\n  tag: build"), ("docs.sh", "  artifact: docs.tar.gz\n  tag: docs")]);
+    let recipe = recipe(&[
+        ("build.sh", "  artifact: build.tar.gz\n  tag: build"),
+        ("docs.sh", "  artifact: docs.tar.gz\n  tag: docs"),
+    ]);
     git.commit("org/recipes", "master", &[("org/app/master.yaml", &recipe)]);
     git
 }
@@ -149,7 +152,9 @@ async fn the_overview_groups_pushes_keeps_filters_in_the_url_and_pages_through_h
 
     // Each push is one row, its scripts side by side, its commit linked to GitHub.
     browser.goto(&format!("{}/monitor", server.url)).await;
-    let rows = browser.wait_for("two pushes", &format!("const rows = (() => {{ {ROWS} }})(); return rows.length === 2 && rows;")).await;
+    let rows = browser
+        .wait_for("two pushes", &format!("const rows = (() => {{ {ROWS} }})(); return rows.length === 2 && rows;"))
+        .await;
     assert_eq!(
         rows,
         json!([[new, ["success build.sh", "success docs.sh"]], [old, ["success build.sh", "failure docs.sh"]]])
@@ -176,7 +181,10 @@ async fn the_overview_groups_pushes_keeps_filters_in_the_url_and_pages_through_h
     assert_eq!(browser.wait_for("the failures only", &only_failures).await, filtered);
     browser.eval("history.back()").await;
     browser
-        .wait_for("every push again", &format!("return !location.search.includes('status') && (() => {{ {ROWS} }})().length === 2"))
+        .wait_for(
+            "every push again",
+            &format!("return !location.search.includes('status') && (() => {{ {ROWS} }})().length === 2"),
+        )
         .await;
     browser.eval("history.forward()").await;
     assert_eq!(browser.wait_for("the failures after forward", &only_failures).await, filtered);
@@ -187,8 +195,10 @@ async fn the_overview_groups_pushes_keeps_filters_in_the_url_and_pages_through_h
 
     // Paging: two builds a page, a push never split; the older page, and back to the newest.
     browser.goto(&format!("{}/monitor?limit=2", server.url)).await;
-    let first_page = format!("const rows = (() => {{ {ROWS} }})(); const older = document.getElementById('older');
-        return rows.length === 1 && !older.hidden && [rows[0][0], document.getElementById('newer').hidden];");
+    let first_page = format!(
+        "const rows = (() => {{ {ROWS} }})(); const older = document.getElementById('older');
+        return rows.length === 1 && !older.hidden && [rows[0][0], document.getElementById('newer').hidden];"
+    );
     assert_eq!(browser.wait_for("the first page", &first_page).await, json!([new, true]));
     browser.eval("document.getElementById('older').click()").await;
     let second_page = format!("const rows = (() => {{ {ROWS} }})();

@@ -51,7 +51,10 @@ pub async fn history(
     let before = match query.before.as_deref() {
         None | Some("") => None,
         Some(text) => Some(text.parse().map(BuildId).map_err(|_| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("before={text:?} is not a build id: use the id of the last entry of the previous page"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("before={text:?} is not a build id: use the id of the last entry of the previous page"),
+            )
         })?),
     };
     let kind = match query.kind.as_deref() {

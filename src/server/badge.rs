@@ -33,7 +33,8 @@ pub async fn badge(
     Query(query): Query<BadgeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let usage = || ApiError::not_found(format!("no badge /badge/{path}: use /badge/<org>/<repo>/<branch>.svg[?script=NAME]"));
+    let usage =
+        || ApiError::not_found(format!("no badge /badge/{path}: use /badge/<org>/<repo>/<branch>.svg[?script=NAME]"));
     let mut parts = path.splitn(3, '/');
     let (Some(org), Some(repo), Some(branch)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(usage());

@@ -76,7 +76,9 @@ pub struct Auth {
 
 impl Auth {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
+        // Without sign-in no cookie is ever read or written, so no key is needed.
         let key = match config.monitor.session_secret.expose() {
+            _ if !config.github.sign_in() => Vec::new(),
             "" => stored_key(&config.data_dir.join("session.key"))?,
             secret => secret.as_bytes().to_vec(),
         };
@@ -194,9 +196,7 @@ fn stored_key(path: &Path) -> anyhow::Result<Vec<u8>> {
 fn random_hex() -> String {
     use std::io::Read;
     let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .expect("/dev/urandom is readable");
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("/dev/urandom is readable");
     hex::encode(bytes)
 }
 
@@ -291,10 +291,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SignedIn {
 }
 
 fn csrf_refused() -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "missing or wrong CSRF token (X-CSRF-Token): reload the page and try again",
-    )
+    ApiError::new(StatusCode::FORBIDDEN, "missing or wrong CSRF token (X-CSRF-Token): reload the page and try again")
 }
 
 fn not_configured() -> ApiError {
@@ -361,9 +358,10 @@ pub async fn callback(
     if !same(&given, state) || expires.parse::<i64>().map_or(true, |e| e <= now()) {
         return Err(forged());
     }
-    let code = query.code.filter(|c| !c.is_empty()).ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, "GitHub sent no code: sign in again at /login")
-    })?;
+    let code = query
+        .code
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "GitHub sent no code: sign in again at /login"))?;
     let login = oauth.login(&code, &auth.callback_url).await.map_err(|e| {
         tracing::warn!("sign-in failed: {e:#}");
         ApiError::new(StatusCode::BAD_GATEWAY, format!("sign-in failed: {e:#}"))
@@ -463,8 +461,11 @@ pub async fn gate(State(app): State<Arc<App>>, request: Request, next: Next) -> 
             let query = form_urlencoded::Serializer::new(String::new()).append_pair("next", next_path).finish();
             return Redirect::to(&format!("/login?{query}")).into_response();
         }
-        return ApiError::new(StatusCode::UNAUTHORIZED, "this server's monitor is private: sign in with GitHub at /login")
-            .into_response();
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this server's monitor is private: sign in with GitHub at /login",
+        )
+        .into_response();
     };
     let repository = match scope {
         Scope::Everything => None,

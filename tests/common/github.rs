@@ -224,7 +224,10 @@ async fn oauth_authorize(
     let back = format!(
         "{}?{}",
         query.redirect_uri,
-        form_urlencoded::Serializer::new(String::new()).append_pair("code", &code).append_pair("state", &query.state).finish()
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("code", &code)
+            .append_pair("state", &query.state)
+            .finish()
     );
     axum::response::Redirect::to(&back).into_response()
 }
@@ -240,7 +243,9 @@ async fn oauth_access_token(
     }
     match state.oauth_codes.lock().unwrap().remove(&field("code")) {
         Some(login) => Json(json!({"access_token": format!("gho-{login}"), "token_type": "bearer", "scope": ""})),
-        None => Json(json!({"error": "bad_verification_code", "error_description": "The code passed is incorrect or expired."})),
+        None => Json(
+            json!({"error": "bad_verification_code", "error_description": "The code passed is incorrect or expired."}),
+        ),
     }
 }
 
