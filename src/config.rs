@@ -498,6 +498,12 @@ impl Config {
         if !self.monitor.public && !self.github.sign_in() {
             bail!("[monitor] public = false needs sign-in: set [github] client_id and client_secret (an OAuth app)");
         }
+        if !self.monitor.public && !self.redis.url.is_empty() {
+            bail!(
+                "[monitor] public = false works with the embedded live websocket only: `autobuilder live` does not \
+                 check sign-in, so leave [redis] url empty"
+            );
+        }
         if self.monitor.session_hours == 0 {
             bail!("[monitor] session_hours must be at least 1");
         }
@@ -666,6 +672,8 @@ mod tests {
         let with = |extra: &str| Config::from_toml_and_env(&format!("{extra}\n{SAMPLE}"), env(&[]));
         let err = with("[monitor]\npublic = false").unwrap_err();
         assert!(format!("{err:#}").contains("needs sign-in"), "{err:#}");
+        let err = with("[monitor]\npublic = false\n[github]\nclient_id = \"x\"\nclient_secret = \"y\"\ntoken = \"t\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"").unwrap_err();
+        assert!(format!("{err:#}").contains("embedded live websocket only"), "{err:#}");
         let err = with("[github]\nclient_id = \"x\"").unwrap_err();
         assert!(format!("{err:#}").contains("client_id and client_secret go together"), "{err:#}");
         let err = with("[github]\nclient_id = \"x\"\nclient_secret = \"y\"").unwrap_err();

@@ -159,6 +159,11 @@ async fn the_overview_groups_pushes_keeps_filters_in_the_url_and_pages_through_h
         rows,
         json!([[new, ["success build.sh", "success docs.sh"]], [old, ["success build.sh", "failure docs.sh"]]])
     );
+    // Without an OAuth app: no sign-in link, and /login says what to configure.
+    assert_eq!(browser.eval("return document.getElementById('sign-in')").await, serde_json::Value::Null);
+    let (code, body) = server.get_json("/login").await;
+    assert_eq!(code, 404);
+    assert!(body["error"].as_str().unwrap().contains("set [github] client_id"), "{body}");
     let link = browser.eval("return document.querySelector('#history tr.push a.sha').href").await;
     assert_eq!(link, json!(format!("{GITHUB_WEB}/org/app/commit/{new}")));
     // When: relative, the exact time in the viewer's zone on hover.

@@ -528,6 +528,17 @@ mod tests {
     }
 
     #[test]
+    fn cookies_are_secure_when_the_public_url_is_https() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut config = Config::default();
+        config.github.client_id = "id".into();
+        config.monitor.session_secret = crate::config::Secret::new("k");
+        config.public_url = "https://ci.example".into();
+        let cookie = Auth::new(&config).unwrap().session_cookie("ada");
+        assert!(cookie.ends_with("; Secure"), "{cookie}");
+    }
+
+    #[test]
     fn only_local_paths_are_returned_to() {
         assert_eq!(local_path(Some("/monitor/build/3")), "/monitor/build/3");
         for outside in ["//evil.example", "https://evil.example", "/\\evil.example", ""] {
