@@ -309,6 +309,8 @@ async fn a_private_monitor_shows_builds_only_to_signed_in_readers() {
         let response = client().get(format!("{}{path}", server.url)).send().await.unwrap();
         assert_eq!(response.status(), 401, "{path}");
     }
+    let head = client().head(format!("{}/build/{id}/log", server.url)).send().await.unwrap();
+    assert_eq!(head.status(), 401, "HEAD is a read too");
     let response =
         client().get(format!("{}/monitor/build/{id}", server.url)).header("accept", "text/html").send().await.unwrap();
     assert_eq!(response.status(), 303);

@@ -445,7 +445,7 @@ fn scope(path: &str) -> Option<Scope> {
 /// Middleware of `[monitor] public = false`: a read request needs a signed-in user who may read
 /// what it shows. A browser without a session is sent to sign in; an API client gets 401.
 pub async fn gate(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    if app.config.monitor.public || request.method() != Method::GET {
+    if app.config.monitor.public || !matches!(*request.method(), Method::GET | Method::HEAD) {
         return next.run(request).await;
     }
     let Some(scope) = scope(request.uri().path()) else { return next.run(request).await };
