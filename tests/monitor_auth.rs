@@ -127,11 +127,11 @@ async fn a_writer_signs_in_with_github_cancels_and_rebuilds_from_the_page_then_s
     browser.goto(&format!("{}/monitor/build/{id}", server.url)).await;
     assert_eq!(browser.eval("return document.getElementById('actions') === null").await, true, "not signed in");
     browser.eval("document.getElementById('sign-in').click()").await;
-    browser
-        .wait_for("the signed-in monitor", "return document.getElementById('signed-in')?.textContent === 'ada'")
-        .await;
-
-    browser.goto(&format!("{}/monitor/build/{id}", server.url)).await;
+    // Back on the page where the sign-in started.
+    let back = format!(
+        "return location.pathname === '/monitor/build/{id}' && document.getElementById('signed-in')?.textContent === 'ada'"
+    );
+    browser.wait_for("the build page, signed in", &back).await;
     let buttons =
         "return [document.getElementById('cancel-build').hidden, document.getElementById('rebuild-build').hidden]";
     assert_eq!(browser.eval(buttons).await, serde_json::json!([false, true]), "cancel while it runs");

@@ -235,6 +235,8 @@ fn auth_of(parts: &Parts) -> Arc<Auth> {
 pub struct Viewer {
     pub auth: Arc<Auth>,
     pub session: Option<Session>,
+    /// The page asked for, to come back to after signing in.
+    path: String,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Viewer {
@@ -243,7 +245,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Viewer {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let auth = auth_of(parts);
         let session = auth.session(&parts.headers);
-        Ok(Viewer { auth, session })
+        let path = parts.uri.path_and_query().map_or("/monitor", |p| p.as_str()).to_string();
+        Ok(Viewer { auth, session, path })
     }
 }
 
@@ -251,6 +254,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Viewer {
 #[derive(Serialize)]
 pub struct PageAuth {
     pub sign_in: bool,
+    /// `/login?next=<this page>`.
+    pub login_url: String,
     pub login: Option<String>,
     pub csrf: String,
     /// Whether the viewer may cancel and rebuild the build the page shows.
@@ -264,8 +269,10 @@ impl Viewer {
             (Some(session), Some(repo)) => self.auth.access(app, repo, &session.login).await == Access::Write,
             _ => false,
         };
+        let next = form_urlencoded::Serializer::new(String::new()).append_pair("next", &self.path).finish();
         PageAuth {
             sign_in: self.auth.enabled(),
+            login_url: format!("/login?{next}"),
             login: self.session.as_ref().map(|s| s.login.clone()),
             csrf: self.session.as_ref().map(|s| s.csrf.clone()).unwrap_or_default(),
             can_act,
