@@ -41,6 +41,7 @@ pub struct Config {
     pub live: LiveConfig,
     pub retention: RetentionConfig,
     pub hooks: HooksConfig,
+    pub monitor: MonitorConfig,
     /// One table per `/build/<name>/hook`.
     pub projects: BTreeMap<String, ProjectConfig>,
 }
@@ -80,12 +81,44 @@ pub struct GithubConfig {
     pub app_id: u64,
     pub private_key_path: PathBuf,
     pub installation_id: u64,
+    /// GitHub's web address (GitHub Enterprise, or a fake in tests): commit links on the monitor
+    /// and the OAuth sign-in pages (`/login/oauth/authorize`, `/login/oauth/access_token`).
+    pub web_url: String,
+    /// The OAuth app people sign in with on the monitor (its callback URL is
+    /// `<public_url>/login/callback`). Both empty: no sign-in, and no cancel or rebuild buttons.
+    pub client_id: String,
+    pub client_secret: Secret,
 }
 
 impl GithubConfig {
     /// Whether autobuilder may talk to GitHub (a token or an app).
     pub fn enabled(&self) -> bool {
         !self.token.is_empty() || self.app_id != 0
+    }
+
+    /// Whether people may sign in with GitHub (an OAuth app is configured).
+    pub fn sign_in(&self) -> bool {
+        !self.client_id.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Whether the monitor pages, the badges and the `/build/*` read endpoints are open to all.
+    /// false: they need a user signed in with GitHub who may read the repository (see
+    /// docs/security.md); needs `[github] client_id`.
+    pub public: bool,
+    /// Key of the HMAC that signs session cookies. Empty: a random key is made once and kept in
+    /// `<data_dir>/session.key`. Changing it signs everybody out.
+    pub session_secret: Secret,
+    /// Hours a sign-in lasts.
+    pub session_hours: u64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self { public: true, session_secret: Secret::default(), session_hours: 12 }
     }
 }
 
@@ -294,6 +327,7 @@ impl Default for Config {
             live: LiveConfig::default(),
             retention: RetentionConfig::default(),
             hooks: HooksConfig::default(),
+            monitor: MonitorConfig::default(),
             projects: BTreeMap::new(),
         }
     }
@@ -313,6 +347,9 @@ impl Default for GithubConfig {
             app_id: 0,
             private_key_path: PathBuf::new(),
             installation_id: 0,
+            web_url: "https://github.com".into(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
         }
     }
 }
@@ -449,6 +486,31 @@ impl Config {
             && (self.github.installation_id == 0 || self.github.private_key_path.as_os_str().is_empty())
         {
             bail!("[github] app_id needs installation_id and private_key_path (the app's PEM private key)");
+        }
+        if !(self.github.web_url.starts_with("http://") || self.github.web_url.starts_with("https://")) {
+            bail!("[github] web_url = {:?} must start with http:// or https://", self.github.web_url);
+        }
+        self.github.web_url = self.github.web_url.trim_end_matches('/').to_string();
+        if self.github.client_id.is_empty() != self.github.client_secret.is_empty() {
+            bail!("[github] client_id and client_secret go together: set both (the OAuth app's) or neither");
+        }
+        if self.github.sign_in() && !self.github.enabled() {
+            bail!(
+                "[github] client_id needs a token or an app in [github]: write access is checked with it before \
+                 a signed-in user may cancel or rebuild"
+            );
+        }
+        if !self.monitor.public && !self.github.sign_in() {
+            bail!("[monitor] public = false needs sign-in: set [github] client_id and client_secret (an OAuth app)");
+        }
+        if !self.monitor.public && !self.redis.url.is_empty() {
+            bail!(
+                "[monitor] public = false works with the embedded live websocket only: `autobuilder live` does not \
+                 check sign-in, so leave [redis] url empty"
+            );
+        }
+        if self.monitor.session_hours == 0 {
+            bail!("[monitor] session_hours must be at least 1");
         }
         if self.builds.timeout_minutes == 0 {
             bail!("[builds] timeout_minutes must be at least 1");
@@ -614,6 +676,22 @@ mod tests {
         assert!(format!("{err:#}").contains("must end in /live"), "{err:#}");
         assert!(with("wss://ci.example/live", "").is_ok());
         assert!(with("ws://ci.example:3333", "redis://127.0.0.1:6379").is_ok(), "autobuilder live answers at / too");
+    }
+
+    #[test]
+    fn sign_in_settings_are_checked_together() {
+        let with = |extra: &str| Config::from_toml_and_env(&format!("{extra}\n{SAMPLE}"), env(&[]));
+        let err = with("[monitor]\npublic = false").unwrap_err();
+        assert!(format!("{err:#}").contains("needs sign-in"), "{err:#}");
+        let err = with("[monitor]\npublic = false\n[github]\nclient_id = \"x\"\nclient_secret = \"y\"\ntoken = \"t\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"").unwrap_err();
+        assert!(format!("{err:#}").contains("embedded live websocket only"), "{err:#}");
+        let err = with("[github]\nclient_id = \"x\"").unwrap_err();
+        assert!(format!("{err:#}").contains("client_id and client_secret go together"), "{err:#}");
+        let err = with("[github]\nclient_id = \"x\"\nclient_secret = \"y\"").unwrap_err();
+        assert!(format!("{err:#}").contains("needs a token or an app"), "{err:#}");
+        let config = with("[github]\nclient_id = \"x\"\nclient_secret = \"y\"\ntoken = \"t\"\nweb_url = \"https://ghe.example/\"\n[monitor]\npublic = false").unwrap();
+        assert_eq!(config.github.web_url, "https://ghe.example");
+        assert!(config.github.sign_in() && !config.monitor.public);
     }
 
     #[test]

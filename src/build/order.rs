@@ -101,7 +101,7 @@ async fn newest_in_history(app: &App, source: &Source) -> Option<CommitSha> {
         limit: Some(20),
         repository: Some(source.repository.to_string()),
         branch: Some(source.branch.to_string()),
-        status: None,
+        ..Default::default()
     };
     let history = app.store.history(&filter).await.ok()?;
     let newest = history.iter().find(|b| b.new.kind == BuildKind::Build && b.new.project == source.project)?;

@@ -272,7 +272,7 @@ async fn run_command(app: &Arc<App>, project: &str, command: Command) -> Answer 
                 limit: Some(MAX_HISTORY),
                 repository: Some(repo.to_string()),
                 branch: Some(branch.to_string()),
-                status: None,
+                ..Default::default()
             };
             let history = match app.store.history(&filter).await {
                 Ok(history) => history,

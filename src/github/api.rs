@@ -44,8 +44,14 @@ impl GithubApi {
 
     /// Whether `user` may push to `repo` (permission admin, maintain or write).
     pub async fn can_write(&self, repo: &RepoName, user: &str) -> anyhow::Result<bool> {
+        Ok(matches!(self.permission(repo, user).await?.as_str(), "admin" | "maintain" | "write"))
+    }
+
+    /// `user`'s permission on `repo` as GitHub names it: `admin`, `maintain`, `write`, `triage`,
+    /// `read` or `none`.
+    pub async fn permission(&self, repo: &RepoName, user: &str) -> anyhow::Result<String> {
         let answer = self.get(&format!("/repos/{repo}/collaborators/{user}/permission")).await?;
-        Ok(matches!(answer["permission"].as_str(), Some("admin" | "maintain" | "write")))
+        Ok(answer["permission"].as_str().unwrap_or("none").to_string())
     }
 
     pub async fn pull_request(&self, repo: &RepoName, number: u64) -> anyhow::Result<PullRequestHead> {

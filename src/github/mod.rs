@@ -1,6 +1,6 @@
 //! GitHub: webhook deliveries in (`events`: signatures and events), commit statuses out
-//! (`status`), the REST calls of commands (`api`), and the webhooks set up on repositories
-//! (`hook_setup`).
+//! (`status`), the REST calls of commands (`api`), the webhooks set up on repositories
+//! (`hook_setup`), and sign-in with GitHub (`oauth`).
 
 use anyhow::Context;
 use octocrab::Octocrab;
@@ -12,6 +12,7 @@ use crate::config::GithubConfig;
 pub mod api;
 pub mod events;
 pub mod hook_setup;
+pub mod oauth;
 pub mod status;
 
 /// A GitHub client authenticated with the token, or as the app's installation; None when

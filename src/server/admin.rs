@@ -1,8 +1,11 @@
 //! The admin API, behind `Authorization: Bearer <admin_token>`: cancel and rebuild builds, list and
-//! replay webhook deliveries. With no `admin_token` configured it answers 403.
+//! replay webhook deliveries. With no `admin_token` configured it answers 403. Cancel and rebuild
+//! also take a user signed in with GitHub who has write access to the build's repository (the
+//! session cookie and its CSRF token, see `session`).
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -12,7 +15,9 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::api::find;
+use super::session::{Access, Auth, SignedIn};
 use crate::app::App;
+use crate::model::Build;
 use crate::store::Delivery;
 
 /// Proof that the request carries the admin token.
@@ -45,19 +50,73 @@ impl FromRequestParts<Arc<App>> for Admin {
     }
 }
 
+/// Who asks to cancel or rebuild: a script with the admin token, or a signed-in user.
+pub enum Actor {
+    Admin,
+    User(String),
+}
+
+impl FromRequestParts<Arc<App>> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        if parts.headers.contains_key("authorization") {
+            return Admin::from_request_parts(parts, app).await.map(|_| Actor::Admin);
+        }
+        match SignedIn::from_request_parts(parts, app).await? {
+            SignedIn(Some(session)) => Ok(Actor::User(session.login)),
+            SignedIn(None) => {
+                let signing_in = parts.extensions.get::<Arc<Auth>>().is_some_and(|auth| auth.enabled());
+                if signing_in {
+                    return Err(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "sign in with GitHub at /login, or send Authorization: Bearer <admin_token>",
+                    ));
+                }
+                Admin::from_request_parts(parts, app).await.map(|_| Actor::Admin)
+            }
+        }
+    }
+}
+
+impl Actor {
+    /// Refuses (403) a user without write access to `build`'s repository.
+    async fn may_act_on(&self, app: &App, auth: &Auth, build: &Build) -> Result<(), ApiError> {
+        let Actor::User(login) = self else { return Ok(()) };
+        let repo = &build.new.repository;
+        if auth.access(app, repo, login).await == Access::Write {
+            return Ok(());
+        }
+        Err(ApiError::new(StatusCode::FORBIDDEN, format!("{login} has no write access to {repo} on GitHub")))
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Actor::Admin => "an admin".into(),
+            Actor::User(login) => login.clone(),
+        }
+    }
+}
+
 /// Compares without stopping at the first difference (only the length can leak).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `POST /build/<id>/cancel`: stops a queued or running build (SIGTERM, grace, SIGKILL).
-pub async fn cancel(_: Admin, State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn cancel(
+    actor: Actor,
+    Extension(auth): Extension<Arc<Auth>>,
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let build = find(&app, &id).await?;
+    actor.may_act_on(&app, &auth, &build).await?;
     if build.outcome.status.is_final() {
         let status = build.outcome.status;
         return Err(ApiError::new(StatusCode::CONFLICT, format!("build {} already ended: {status}", build.id)));
     }
-    if !app.active.cancel(build.id, "cancelled by an admin") {
+    if !app.active.cancel(build.id, &format!("cancelled by {}", actor.name())) {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("build {} is not run by this process", build.id)));
     }
     Ok(Json(json!({ "message": format!("cancelling build {}", build.id), "build": build.id })))
@@ -65,11 +124,13 @@ pub async fn cancel(_: Admin, State(app): State<Arc<App>>, Path(id): Path<String
 
 /// `POST /build/<id>/rebuild`: the same commit and recipe settings, as a new build.
 pub async fn rebuild(
-    _: Admin,
+    actor: Actor,
+    Extension(auth): Extension<Arc<Auth>>,
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let build = find(&app, &id).await?;
+    actor.may_act_on(&app, &auth, &build).await?;
     let new = crate::build::rebuild(&app, build.id)
         .await
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("cannot rebuild {}: {e:#}", build.id)))?

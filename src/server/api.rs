@@ -13,7 +13,7 @@ use tokio::io::AsyncSeekExt;
 use super::ApiError;
 use crate::app::App;
 use crate::build::log::{log_path, tail_offset};
-use crate::model::{Build, BuildId, BuildStatus};
+use crate::model::{Build, BuildId, BuildKind, BuildStatus};
 use crate::store::HistoryFilter;
 
 /// Builds queued or running, oldest first.
@@ -27,9 +27,14 @@ pub struct HistoryQuery {
     repository: Option<String>,
     branch: Option<String>,
     status: Option<String>,
+    /// The cursor of the next page: only entries older than this build id.
+    before: Option<String>,
+    /// `build` or `reload`: only that kind of entry.
+    kind: Option<String>,
 }
 
-/// History, newest first: `?limit=` (default 25, at most 1000), `?repository=&branch=&status=`.
+/// History, newest first: `?limit=` (default 25, at most 1000), `?repository=&branch=&status=&kind=`,
+/// and `?before=<id>` for the next page (the id of the last entry of this one).
 pub async fn history(
     State(app): State<Arc<App>>,
     Query(query): Query<HistoryQuery>,
@@ -43,11 +48,31 @@ pub async fn history(
             )
         })?),
     };
+    let before = match query.before.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(text.parse().map(BuildId).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("before={text:?} is not a build id: use the id of the last entry of the previous page"),
+            )
+        })?),
+    };
+    let kind = match query.kind.as_deref() {
+        None | Some("") => None,
+        Some("build") => Some(BuildKind::Build),
+        Some("reload") => Some(BuildKind::Reload),
+        Some(text) => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("unknown kind {text:?}: use build or reload")));
+        }
+    };
     let filter = HistoryFilter {
         limit: query.limit,
         repository: query.repository.filter(|r| !r.is_empty()),
         branch: query.branch.filter(|b| !b.is_empty()),
         status,
+        before,
+        kind,
+        ..Default::default()
     };
     Ok(Json(app.store.history(&filter).await?))
 }
@@ -82,7 +107,7 @@ pub async fn branch_log(State(app): State<Arc<App>>, Path(path): Path<String>) -
         limit: Some(1),
         repository: Some(format!("{org}/{repo}")),
         branch: Some(branch.to_string()),
-        status: None,
+        ..Default::default()
     };
     let build = app
         .store

@@ -3,9 +3,11 @@
 
 mod admin;
 mod api;
+mod badge;
 pub mod intake;
 mod ops;
 mod pages;
+mod session;
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ use crate::live::Live;
 /// All routes of `serve`. Without Redis, the live websocket (`/live`) is served here too.
 pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
     let pages = pages::Pages::new()?;
+    let auth = Arc::new(session::Auth::new(&app.config)?);
     let csp = page_policy(&app.config.live.public_url);
     // Artifacts are whatever a build wrote: downloads, never pages of this origin.
     let artifacts = Router::new()
@@ -45,15 +48,21 @@ pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .route("/build/{id}/rebuild", post(admin::rebuild))
         .route("/deliveries", get(admin::deliveries))
         .route("/deliveries/{id}/replay", post(admin::replay))
+        .route("/badge/{*path}", get(badge::badge))
+        .route("/login", get(session::login))
+        .route("/login/callback", get(session::callback))
+        .route("/logout", post(session::logout))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .merge(pages.router())
         .route("/", get(|| async { Redirect::to("/monitor") }))
         .fallback(move |uri: Uri, headers: HeaderMap| not_found(uri, headers, fallback_pages.clone()))
-        .with_state(app)
+        .with_state(app.clone())
         .merge(artifacts)
         .merge(live)
+        .layer(axum::middleware::from_fn_with_state(app, session::gate))
+        .layer(axum::Extension(auth))
         .layer(SetResponseHeaderLayer::if_not_present(header::CONTENT_SECURITY_POLICY, csp))
         .layer(overriding(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(overriding(header::REFERRER_POLICY, "same-origin"))

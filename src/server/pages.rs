@@ -12,16 +12,18 @@ use tera::{Context, Tera};
 
 use super::ApiError;
 use super::api::find;
+use super::session::Viewer;
 use crate::app::App;
 
 /// The files under `/static/`: name, content type, content.
-const STATIC_FILES: [(&str, &str, &str); 6] = [
+const STATIC_FILES: [(&str, &str, &str); 7] = [
     ("style.css", "text/css", include_str!("../../static/style.css")),
     ("overview.css", "text/css", include_str!("../../static/overview.css")),
     ("build.css", "text/css", include_str!("../../static/build.css")),
     ("common.js", "text/javascript", include_str!("../../static/common.js")),
     ("overview.js", "text/javascript", include_str!("../../static/overview.js")),
     ("build.js", "text/javascript", include_str!("../../static/build.js")),
+    ("actions.js", "text/javascript", include_str!("../../static/actions.js")),
 ];
 
 #[derive(Clone)]
@@ -36,6 +38,7 @@ impl Pages {
             ("base.html", include_str!("../../templates/base.html")),
             ("monitor.html", include_str!("../../templates/monitor.html")),
             ("build.html", include_str!("../../templates/build.html")),
+            ("actions.html", include_str!("../../templates/actions.html")),
             ("not_found.html", include_str!("../../templates/not_found.html")),
         ])?;
         Ok(Self { tera: Arc::new(tera) })
@@ -44,8 +47,11 @@ impl Pages {
     pub fn router(self) -> Router<Arc<App>> {
         let (monitor_pages, build_pages) = (self.clone(), self);
         let mut router = Router::new()
-            .route("/monitor", get(move |state| monitor(state, monitor_pages.clone())))
-            .route("/monitor/build/{id}", get(move |state, path| build(state, path, build_pages.clone())));
+            .route("/monitor", get(move |state, viewer| monitor(state, viewer, monitor_pages.clone())))
+            .route(
+                "/monitor/build/{id}",
+                get(move |state, viewer, path| build(state, viewer, path, build_pages.clone())),
+            );
         for (name, content_type, content) in STATIC_FILES {
             router = router.route(
                 &format!("/static/{name}"),
@@ -71,19 +77,27 @@ impl Pages {
     }
 }
 
-async fn monitor(State(app): State<Arc<App>>, pages: Pages) -> Result<impl IntoResponse, ApiError> {
+async fn monitor(State(app): State<Arc<App>>, viewer: Viewer, pages: Pages) -> Result<impl IntoResponse, ApiError> {
     let mut context = Context::new();
     context.insert("ws_url", &app.config.live.public_url);
+    context.insert("github_web_url", &app.config.github.web_url);
+    context.insert("auth", &viewer.page(&app, None).await);
     pages.render("monitor.html", &context)
 }
 
-async fn build(State(app): State<Arc<App>>, Path(id): Path<String>, pages: Pages) -> Result<Response, ApiError> {
+async fn build(
+    State(app): State<Arc<App>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    pages: Pages,
+) -> Result<Response, ApiError> {
     let build = match find(&app, &id).await {
         Ok(build) => build,
         Err(ApiError(StatusCode::NOT_FOUND, what)) => return Ok(pages.not_found(&what)),
         Err(error) => return Err(error),
     };
     let mut context = Context::new();
+    context.insert("auth", &viewer.page(&app, Some(&build.new.repository)).await);
     context.insert("build", &build);
     context.insert("ws_url", &app.config.live.public_url);
     Ok(pages.render("build.html", &context)?.into_response())

@@ -14,6 +14,14 @@ pub struct HistoryFilter {
     pub repository: Option<String>,
     pub branch: Option<String>,
     pub status: Option<BuildStatus>,
+    /// Only entries older than this one (the cursor of the next page).
+    pub before: Option<BuildId>,
+    /// Only this kind of entry (builds or recipes reloads).
+    pub kind: Option<BuildKind>,
+    /// Only the builds of this script.
+    pub script: Option<String>,
+    /// Only entries that ended (success, failure, error, cancelled).
+    pub finished: bool,
 }
 
 impl Store {
@@ -99,12 +107,20 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT * FROM builds
              WHERE (?1 IS NULL OR repository = ?1) AND (?2 IS NULL OR branch = ?2) AND (?3 IS NULL OR status = ?3)
+               AND (?5 IS NULL OR id < ?5) AND (?6 IS NULL OR kind = ?6) AND (?7 IS NULL OR script = ?7)
+               AND (NOT ?8 OR status NOT IN (?9, ?10))
              ORDER BY id DESC LIMIT ?4",
         )
         .bind(&filter.repository)
         .bind(&filter.branch)
         .bind(filter.status)
         .bind(filter.limit.unwrap_or(25).clamp(1, MAX_HISTORY))
+        .bind(filter.before)
+        .bind(filter.kind)
+        .bind(&filter.script)
+        .bind(filter.finished)
+        .bind(BuildStatus::Queued)
+        .bind(BuildStatus::Running)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -197,4 +213,50 @@ impl FromRow<'_, SqliteRow> for Build {
 
 fn decode_error(column: &str, source: sqlx::error::BoxDynError) -> sqlx::Error {
     sqlx::Error::ColumnDecode { index: column.to_string(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Branch, RepoName};
+
+    fn new_build(branch: &str, script: &str) -> NewBuild {
+        NewBuild {
+            kind: BuildKind::Build,
+            project: "p".into(),
+            repository: RepoName::parse("o/a").unwrap(),
+            branch: Branch::parse(branch).unwrap(),
+            commit: Some(CommitSha::parse(&"a".repeat(40)).unwrap()),
+            script: script.into(),
+            baseimage: None,
+            message: None,
+            author: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn history_pages_with_a_cursor_and_keeps_its_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let mut ids = Vec::new();
+        for n in 0..7 {
+            let script = if n % 2 == 0 { "build.sh" } else { "docs.sh" };
+            ids.push(store.insert(&new_build("master", script), None).await.unwrap().id);
+        }
+        store.finish(ids[1], &Outcome::failed(BuildStatus::Failure, "exit 1"), None).await.unwrap();
+        let page = |before: Option<BuildId>| HistoryFilter { limit: Some(3), before, ..Default::default() };
+        let first = store.history(&page(None)).await.unwrap();
+        assert_eq!(first.iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[6], ids[5], ids[4]]);
+        let second = store.history(&page(Some(ids[4]))).await.unwrap();
+        assert_eq!(second.iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[3], ids[2], ids[1]]);
+        let last = store.history(&page(Some(ids[1]))).await.unwrap();
+        assert_eq!(last.iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[0]]);
+
+        let docs = HistoryFilter { script: Some("docs.sh".into()), before: Some(ids[5]), ..Default::default() };
+        assert_eq!(store.history(&docs).await.unwrap().iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[3], ids[1]]);
+        let finished = HistoryFilter { finished: true, ..Default::default() };
+        assert_eq!(store.history(&finished).await.unwrap().iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[1]]);
+        let reloads = HistoryFilter { kind: Some(BuildKind::Reload), ..Default::default() };
+        assert!(store.history(&reloads).await.unwrap().is_empty());
+    }
 }

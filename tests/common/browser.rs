@@ -42,6 +42,16 @@ impl Browser {
         self.command("url", json!({"url": url})).await;
     }
 
+    /// Sets the window's outer size in CSS pixels.
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.command("window/rect", json!({"width": width, "height": height})).await;
+    }
+
+    /// Runs a Chrome DevTools Protocol command (e.g. `Emulation.setEmulatedMedia`).
+    pub async fn devtools(&self, method: &str, params: Value) -> Value {
+        self.command("goog/cdp/execute", json!({"cmd": method, "params": params})).await
+    }
+
     /// Runs `script` (a function body) in the page and returns its result.
     pub async fn eval(&self, script: &str) -> Value {
         self.command("execute/sync", json!({"script": script, "args": []})).await

@@ -1,5 +1,6 @@
 //! A fake GitHub REST API over real HTTP (statuses, permissions, pull requests, comments, webhooks,
-//! app installation tokens), and the webhook payloads GitHub sends.
+//! app installation tokens), its web sign-in for OAuth apps (`/login/oauth/authorize`,
+//! `/login/oauth/access_token`, then `GET /user`), and the webhook payloads GitHub sends.
 
 use std::sync::{Arc, Mutex};
 
@@ -41,7 +42,15 @@ pub struct FakeGithubState {
     pub next_hook_id: std::sync::atomic::AtomicI64,
     /// Installation tokens minted for a GitHub App: (installation, the JWT's claims).
     pub app_tokens: Mutex<Vec<(u64, Value)>>,
+    /// Who is signed in on GitHub's web pages: the user who lets the OAuth app know them.
+    pub web_user: Mutex<Option<String>>,
+    /// OAuth codes handed out and not yet exchanged: code -> login.
+    pub oauth_codes: Mutex<std::collections::HashMap<String, String>>,
 }
+
+/// The OAuth app the fake GitHub knows (`[github] client_id` and `client_secret`).
+pub const OAUTH_CLIENT_ID: &str = "test-oauth-app";
+pub const OAUTH_CLIENT_SECRET: &str = "test-oauth-secret";
 
 /// A fake GitHub REST API that records commit statuses.
 pub struct FakeGithub {
@@ -60,6 +69,9 @@ impl FakeGithub {
             .route("/repos/{owner}/{repo}/hooks", get(list_hooks).post(create_hook))
             .route("/app/installations/{id}/access_tokens", post(mint_installation_token))
             .route("/repos/{owner}/{repo}/hooks/{id}", axum::routing::patch(update_hook).delete(delete_hook))
+            .route("/login/oauth/authorize", get(oauth_authorize))
+            .route("/login/oauth/access_token", post(oauth_access_token))
+            .route("/user", get(oauth_user))
             .with_state(state.clone());
         Self { url: serve(router).await, state }
     }
@@ -79,6 +91,15 @@ impl FakeGithub {
 }
 
 impl FakeGithub {
+    /// Signs `login` in on GitHub's web pages (None: nobody), and gives them `permission` (`admin`,
+    /// `write`, `read`, `none`) on every repository.
+    pub fn web_sign_in(&self, login: Option<&str>, permission: &str) {
+        *self.state.web_user.lock().unwrap() = login.map(str::to_string);
+        if let Some(login) = login {
+            self.state.permissions.lock().unwrap().insert(login.to_string(), permission.to_string());
+        }
+    }
+
     /// Adds a hook to `repo` as if made by hand; returns its id.
     pub fn add_hook(&self, repo: &str, mut hook: Value) -> i64 {
         let id = self.state.next_hook_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
@@ -176,6 +197,65 @@ async fn get_permission(
 ) -> Json<Value> {
     let permission = state.permissions.lock().unwrap().get(&user).cloned().unwrap_or_else(|| "none".into());
     Json(json!({ "permission": permission, "user": { "login": user } }))
+}
+
+#[derive(serde::Deserialize)]
+struct AuthorizeQuery {
+    client_id: String,
+    redirect_uri: String,
+    state: String,
+}
+
+/// GitHub's authorize page, the user already signed in and agreeing: back to the app's callback
+/// with a one-time code and the app's `state`.
+async fn oauth_authorize(
+    State(state): State<Arc<FakeGithubState>>,
+    axum::extract::Query(query): axum::extract::Query<AuthorizeQuery>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if query.client_id != OAUTH_CLIENT_ID {
+        return (StatusCode::NOT_FOUND, "no such OAuth app").into_response();
+    }
+    let Some(login) = state.web_user.lock().unwrap().clone() else {
+        return (StatusCode::UNAUTHORIZED, "nobody is signed in on the fake GitHub").into_response();
+    };
+    let code = format!("code-{login}-{}", state.oauth_codes.lock().unwrap().len());
+    state.oauth_codes.lock().unwrap().insert(code.clone(), login);
+    let back = format!(
+        "{}?{}",
+        query.redirect_uri,
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("code", &code)
+            .append_pair("state", &query.state)
+            .finish()
+    );
+    axum::response::Redirect::to(&back).into_response()
+}
+
+/// Exchanges a code (once) for a token, as GitHub does for the app's id and secret.
+async fn oauth_access_token(
+    State(state): State<Arc<FakeGithubState>>,
+    axum::Form(form): axum::Form<std::collections::HashMap<String, String>>,
+) -> Json<Value> {
+    let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+    if field("client_id") != OAUTH_CLIENT_ID || field("client_secret") != OAUTH_CLIENT_SECRET {
+        return Json(json!({"error": "incorrect_client_credentials"}));
+    }
+    match state.oauth_codes.lock().unwrap().remove(&field("code")) {
+        Some(login) => Json(json!({"access_token": format!("gho-{login}"), "token_type": "bearer", "scope": ""})),
+        None => Json(
+            json!({"error": "bad_verification_code", "error_description": "The code passed is incorrect or expired."}),
+        ),
+    }
+}
+
+/// The user a token from [`oauth_access_token`] belongs to.
+async fn oauth_user(headers: HeaderMap) -> (StatusCode, Json<Value>) {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    match auth.strip_prefix("Bearer gho-").or_else(|| auth.strip_prefix("token gho-")) {
+        Some(login) => (StatusCode::OK, Json(json!({"login": login, "id": 1}))),
+        None => (StatusCode::UNAUTHORIZED, Json(json!({"message": "Requires authentication"}))),
+    }
 }
 
 async fn get_pull(
