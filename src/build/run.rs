@@ -197,6 +197,7 @@ async fn execute(
         crate::recipes::chains::check_baseimage(&app.config, &job.source.project, baseimage)
             .map_err(|reason| BuildError::ImagePull { image: baseimage.clone(), reason })?;
     }
+    log.phase("image");
     match &job.script.from {
         // autobuilder's own images are never pulled: they come from the producer's build.
         Some(from) => wait_for_image(app, active, from, image, log).await?,
@@ -206,6 +207,7 @@ async fn execute(
         },
     }
     let mount = format!("/{}", job.source.repository.name());
+    log.phase("script");
     log.note(&format!("running {} in {image}", job.script.script));
     log.write_pending().await.map_err(BuildError::log)?;
     let mut env = vec![
@@ -287,6 +289,7 @@ async fn after_script(
     if active.cancel.is_cancelled() {
         return Err(BuildError::Cancelled(active.cancel.reason()));
     }
+    log.phase("publish");
     if let Some(image) = &job.script.commit {
         commit_image(app, job, container, image, log).await?;
     }
@@ -357,6 +360,7 @@ async fn wait_for_image(
 async fn checkout(app: &App, active: &ActiveBuild, source: &Path, log: &mut BuildLog) -> Result<(), BuildError> {
     let job = &active.job;
     let mut delay = Duration::from_secs(app.config.git.retry_delay_seconds);
+    log.phase("fetch");
     for attempt in 0..=app.config.git.retries {
         log.note(&format!("fetching {} {} at {}", job.source.repository, job.source.branch, job.source.commit));
         log.write_pending().await.map_err(BuildError::log)?;

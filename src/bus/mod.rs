@@ -27,8 +27,15 @@ pub enum Event {
     /// A build (or recipes reload) was queued, started or ended: its whole record.
     Build { build: Box<Build> },
     /// Lines appended to a build's log: `seq` is the number of the first (1-based), `text` the
-    /// lines exactly as in the log file, each ending with a newline.
-    Lines { id: BuildId, seq: u64, text: String },
+    /// lines exactly as in the log file, each ending with a newline; `time` when they arrived
+    /// (milliseconds since the Unix epoch; 0 from an older publisher).
+    Lines {
+        id: BuildId,
+        seq: u64,
+        text: String,
+        #[serde(default)]
+        time: u64,
+    },
 }
 
 /// What a subscriber receives.
