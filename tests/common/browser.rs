@@ -42,6 +42,11 @@ impl Browser {
         self.command("url", json!({"url": url})).await;
     }
 
+    /// Sets the size of the browser window (the viewport is this size or a little less).
+    pub async fn window_size(&self, width: u32, height: u32) {
+        self.command("window/rect", json!({"width": width, "height": height})).await;
+    }
+
     /// Runs `script` (a function body) in the page and returns its result.
     pub async fn eval(&self, script: &str) -> Value {
         self.command("execute/sync", json!({"script": script, "args": []})).await
