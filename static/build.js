@@ -55,15 +55,16 @@ function clock(ms) {
   return s >= 3600 ? `${Math.floor(s / 3600)}:${mmss}` : mmss;
 }
 
-// The build's times said plainly: "queued for 5s", "running for 1m 02s", "took 12s", "never ran".
-function durationLabel(build, now) {
+// The build's times said plainly: "queued for 5s", "running for 1m 02s", "took 12s", "never ran"
+// (a build that ended without a line of log never ran: the store gives it a start at its end).
+function durationLabel(build, now, logged) {
   const created = Date.parse(build.created);
   const started = build.started ? Date.parse(build.started) : null;
   if (build.status === "queued") return `queued for ${seconds(now - created)}`;
   if (!FINAL.has(build.status)) {
     return started ? `running for ${seconds(now - started)}` : "";
   }
-  if (!started) return "never ran";
+  if (!started || !logged) return "never ran";
   const waited = started - created >= 1000 ? ` after ${seconds(started - created)} in the queue` : "";
   return `took ${seconds(Date.parse(build.ended) - started)}${waited}`;
 }
@@ -97,7 +98,7 @@ function buildPage() {
     stack: [],         // sections open at the last row
     selected: null,    // [from, to] of the permalink
     search: { query: "", lines: [], total: 0, at: -1 },
-    opened: false,     // the page has opened on its first lines
+    scrolledTo: -1,    // where the page last scrolled the log itself
   };
   window.autobuilderPage = page; // for tests and the curious
   window.autobuilderCspViolations = [];
@@ -303,8 +304,10 @@ function buildPage() {
     if (batches.length && follow.checked) scrollToEnd();
   }
 
+  // Scrolls to the last line; the scroll event this causes is not the reader's.
   function scrollToEnd() {
     log.scrollTop = log.scrollHeight;
+    page.scrolledTo = log.scrollTop;
   }
 
   // ---------- permalinks, search ----------
@@ -420,9 +423,15 @@ function buildPage() {
     else loadTail().then(scrollToEnd);
   });
   showTimes.addEventListener("change", () => log.classList.toggle("show-times", showTimes.checked));
+  // The reader scrolling up stops following; scrolling back to the end follows again.
   log.addEventListener("scroll", () => {
-    if (page.mode === "tail" && !page.loading) follow.checked = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    if (page.mode !== "tail" || page.loading || log.scrollTop === page.scrolledTo) return;
+    follow.checked = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
   });
+  // The log's height changes with the header above it (a reason, the other scripts): keep the end.
+  new ResizeObserver(() => {
+    if (follow.checked && page.mode === "tail") scrollToEnd();
+  }).observe(log);
 
   // ---------- the build's state ----------
 
@@ -447,7 +456,7 @@ function buildPage() {
   }
 
   function tick() {
-    if (page.build) document.getElementById("duration").textContent = durationLabel(page.build, Date.now());
+    if (page.build) document.getElementById("duration").textContent = durationLabel(page.build, Date.now(), page.next > 1);
   }
 
   // A queued build says why it waits.
@@ -522,10 +531,10 @@ function buildPage() {
     window.autobuilderLive = connection;
     connection.subscribe(id, 0); // live lines from now on; the ones before come from the server
     await loadTail();
+    tick();
     const range = fromHash();
     if (range) await select(range[0], range[1]);
     else if (FINAL.has(page.build.status)) openOnFailure();
-    page.opened = true;
     document.body.dataset.opened = "true";
   }
 

@@ -24,13 +24,15 @@ async fn open(browser: &Browser, server: &Server, id: i64, hash: &str) {
     browser.wait_for("the page to open", "return document.body.dataset.opened === 'true'").await;
 }
 
-/// Whether the row of line `seq` is shown inside the log's visible area.
+/// A JavaScript expression: whether the row of line `seq` is shown inside the log's visible area.
 fn in_view(seq: u64) -> String {
     format!(
-        "const row = document.querySelector('#log .line[data-seq=\"{seq}\"]');
-         if (!row || row.hidden) return false;
-         const r = row.getBoundingClientRect(), box = document.getElementById('log').getBoundingClientRect();
-         return r.top >= box.top - 1 && r.bottom <= box.bottom + 1 && r.bottom <= window.innerHeight;"
+        "(() => {{
+           const row = document.querySelector('#log .line[data-seq=\"{seq}\"]');
+           if (!row || row.hidden) return false;
+           const r = row.getBoundingClientRect(), box = document.getElementById('log').getBoundingClientRect();
+           return r.top >= box.top - 1 && r.bottom <= box.bottom + 1 && r.bottom <= window.innerHeight;
+         }})()"
     )
 }
 
@@ -55,7 +57,7 @@ async fn permalinks_and_search_reach_lines_outside_the_loaded_window() {
             &format!(
                 "const rows = [...document.querySelectorAll('#log .line.selected')];
                  return rows.length === 3 && ({}) ? rows.map(r => r.querySelector('.text').textContent) : null;",
-                in_view(target).replace("return ", "").trim_end_matches(';')
+                in_view(target)
             ),
         )
         .await;
@@ -88,7 +90,7 @@ async fn permalinks_and_search_reach_lines_outside_the_loaded_window() {
             &format!(
                 "const hit = document.querySelector('#log .line.hit');
                  return hit && ({}) && [Number(hit.dataset.seq), document.getElementById('search-count').textContent];",
-                in_view(first).replace("return ", "").trim_end_matches(';')
+                in_view(first)
             ),
         )
         .await;
@@ -106,7 +108,7 @@ async fn permalinks_and_search_reach_lines_outside_the_loaded_window() {
 
     // Back to the end: the tail, followed.
     browser.eval("document.getElementById('to-end').click()").await;
-    browser.wait_for("the last line in view", &in_view(total)).await;
+    browser.wait_for("the last line in view", &format!("return {}", in_view(total))).await;
     assert_eq!(browser.eval("return document.getElementById('follow').checked").await, json!(true));
 }
 
@@ -147,7 +149,7 @@ async fn sections_collapse_and_a_failed_build_opens_on_the_section_that_failed()
         ]),
         "the failed phase is open, the others collapsed"
     );
-    browser.wait_for("the failed section in view", &in_view(script_phase)).await;
+    browser.wait_for("the failed section in view", &format!("return {}", in_view(script_phase))).await;
     let shown = |seq: u64| format!("return !document.querySelector('#log .line[data-seq=\"{seq}\"]').hidden");
     assert_eq!(browser.eval(&shown(fails)).await, json!(true));
     assert_eq!(browser.eval(&shown(fetch_phase + 1)).await, json!(false), "collapsed lines are hidden");
@@ -196,7 +198,7 @@ async fn sections_collapse_and_a_failed_build_opens_on_the_section_that_failed()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_last_line_of_a_200000_line_log_stays_on_screen() {
-    let script = "#!/bin/sh\nseq 1 200000\ni=0\nwhile [ $i -lt 40 ]; do echo \"tick $i\"; sleep 0.1; i=$((i+1)); done\n\
+    let script = "#!/bin/sh\nseq 1 200000\ni=0\nwhile [ $i -lt 100 ]; do echo \"tick $i\"; sleep 0.2; i=$((i+1)); done\n\
                   tar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
     let (git, sha) = one_script_app(script);
     let server = Server::start(|dir| test_config(dir, &git, None));
@@ -209,17 +211,20 @@ async fn the_last_line_of_a_200000_line_log_stays_on_screen() {
     let viewport = browser.eval("return [window.innerWidth, window.innerHeight]").await;
     assert!(viewport[1].as_u64().unwrap() <= 720, "{viewport}");
     // While it runs, the newest line is in view; the page itself never scrolls.
-    let check = "const rows = document.querySelectorAll('#log .line');
-                 const last = rows[rows.length - 1];
-                 const r = last.getBoundingClientRect();
-                 return r.bottom <= window.innerHeight && r.top >= 0
-                   && document.documentElement.scrollHeight <= window.innerHeight ? last.textContent : null;";
-    let line = browser.wait_for("a tick on screen while running", &format!("{check}.includes('tick') ? 1 : 0")).await;
-    assert_eq!(line, json!(1));
+    let last_on_screen = "(() => {
+        const rows = document.querySelectorAll('#log .line');
+        const last = rows[rows.length - 1];
+        const r = last.getBoundingClientRect();
+        return r.bottom <= window.innerHeight && r.top >= 0
+          && document.documentElement.scrollHeight <= window.innerHeight ? last.textContent : '';
+      })()";
+    browser.wait_for("a tick on screen while running", &format!("return {last_on_screen}.includes('tick')")).await;
+    assert_eq!(server.get_json(&format!("/build/{id}")).await.1["status"], "running");
     assert_eq!(server.wait_build(id).await["status"], "success");
     let total = raw_log(&server, id).await.lines().count() as u64;
-    browser.wait_for("the last line, in view", &in_view(total)).await;
-    assert_eq!(browser.eval(check).await.as_str().map(|t| t.contains("published")), Some(true));
+    browser.wait_for("the last line, in view", &format!("return {}", in_view(total))).await;
+    let last = browser.eval(&format!("return {last_on_screen}")).await;
+    assert!(last.as_str().unwrap().contains("published"), "{last}");
     let rows = browser.eval("return document.querySelectorAll('#log .line').length").await;
     assert_eq!(rows, json!(5000), "the page keeps a window of lines");
     if let Ok(dir) = std::env::var("SCREENSHOTS_DIR") {
@@ -283,8 +288,8 @@ async fn raw_and_plain_logs_and_the_log_endpoints_refuse_bad_requests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queued_build_says_why_it_waits_and_links_the_other_scripts_of_its_push() {
     let git = GitHost::new();
-    let settings = "  artifact: out.tar.gz";
-    git.commit("org/recipes", "master", &[("org/app/master.yaml", &recipe(&[("slow.sh", settings), ("next.sh", settings)]))]);
+    let scripts = [("slow.sh", "  artifact: out.tar.gz\n  tag: slow"), ("next.sh", "  artifact: out.tar.gz\n  tag: next")];
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", &recipe(&scripts))]);
     let slow = "#!/bin/sh\necho slow\nsleep 30\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
     let next = "#!/bin/sh\necho next\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
     let sha = git.commit("org/app", "master", &[("slow.sh", slow), ("next.sh", next)]);
