@@ -70,7 +70,7 @@ function durationLabel(build, now, logged) {
 }
 
 function setFavicon(status) {
-  const colour = STATE_COLOURS[status] || STATE_COLOURS.queued;
+  const colour = STATE_COLOURS[status] || STATE_COLOURS.cancelled;
   const shape = FINAL.has(status)
     ? `<circle cx="8" cy="8" r="7" fill="${colour}"/>`
     : `<circle cx="8" cy="8" r="5.5" fill="none" stroke="${colour}" stroke-width="3"/>`;
@@ -98,7 +98,6 @@ function buildPage() {
     stack: [],         // sections open at the last row
     selected: null,    // [from, to] of the permalink
     search: { query: "", lines: [], total: 0, at: -1 },
-    scrolledTo: -1,    // where the page last scrolled the log itself
   };
   window.autobuilderPage = page; // for tests and the curious
   window.autobuilderCspViolations = [];
@@ -304,10 +303,8 @@ function buildPage() {
     if (batches.length && follow.checked) scrollToEnd();
   }
 
-  // Scrolls to the last line; the scroll event this causes is not the reader's.
   function scrollToEnd() {
     log.scrollTop = log.scrollHeight;
-    page.scrolledTo = log.scrollTop;
   }
 
   // ---------- permalinks, search ----------
@@ -423,10 +420,19 @@ function buildPage() {
     else loadTail().then(scrollToEnd);
   });
   showTimes.addEventListener("change", () => log.classList.toggle("show-times", showTimes.checked));
-  // The reader scrolling up stops following; scrolling back to the end follows again.
+  // The reader scrolling up (wheel, keys, the scroll bar) stops following; back at the end, it
+  // follows again. Scrolls the page makes itself (and rows taking their real height) do neither.
+  let pointerDown = false;
+  log.addEventListener("pointerdown", () => { pointerDown = true; });
+  window.addEventListener("pointerup", () => { pointerDown = false; });
+  log.addEventListener("wheel", (event) => { if (event.deltaY < 0) follow.checked = false; }, { passive: true });
+  log.addEventListener("keydown", (event) => {
+    if (["ArrowUp", "PageUp", "Home"].includes(event.key)) follow.checked = false;
+  });
   log.addEventListener("scroll", () => {
-    if (page.mode !== "tail" || page.loading || log.scrollTop === page.scrolledTo) return;
-    follow.checked = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    if (page.mode !== "tail" || page.loading) return;
+    if (log.scrollTop + log.clientHeight >= log.scrollHeight - 4) follow.checked = true;
+    else if (pointerDown) follow.checked = false;
   });
   // The log's height changes with the header above it (a reason, the other scripts): keep the end.
   new ResizeObserver(() => {
@@ -437,6 +443,7 @@ function buildPage() {
 
   function renderHeader(build) {
     page.build = build;
+    if (page.stopping && !FINAL.has(build.status)) return; // still cancelling
     page.started = build.started ? Date.parse(build.started) : null;
     document.getElementById("status").replaceChildren(badge(build.status));
     const reason = document.getElementById("reason");
@@ -523,6 +530,13 @@ function buildPage() {
         page.pending.push({ seq, lines, time });
         scheduleFlush();
       },
+      // Asked to stop: it has its grace period to end.
+      stopping: (buildId, reason) => {
+        if (buildId !== id || FINAL.has(page.build.status)) return;
+        page.stopping = reason;
+        document.getElementById("status").replaceChildren(el("span", { className: "badge cancelling", text: "cancelling…" }));
+        setFavicon("cancelling");
+      },
       resync: async () => {
         renderHeader(await getJson(`/build/${id}`));
         catchUp();
@@ -535,6 +549,7 @@ function buildPage() {
     const range = fromHash();
     if (range) await select(range[0], range[1]);
     else if (FINAL.has(page.build.status)) openOnFailure();
+    page.openedAt = performance.now(); // since the navigation started
     document.body.dataset.opened = "true";
   }
 

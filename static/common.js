@@ -147,6 +147,8 @@ class LiveConnection {
       this.handlers.lines(msg.id, seq, lines, msg.time); // time: when they arrived (live lines only)
     } else if (msg.type === "build") {
       this.handlers.build(msg.build);
+    } else if (msg.type === "stopping") {
+      if (this.handlers.stopping) this.handlers.stopping(msg.id, msg.reason);
     } else if (msg.type === "hello" || msg.type === "resync") {
       this.handlers.resync();
     }

@@ -327,3 +327,101 @@ async fn a_queued_build_says_why_it_waits_and_links_the_other_scripts_of_its_pus
     assert_eq!(state, json!(["never ran", true]));
     server.admin_post(&format!("/build/{}/cancel", ids[0]), Some(ADMIN_TOKEN)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_build_says_cancelling_during_its_stop_grace_period() {
+    // The script ignores SIGTERM: the build stops only when the grace period ends (SIGKILL).
+    let (git, sha) = one_script_app("#!/bin/sh\ntrap '' TERM\necho started\nsleep 60\n");
+    let server = Server::start(|dir| test_config(dir, &git, None).with(admin).with(|c| c.builds.cancel_grace_seconds = 4));
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    server.wait_log(id, "started\n").await;
+    let browser = Browser::start().await;
+    open(&browser, &server, id, "").await;
+    browser.wait_for("the running state", "return document.getElementById('status').textContent === 'running'").await;
+
+    let (code, body) = server.admin_post(&format!("/build/{id}/cancel"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(code, 200, "{body}");
+    browser.wait_for("cancelling", "return document.getElementById('status').textContent === 'cancelling…'").await;
+    assert_eq!(server.get_json(&format!("/build/{id}")).await.1["status"], "running", "still in its grace period");
+    assert_eq!(server.wait_build(id).await["status"], "cancelled");
+    let state = browser
+        .wait_for(
+            "the cancelled state",
+            "const s = document.getElementById('status').textContent;
+             return s === 'cancelled' && [document.getElementById('duration').textContent.startsWith('took '),
+                                          document.getElementById('favicon').dataset.state];",
+        )
+        .await;
+    assert_eq!(state, json!([true, "cancelled"]));
+}
+
+/// Records the gaps between animation frames for SECONDS seconds, then answers with their figures.
+const FRAMES: &str = "const done = arguments[arguments.length - 1];
+    const gaps = []; const start = performance.now(); let last = start;
+    const step = (now) => {
+      gaps.push(now - last); last = now;
+      if (now - start < SECONDS * 1000) return requestAnimationFrame(step);
+      const sorted = [...gaps].sort((a, b) => a - b);
+      done({frames: gaps.length, max_ms: Math.round(sorted[sorted.length - 1]),
+            p99_ms: Math.round(sorted[Math.floor(sorted.length * 0.99)]), over_33ms: gaps.filter(g => g > 33.4).length,
+            rows: document.querySelectorAll('#log .line').length, following: document.getElementById('follow').checked});
+    };
+    requestAnimationFrame(step);";
+
+/// The figures of `docs/benchmarks.md` ("Build page"): how long a 1,000,000-line log takes to open
+/// (navigation to its last line rendered), and the frame gaps while the page follows a build
+/// printing 1,000 lines a second. Prints them; asserts nothing about speed.
+/// `cargo test --release --test monitor_build measure_the_build_page -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement: prints the figures of docs/benchmarks.md"]
+async fn measure_the_build_page() {
+    let git = GitHost::new();
+    let scripts = [("big.sh", "  artifact: out.tar.gz\n  tag: big"), ("steady.sh", "  artifact: out.tar.gz\n  tag: steady")];
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", &recipe(&scripts))]);
+    let big = "#!/bin/sh\nseq 1 1000000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
+    // 100 lines every 0.1 s: 1,000 lines a second for 30 s.
+    let steady = "#!/bin/sh\nsleep 5\ni=0\nwhile [ $i -lt 300 ]; do seq $((i*100+1)) $((i*100+100)); sleep 0.1; i=$((i+1)); done\n\
+                  tar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
+    let sha = git.commit("org/app", "master", &[("big.sh", big), ("steady.sh", steady)]);
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.builds.concurrency = 2));
+    let ids = server.push_builds("org/app", "master", &sha).await;
+    assert_eq!(server.wait_build(ids[0]).await["status"], "success");
+    let browser = Browser::start().await;
+    browser.window_size(1280, 720).await;
+
+    let mut opens = Vec::new();
+    for _ in 0..5 {
+        open(&browser, &server, ids[0], "").await;
+        let ms = browser.eval("return window.autobuilderPage.openedAt").await.as_f64().unwrap();
+        opens.push(ms);
+    }
+    println!("1,000,000-line log, navigation to last line rendered (ms): {opens:?}");
+    let idle = browser.eval_async(FRAMES.replace("SECONDS", "3").as_str()).await;
+    println!("the same page, idle, 3 s of frames: {idle}");
+
+    // The steady build: follow it for 10 s while it prints, counting frame gaps.
+    open(&browser, &server, ids[1], "").await;
+    browser.wait_for("the steady build to print", "return document.querySelectorAll('#log .line').length > 1000").await;
+    // Long frames, split into the page's script and the browser's style, layout and paint.
+    browser
+        .eval(
+            "window.longFrames = [];
+             new PerformanceObserver((list) => {
+               for (const e of list.getEntries()) window.longFrames.push([e.styleAndLayoutStart - e.renderStart,
+                 e.startTime + e.duration - e.styleAndLayoutStart]);
+             }).observe({type: 'long-animation-frame'});",
+        )
+        .await;
+    let gaps = browser.eval_async(FRAMES.replace("SECONDS", "10").as_str()).await;
+    println!("following 1,000 lines/s for 10 s: {gaps}");
+    let split = browser
+        .eval(
+            "const median = (v) => v.sort((a, b) => a - b)[Math.floor(v.length / 2)];
+             const f = window.longFrames;
+             return {long_frames: f.length, median_script_ms: Math.round(median(f.map(x => x[0]))),
+                     median_style_layout_paint_ms: Math.round(median(f.map(x => x[1])))};",
+        )
+        .await;
+    println!("its long frames: {split}");
+    server.wait_build(ids[1]).await;
+}

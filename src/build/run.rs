@@ -41,6 +41,7 @@ pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, p
         }
     }
     active.running.store(true, Ordering::Relaxed);
+    let stopping = announce_stop(app, id, &active);
 
     let mut log = match BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await {
         Ok(log) => log.masking(secrets_of(app, &active.job)).capped(app.config.builds.max_log_bytes),
@@ -56,7 +57,18 @@ pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, p
         Err(e) => Err(e.clone()),
     };
     let outcome = conclude(app, id, &active, result, log).await;
+    stopping.abort();
     finish(app, id, &active, outcome, container, workspace.ok()).await;
+}
+
+/// Tells the live pages when the running build `id` is asked to stop, so that they say
+/// "cancelling" during its stop grace period rather than "running".
+fn announce_stop(app: &Arc<App>, id: BuildId, active: &Arc<ActiveBuild>) -> tokio::task::JoinHandle<()> {
+    let (bus, active) = (app.bus.clone(), active.clone());
+    tokio::spawn(async move {
+        active.cancel.cancelled().await;
+        bus.publish(crate::bus::Event::Stopping { id, reason: active.cancel.reason() });
+    })
 }
 
 /// Continues a build whose container outlived a restart of autobuilder.

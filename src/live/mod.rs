@@ -5,7 +5,8 @@
 //! Protocol, JSON text frames. The client sends `{"type":"subscribe","id":7,"from":1}` (lines from
 //! number `from`, default 1) or `{"type":"subscribe","id":7,"tail":1000}` (the last lines), and
 //! `{"type":"unsubscribe","id":7}`. The server sends `{"type":"hello"}`, every `build` event
-//! (`{"type":"build","build":{...}}`), the `lines` of subscribed builds
+//! (`{"type":"build","build":{...}}`), `{"type":"stopping","id":7,"reason":"..."}` when a running
+//! build is asked to stop (it then has its stop grace period), the `lines` of subscribed builds
 //! (`{"type":"lines","id":7,"seq":1,"text":"line 1\nline 2\n","time":1700000000000}`: `time`, when
 //! they arrived in milliseconds since the Unix epoch, only on live lines, not on those caught up
 //! from a file), and `{"type":"resync"}` when build
@@ -264,6 +265,7 @@ impl Session {
                 }
                 Ok(())
             }
+            Event::Stopping { .. } => self.send_text(serde_json::to_string(event).expect("events serialise")).await,
             Event::Build { build } => {
                 if build.outcome.status.is_final() && self.subscriptions.contains_key(&build.id) {
                     self.catch_up(build.id).await?; // every line before the final status
