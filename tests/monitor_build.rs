@@ -62,7 +62,9 @@ async fn permalinks_and_search_reach_lines_outside_the_loaded_window() {
         )
         .await;
     assert_eq!(selected, json!(["1000", "1001", "1002"]));
-    let window = browser.eval("return [document.querySelectorAll('#log .line').length, document.getElementById('window').hidden]").await;
+    let window = browser
+        .eval("return [document.querySelectorAll('#log .line').length, document.getElementById('window').hidden]")
+        .await;
     assert!(window[0].as_u64().unwrap() <= 5000 && window[1] == false, "{window}");
 
     // A click on a number sets the hash; a shift-click extends it to a range.
@@ -75,13 +77,20 @@ async fn permalinks_and_search_reach_lines_outside_the_loaded_window() {
             target + 14
         ))
         .await;
-    let hash = browser.wait_for("the range in the hash", "return document.querySelectorAll('#log .line.selected').length === 5 && location.hash").await;
+    let hash = browser
+        .wait_for(
+            "the range in the hash",
+            "return document.querySelectorAll('#log .line.selected').length === 5 && location.hash",
+        )
+        .await;
     assert_eq!(hash, json!(format!("#L{}-L{}", target + 10, target + 14)));
 
     // Search: case ignored, escapes ignored, every hit reachable, the count shown.
     browser
-        .eval("const box = document.getElementById('search'); box.value = 'FINDME';
-               document.getElementById('search-form').requestSubmit();")
+        .eval(
+            "const box = document.getElementById('search'); box.value = 'FINDME';
+               document.getElementById('search-form').requestSubmit();",
+        )
         .await;
     let first = line_of(&log, "FindMe at the start");
     let hit = browser
@@ -156,11 +165,14 @@ async fn sections_collapse_and_a_failed_build_opens_on_the_section_that_failed()
     assert_eq!(browser.eval(&shown(compiling)).await, json!(false));
 
     // The Compiling section lasted about the second it slept.
-    let took = browser.eval("return document.querySelectorAll('#log .section-header')[4].querySelector('.took').textContent").await;
+    let took = browser
+        .eval("return document.querySelectorAll('#log .section-header')[4].querySelector('.took').textContent")
+        .await;
     assert!(matches!(took.as_str(), Some("1s" | "2s")), "{took}");
 
     // Expand, collapse.
-    let toggle = |n: usize| format!("document.querySelectorAll('#log .section-header')[{n}].querySelector('.toggle').click()");
+    let toggle =
+        |n: usize| format!("document.querySelectorAll('#log .section-header')[{n}].querySelector('.toggle').click()");
     browser.eval(&toggle(3)).await;
     assert_eq!(browser.eval(&shown(installing)).await, json!(true));
     browser.eval(&toggle(0)).await;
@@ -288,7 +300,8 @@ async fn raw_and_plain_logs_and_the_log_endpoints_refuse_bad_requests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queued_build_says_why_it_waits_and_links_the_other_scripts_of_its_push() {
     let git = GitHost::new();
-    let scripts = [("slow.sh", "  artifact: out.tar.gz\n  tag: slow"), ("next.sh", "  artifact: out.tar.gz\n  tag: next")];
+    let scripts =
+        [("slow.sh", "  artifact: out.tar.gz\n  tag: slow"), ("next.sh", "  artifact: out.tar.gz\n  tag: next")];
     git.commit("org/recipes", "master", &[("org/app/master.yaml", &recipe(&scripts))]);
     let slow = "#!/bin/sh\necho slow\nsleep 30\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
     let next = "#!/bin/sh\necho next\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
@@ -303,7 +316,10 @@ async fn a_queued_build_says_why_it_waits_and_links_the_other_scripts_of_its_pus
     let waiting = browser
         .wait_for("why it waits", "const w = document.getElementById('waiting'); return !w.hidden && w.textContent")
         .await;
-    assert_eq!(waiting, json!("Waiting to start: next in the queue; all 1 build slots are busy ([builds] concurrency)."));
+    assert_eq!(
+        waiting,
+        json!("Waiting to start: next in the queue; all 1 build slots are busy ([builds] concurrency).")
+    );
     let state = browser
         .eval(
             "return [document.getElementById('duration').textContent.startsWith('queued for '),
@@ -311,7 +327,10 @@ async fn a_queued_build_says_why_it_waits_and_links_the_other_scripts_of_its_pus
                      document.getElementById('favicon').dataset.state];",
         )
         .await;
-    assert_eq!(state, json!([true, [[format!("#{} slow.sh", ids[0]), format!("/monitor/build/{}", ids[0])]], "queued"]));
+    assert_eq!(
+        state,
+        json!([true, [[format!("#{} slow.sh", ids[0]), format!("/monitor/build/{}", ids[0])]], "queued"])
+    );
 
     // Cancelled before it ran: no "0s", it never ran.
     let (code, body) = server.admin_post(&format!("/build/{}/cancel", ids[1]), Some(ADMIN_TOKEN)).await;
@@ -332,7 +351,8 @@ async fn a_queued_build_says_why_it_waits_and_links_the_other_scripts_of_its_pus
 async fn a_cancelled_build_says_cancelling_during_its_stop_grace_period() {
     // The script ignores SIGTERM: the build stops only when the grace period ends (SIGKILL).
     let (git, sha) = one_script_app("#!/bin/sh\ntrap '' TERM\necho started\nsleep 60\n");
-    let server = Server::start(|dir| test_config(dir, &git, None).with(admin).with(|c| c.builds.cancel_grace_seconds = 4));
+    let server =
+        Server::start(|dir| test_config(dir, &git, None).with(admin).with(|c| c.builds.cancel_grace_seconds = 4));
     let id = server.push_builds("org/app", "master", &sha).await[0];
     server.wait_log(id, "started\n").await;
     let browser = Browser::start().await;
@@ -376,7 +396,8 @@ const FRAMES: &str = "const done = arguments[arguments.length - 1];
 #[ignore = "a measurement: prints the figures of docs/benchmarks.md"]
 async fn measure_the_build_page() {
     let git = GitHost::new();
-    let scripts = [("big.sh", "  artifact: out.tar.gz\n  tag: big"), ("steady.sh", "  artifact: out.tar.gz\n  tag: steady")];
+    let scripts =
+        [("big.sh", "  artifact: out.tar.gz\n  tag: big"), ("steady.sh", "  artifact: out.tar.gz\n  tag: steady")];
     git.commit("org/recipes", "master", &[("org/app/master.yaml", &recipe(&scripts))]);
     let big = "#!/bin/sh\nseq 1 1000000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
     // 100 lines every 0.1 s: 1,000 lines a second for 30 s.
