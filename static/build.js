@@ -309,6 +309,17 @@ function buildPage() {
 
   // ---------- permalinks, search ----------
 
+  // Scrolls `row` into view, and again over the next frames: rows off screen are laid out at an
+  // estimated height (content-visibility), so those rendered on the way move it a little.
+  function scrollToRow(row, block) {
+    let frames = 3;
+    const scroll = () => {
+      row.scrollIntoView({ block });
+      if (--frames > 0) requestAnimationFrame(scroll);
+    };
+    scroll();
+  }
+
   // Makes line `from` (to `to`) shown, loading its window when it is not on the page.
   async function showLines(from, to) {
     if (from < page.first || from >= page.next) {
@@ -321,7 +332,7 @@ function buildPage() {
       if (each) reveal(each);
     }
     follow.checked = false;
-    row.scrollIntoView({ block: from === to ? "center" : "start" });
+    scrollToRow(row, from === to ? "center" : "start");
     return row;
   }
 
@@ -509,7 +520,7 @@ function buildPage() {
     for (const section of page.sections) setCollapsed(section, !keep.has(section.index));
     follow.checked = false;
     failed.row.classList.add("failed");
-    failed.row.scrollIntoView({ block: "start" });
+    scrollToRow(failed.row, "start");
   }
 
   async function open() {
