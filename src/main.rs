@@ -173,7 +173,7 @@ async fn prune(app: &App) {
     match app.store.prune(max_age, max_count).await {
         Ok(pruned) => {
             for id in &pruned {
-                let _ = tokio::fs::remove_file(autobuilder::build::log::log_path(&app.config.logs_dir(), *id)).await;
+                autobuilder::build::log::remove_log(&app.config.logs_dir(), *id).await;
             }
             if !pruned.is_empty() {
                 tracing::info!("retention: forgot {} builds and their logs", pruned.len());

@@ -144,9 +144,11 @@ class LiveConnection {
       const lines = text.split("\n");
       lines.pop();
       sub.next = seq + lines.length;
-      this.handlers.lines(msg.id, seq, lines);
+      this.handlers.lines(msg.id, seq, lines, msg.time); // time: when they arrived (live lines only)
     } else if (msg.type === "build") {
       this.handlers.build(msg.build);
+    } else if (msg.type === "stopping") {
+      if (this.handlers.stopping) this.handlers.stopping(msg.id, msg.reason);
     } else if (msg.type === "hello" || msg.type === "resync") {
       this.handlers.resync();
     }

@@ -1,12 +1,19 @@
 //! A build's full log: output split into lines on bytes (so a multi-byte character cut between two
 //! chunks survives), decoded lossily, masked, and appended to `<data_dir>/logs/<id>.log`, up to
 //! `[builds] max_log_bytes` (past it the output is still read, so the build goes on, but not kept).
+//!
+//! Next to each log, `<id>.idx` is its line index: one [`Mark`] per batch of lines written (the
+//! number of its first line, where it starts in the log, when it arrived), so the raw log stays
+//! raw, every line has a time, and a reader finds line N without scanning the file. Autobuilder's
+//! own phases start with a note `[autobuilder] phase <name>` ([`PHASES`]): the build page shows
+//! them as sections, each lasting until the next.
 
 use std::borrow::Cow;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::bus::{Bus, Event};
 use crate::docker::{OutputSink, Stream};
@@ -19,9 +26,54 @@ pub const NOTE_PREFIX: &str = "[autobuilder] ";
 /// Bytes read at once when a log file is scanned.
 const READ_BLOCK: usize = 256 * 1024;
 
+/// The phases of a build, in order, each started by the note `[autobuilder] phase <name>`.
+pub const PHASES: [&str; 4] = ["fetch", "image", "script", "publish"];
+
 /// Path of the log file of build `id`.
 pub fn log_path(logs_dir: &Path, id: BuildId) -> PathBuf {
     logs_dir.join(format!("{}.log", id.0))
+}
+
+/// Path of the line index of build `id`'s log.
+pub fn index_path(logs_dir: &Path, id: BuildId) -> PathBuf {
+    logs_dir.join(format!("{}.idx", id.0))
+}
+
+/// Removes the log of build `id` and its index.
+pub async fn remove_log(logs_dir: &Path, id: BuildId) {
+    let _ = tokio::fs::remove_file(log_path(logs_dir, id)).await;
+    let _ = tokio::fs::remove_file(index_path(logs_dir, id)).await;
+}
+
+/// One entry of a line index: lines from number `line` on start at byte `offset` of the log and
+/// arrived at `time_ms` (milliseconds since the Unix epoch). Stored as three little-endian u64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub line: u64,
+    pub offset: u64,
+    pub time_ms: u64,
+}
+
+const MARK_BYTES: usize = 24;
+
+impl Mark {
+    fn to_bytes(self) -> [u8; MARK_BYTES] {
+        let mut bytes = [0; MARK_BYTES];
+        bytes[..8].copy_from_slice(&self.line.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        bytes[16..].copy_from_slice(&self.time_ms.to_le_bytes());
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Self {
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        Self { line: word(0), offset: word(8), time_ms: word(16) }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Appends lines to one build's log file. Lines are buffered in memory and written out by
@@ -30,6 +82,8 @@ pub fn log_path(logs_dir: &Path, id: BuildId) -> PathBuf {
 pub struct BuildLog {
     id: BuildId,
     file: tokio::fs::File,
+    /// The line index: a [`Mark`] per batch written.
+    index: tokio::fs::File,
     bus: Bus,
     pending: Vec<u8>,
     lines: u64,
@@ -71,13 +125,15 @@ impl BuildLog {
     pub async fn create(logs_dir: &Path, id: BuildId, bus: Bus) -> std::io::Result<Self> {
         tokio::fs::create_dir_all(logs_dir).await?;
         let file = tokio::fs::File::create(log_path(logs_dir, id)).await?;
-        Ok(Self::new(id, file, bus, 0, 0))
+        let index = tokio::fs::File::create(index_path(logs_dir, id)).await?;
+        Ok(Self::new(id, file, index, bus, 0, 0))
     }
 
-    fn new(id: BuildId, file: tokio::fs::File, bus: Bus, lines: u64, size: u64) -> Self {
+    fn new(id: BuildId, file: tokio::fs::File, index: tokio::fs::File, bus: Bus, lines: u64, size: u64) -> Self {
         Self {
             id,
             file,
+            index,
             bus,
             pending: Vec::with_capacity(64 * 1024),
             lines,
@@ -116,7 +172,8 @@ impl BuildLog {
             lines += 1;
             size += 1;
         }
-        Ok(Self::new(id, file, bus, lines, size))
+        let index = tokio::fs::OpenOptions::new().create(true).append(true).open(index_path(logs_dir, id)).await?;
+        Ok(Self::new(id, file, index, bus, lines, size))
     }
 
     /// Masks these secret values (and each long enough line of a multi-line one) in every line.
@@ -231,6 +288,12 @@ impl BuildLog {
         self.push(&masked);
     }
 
+    /// Starts one of the build's [`PHASES`]: a note the build page shows as a section header.
+    pub fn phase(&mut self, name: &str) {
+        debug_assert!(PHASES.contains(&name), "unknown phase {name}");
+        self.note(&format!("phase {name}"));
+    }
+
     /// Lines written so far.
     pub fn lines(&self) -> u64 {
         self.lines
@@ -241,9 +304,11 @@ impl BuildLog {
         if self.pending.is_empty() {
             return Ok(());
         }
+        let mark = Mark { line: self.published + 1, offset: self.size - self.pending.len() as u64, time_ms: now_ms() };
         self.file.write_all(&self.pending).await?;
+        self.index.write_all(&mark.to_bytes()).await?;
         let text = String::from_utf8(std::mem::take(&mut self.pending)).expect("lines are decoded lossily");
-        self.bus.publish(Event::Lines { id: self.id, seq: self.published + 1, text });
+        self.bus.publish(Event::Lines { id: self.id, seq: mark.line, text, time: mark.time_ms });
         self.published = self.lines;
         Ok(())
     }
@@ -251,6 +316,7 @@ impl BuildLog {
     pub async fn close(mut self) -> std::io::Result<()> {
         self.end_output();
         self.write_pending().await?;
+        self.index.flush().await?;
         self.file.flush().await
     }
 }
@@ -292,7 +358,7 @@ fn bytes_text(bytes: u64) -> String {
 
 /// The text without terminal escape sequences (CSI `ESC [ ... letter`, OSC `ESC ] ... BEL` or
 /// `ESC ] ... ESC \`, character sets `ESC ( x`, and two-character `ESC x`).
-fn strip_escapes(text: &str) -> String {
+pub fn strip_escapes(text: &str) -> String {
     let mut plain = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
@@ -371,6 +437,129 @@ pub async fn lines_before(file: &mut tokio::fs::File, length: u64) -> std::io::R
         left -= read as u64;
     }
     Ok(lines)
+}
+
+/// The line index of a log (empty for a log written before indexes existed, or without lines).
+pub async fn read_index(logs_dir: &Path, id: BuildId) -> std::io::Result<Vec<Mark>> {
+    let bytes = match tokio::fs::read(index_path(logs_dir, id)).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(bytes.chunks_exact(MARK_BYTES).map(Mark::from_bytes).collect())
+}
+
+/// The mark of the batch holding line `line` (None before the first).
+fn mark_of(marks: &[Mark], line: u64) -> Option<&Mark> {
+    marks.partition_point(|m| m.line <= line).checked_sub(1).map(|at| &marks[at])
+}
+
+/// Some lines of a log, with the time each arrived (None when its log has no index).
+#[derive(Debug, serde::Serialize)]
+pub struct Window {
+    /// Number of the first line (1-based).
+    pub first: u64,
+    pub lines: Vec<String>,
+    /// Milliseconds since the Unix epoch, per line.
+    pub times: Vec<Option<u64>>,
+    /// Complete lines in the whole log.
+    pub total: u64,
+}
+
+/// Where a window of a log starts.
+pub enum WindowStart {
+    /// At line N (1-based).
+    Line(u64),
+    /// The last N lines.
+    Tail(u64),
+}
+
+/// Up to `count` complete lines of `file` from `from`, found through the index `marks`: the read
+/// starts at the batch holding the first line wanted, never at the start of a large file.
+pub async fn window(file: tokio::fs::File, marks: &[Mark], from: WindowStart, count: u64) -> std::io::Result<Window> {
+    let mut reader = tokio::io::BufReader::with_capacity(READ_BLOCK, file);
+    // Lines in the whole log: counted from the last mark on.
+    let last = marks.last().copied().unwrap_or(Mark { line: 1, offset: 0, time_ms: 0 });
+    reader.seek(SeekFrom::Start(last.offset)).await?;
+    let total = last.line - 1 + count_lines(&mut reader).await?;
+    let first = match from {
+        WindowStart::Line(line) => line.max(1),
+        WindowStart::Tail(n) => total.saturating_sub(n) + 1,
+    };
+    let start = mark_of(marks, first).copied().unwrap_or(Mark { line: 1, offset: 0, time_ms: 0 });
+    reader.seek(SeekFrom::Start(start.offset)).await?;
+    let (mut number, mut buffer) = (start.line, Vec::new());
+    let mut window = Window { first, lines: Vec::new(), times: Vec::new(), total };
+    while (window.lines.len() as u64) < count {
+        buffer.clear();
+        if reader.read_until(b'\n', &mut buffer).await? == 0 || buffer.last() != Some(&b'\n') {
+            break;
+        }
+        if number >= first {
+            buffer.pop();
+            window.lines.push(String::from_utf8_lossy(&buffer).into_owned());
+            window.times.push(mark_of(marks, number).map(|m| m.time_ms));
+        }
+        number += 1;
+    }
+    Ok(window)
+}
+
+/// Complete lines from the reader's position to the end.
+async fn count_lines(reader: &mut tokio::io::BufReader<tokio::fs::File>) -> std::io::Result<u64> {
+    let mut lines = 0;
+    loop {
+        let block = reader.fill_buf().await?;
+        if block.is_empty() {
+            return Ok(lines);
+        }
+        lines += count_newlines(block);
+        let length = block.len();
+        reader.consume(length);
+    }
+}
+
+/// A line as a reader sees it: escape sequences removed and, like a terminal, only what was
+/// written after its last carriage return.
+pub fn plain_line(line: &str) -> String {
+    let plain = strip_escapes(line);
+    plain.split('\r').rfind(|part| !part.is_empty()).unwrap_or_default().to_string()
+}
+
+/// What a search of a log found: how many lines match, and the numbers of the first of them.
+#[derive(Debug, serde::Serialize)]
+pub struct Found {
+    pub total: u64,
+    pub lines: Vec<u64>,
+}
+
+/// Lines of `file` whose plain text ([`plain_line`]) contains `needle`, ignoring case; at most
+/// `keep` line numbers are kept, all are counted. Reads the file once, block by block.
+pub async fn search(file: tokio::fs::File, needle: &str, keep: usize) -> std::io::Result<Found> {
+    let needle = needle.to_lowercase();
+    let mut reader = tokio::io::BufReader::with_capacity(READ_BLOCK, file);
+    let (mut found, mut number, mut buffer) = (Found { total: 0, lines: Vec::new() }, 0u64, Vec::new());
+    loop {
+        buffer.clear();
+        if reader.read_until(b'\n', &mut buffer).await? == 0 {
+            return Ok(found);
+        }
+        number += 1;
+        let text = String::from_utf8_lossy(&buffer);
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        // Most lines hold no escape: test them as they are before making a plain copy.
+        let hit = if text.contains(['\x1b', '\r']) {
+            plain_line(text).to_lowercase().contains(&needle)
+        } else {
+            text.to_lowercase().contains(&needle)
+        };
+        if hit {
+            found.total += 1;
+            if found.lines.len() < keep {
+                found.lines.push(number);
+            }
+        }
+    }
 }
 
 /// Cuts a byte stream into lines; keeps the unfinished tail for the next chunk.
@@ -554,6 +743,43 @@ mod tests {
         );
         assert!(text.ends_with("[autobuilder] done\n"), "{text}");
         assert_eq!(text.matches("log cut").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn windows_and_searches_use_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = BuildLog::create(dir.path(), BuildId(4), Bus::in_process()).await.unwrap();
+        for batch in 0..30 {
+            for line in 0..10 {
+                log.line(format!("batch {batch} line {line} \x1b[31mRed\x1b[0m").as_bytes());
+            }
+            log.write_pending().await.unwrap();
+        }
+        log.line(b"10%\r100% DONE");
+        log.close().await.unwrap();
+        let marks = read_index(dir.path(), BuildId(4)).await.unwrap();
+        assert_eq!(marks.len(), 31);
+        assert_eq!((marks[3].line, marks[30].line), (31, 301));
+        let open = || tokio::fs::File::open(log_path(dir.path(), BuildId(4)));
+
+        let window = window(open().await.unwrap(), &marks, WindowStart::Line(95), 10).await.unwrap();
+        assert_eq!((window.first, window.total, window.lines.len()), (95, 301, 10));
+        assert_eq!(window.lines[0], "batch 9 line 4 \x1b[31mRed\x1b[0m");
+        assert_eq!(window.lines[6], "batch 10 line 0 \x1b[31mRed\x1b[0m");
+        assert_eq!(window.times[0], Some(marks[9].time_ms));
+        assert_eq!(window.times[6], Some(marks[10].time_ms));
+        let tail = super::window(open().await.unwrap(), &marks, WindowStart::Tail(2), 2).await.unwrap();
+        assert_eq!((tail.first, tail.lines[1].as_str()), (300, "10%\r100% DONE"));
+        // A log without an index is read from its start.
+        let old = super::window(open().await.unwrap(), &[], WindowStart::Line(300), 5).await.unwrap();
+        assert_eq!((old.total, old.lines.len(), old.times[0]), (301, 2, None));
+
+        // Case ignored, escapes removed, progress shown at its end.
+        let found = search(open().await.unwrap(), "line 3 red", 5).await.unwrap();
+        assert_eq!((found.total, found.lines), (30, vec![4, 14, 24, 34, 44]));
+        assert_eq!(search(open().await.unwrap(), "mred", 5).await.unwrap().total, 0);
+        assert_eq!(search(open().await.unwrap(), "100% done", 5).await.unwrap().lines, vec![301]);
+        assert_eq!(search(open().await.unwrap(), "10%", 5).await.unwrap().total, 0);
     }
 
     #[tokio::test]

@@ -8,6 +8,14 @@ use tokio::sync::Notify;
 
 use crate::model::BuildId;
 
+/// A queued build's place (1: the next to run), the builds ahead of it, and what holds it back.
+#[derive(Debug, serde::Serialize, PartialEq, Eq)]
+pub struct Waiting {
+    pub place: usize,
+    pub ahead: usize,
+    pub reason: String,
+}
+
 pub struct Queue {
     state: Mutex<State>,
     changed: Notify,
@@ -103,6 +111,21 @@ impl Queue {
         (state.waiting.len(), state.running)
     }
 
+    /// Why the queued build `id` waits, in words; None when it is not in the queue.
+    pub fn why_waiting(&self, id: BuildId) -> Option<Waiting> {
+        let state = self.state.lock().expect("not poisoned");
+        let (ahead, (_, project)) = state.waiting.iter().enumerate().find(|(_, (queued, _))| *queued == id)?;
+        let project_limit = self.project_limits.get(project).copied().unwrap_or(usize::MAX);
+        let reason = if state.running >= self.limit {
+            format!("all {} build slots are busy ([builds] concurrency)", self.limit)
+        } else if state.running_per_project.get(project).copied().unwrap_or(0) >= project_limit {
+            format!("project {project} runs its limit of {project_limit} builds at once")
+        } else {
+            "starting".to_string()
+        };
+        Some(Waiting { place: ahead + 1, ahead, reason })
+    }
+
     /// The oldest waiting build that may start now.
     fn next_to_run(&self, state: &State) -> Option<(BuildId, String)> {
         if state.running >= self.limit {
@@ -147,6 +170,11 @@ mod tests {
         });
         let s3 = started(&queue, p3).await.expect("another project passes the busy one");
         assert_eq!(queue.counts(), (2, 2));
+        let busy = queue.why_waiting(BuildId(2)).unwrap();
+        assert_eq!((busy.place, busy.ahead), (1, 0));
+        assert!(busy.reason.contains("build slots are busy"), "{}", busy.reason);
+        assert_eq!(queue.why_waiting(BuildId(4)).unwrap().place, 2);
+        assert!(queue.why_waiting(BuildId(1)).is_none(), "a running build is not waiting");
         // 4 must wait: the global limit is reached.
         let waiting4 = tokio::spawn({
             let queue = queue.clone();

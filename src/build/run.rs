@@ -41,6 +41,7 @@ pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, p
         }
     }
     active.running.store(true, Ordering::Relaxed);
+    let stopping = announce_stop(app, id, &active);
 
     let mut log = match BuildLog::create(&app.config.logs_dir(), id, app.bus.clone()).await {
         Ok(log) => log.masking(secrets_of(app, &active.job)).capped(app.config.builds.max_log_bytes),
@@ -56,7 +57,18 @@ pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, p
         Err(e) => Err(e.clone()),
     };
     let outcome = conclude(app, id, &active, result, log).await;
+    stopping.abort();
     finish(app, id, &active, outcome, container, workspace.ok()).await;
+}
+
+/// Tells the live pages when the running build `id` is asked to stop, so that they say
+/// "cancelling" during its stop grace period rather than "running".
+fn announce_stop(app: &Arc<App>, id: BuildId, active: &Arc<ActiveBuild>) -> tokio::task::JoinHandle<()> {
+    let (bus, active) = (app.bus.clone(), active.clone());
+    tokio::spawn(async move {
+        active.cancel.cancelled().await;
+        bus.publish(crate::bus::Event::Stopping { id, reason: active.cancel.reason() });
+    })
 }
 
 /// Continues a build whose container outlived a restart of autobuilder.
@@ -197,6 +209,7 @@ async fn execute(
         crate::recipes::chains::check_baseimage(&app.config, &job.source.project, baseimage)
             .map_err(|reason| BuildError::ImagePull { image: baseimage.clone(), reason })?;
     }
+    log.phase("image");
     match &job.script.from {
         // autobuilder's own images are never pulled: they come from the producer's build.
         Some(from) => wait_for_image(app, active, from, image, log).await?,
@@ -206,6 +219,7 @@ async fn execute(
         },
     }
     let mount = format!("/{}", job.source.repository.name());
+    log.phase("script");
     log.note(&format!("running {} in {image}", job.script.script));
     log.write_pending().await.map_err(BuildError::log)?;
     let mut env = vec![
@@ -287,6 +301,7 @@ async fn after_script(
     if active.cancel.is_cancelled() {
         return Err(BuildError::Cancelled(active.cancel.reason()));
     }
+    log.phase("publish");
     if let Some(image) = &job.script.commit {
         commit_image(app, job, container, image, log).await?;
     }
@@ -365,6 +380,7 @@ async fn checkout(app: &App, active: &ActiveBuild, source: &Path, log: &mut Buil
         depth: app.config.git.depth,
     };
     let mut delay = Duration::from_secs(app.config.git.retry_delay_seconds);
+    log.phase("fetch");
     for attempt in 0..=app.config.git.retries {
         log.note(&format!("fetching {} {} at {}", job.source.repository, job.source.branch, job.source.commit));
         log.write_pending().await.map_err(BuildError::log)?;

@@ -26,9 +26,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub enum Event {
     /// A build (or recipes reload) was queued, started or ended: its whole record.
     Build { build: Box<Build> },
+    /// A running build was asked to stop (cancelled, superseded): it is in its stop grace period.
+    Stopping { id: BuildId, reason: String },
     /// Lines appended to a build's log: `seq` is the number of the first (1-based), `text` the
-    /// lines exactly as in the log file, each ending with a newline.
-    Lines { id: BuildId, seq: u64, text: String },
+    /// lines exactly as in the log file, each ending with a newline; `time` when they arrived
+    /// (milliseconds since the Unix epoch; 0 from an older publisher).
+    Lines {
+        id: BuildId,
+        seq: u64,
+        text: String,
+        #[serde(default)]
+        time: u64,
+    },
 }
 
 /// What a subscriber receives.

@@ -5,8 +5,11 @@
 //! Protocol, JSON text frames. The client sends `{"type":"subscribe","id":7,"from":1}` (lines from
 //! number `from`, default 1) or `{"type":"subscribe","id":7,"tail":1000}` (the last lines), and
 //! `{"type":"unsubscribe","id":7}`. The server sends `{"type":"hello"}`, every `build` event
-//! (`{"type":"build","build":{...}}`), the `lines` of subscribed builds
-//! (`{"type":"lines","id":7,"seq":1,"text":"line 1\nline 2\n"}`), and `{"type":"resync"}` when build
+//! (`{"type":"build","build":{...}}`), `{"type":"stopping","id":7,"reason":"..."}` when a running
+//! build is asked to stop (it then has its stop grace period), the `lines` of subscribed builds
+//! (`{"type":"lines","id":7,"seq":1,"text":"line 1\nline 2\n","time":1700000000000}`: `time`, when
+//! they arrived in milliseconds since the Unix epoch, only on live lines, not on those caught up
+//! from a file), and `{"type":"resync"}` when build
 //! events may have been missed (the client then refetches `/build/status` and `/build/history`).
 //!
 //! Strangers reach this endpoint without authentication, so it is bounded: a client message may
@@ -245,7 +248,7 @@ impl Session {
 
     async fn on_event(&mut self, event: &Event) -> Result<(), Gone> {
         match event {
-            Event::Lines { id, seq, text } => {
+            Event::Lines { id, seq, text, time } => {
                 let Some(position) = self.subscriptions.get(id).copied() else { return Ok(()) };
                 if *seq > position.next {
                     // Lines went missing on the way (a full queue, a Redis hiccup): the file has them.
@@ -253,7 +256,8 @@ impl Session {
                 }
                 if let Some((seq, text)) = unseen_part(position, *seq, text) {
                     let sent_bytes = text.len() as u64;
-                    let message = serde_json::json!({ "type": "lines", "id": id, "seq": seq, "text": text });
+                    let message =
+                        serde_json::json!({ "type": "lines", "id": id, "seq": seq, "text": text, "time": time });
                     self.send_text(message.to_string()).await?;
                     let lines = text.bytes().filter(|&b| b == b'\n').count() as u64;
                     self.subscriptions
@@ -261,6 +265,7 @@ impl Session {
                 }
                 Ok(())
             }
+            Event::Stopping { .. } => self.send_text(serde_json::to_string(event).expect("events serialise")).await,
             Event::Build { build } => {
                 if build.outcome.status.is_final() && self.subscriptions.contains_key(&build.id) {
                     self.catch_up(build.id).await?; // every line before the final status

@@ -5,6 +5,7 @@ mod admin;
 mod api;
 mod badge;
 pub mod intake;
+mod logs;
 mod ops;
 mod pages;
 mod session;
@@ -44,6 +45,11 @@ pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .route("/build/logs/{*path}", get(api::branch_log))
         .route("/build/{id}", get(api::build))
         .route("/build/{id}/log", get(api::log))
+        .route("/build/{id}/log.txt", get(logs::plain))
+        .route("/build/{id}/log/lines", get(logs::lines))
+        .route("/build/{id}/log/search", get(logs::search))
+        .route("/build/{id}/log/download", get(logs::download))
+        .route("/build/{id}/queue", get(logs::queue))
         .route("/build/{id}/cancel", post(admin::cancel))
         .route("/build/{id}/rebuild", post(admin::rebuild))
         .route("/deliveries", get(admin::deliveries))

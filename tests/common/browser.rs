@@ -57,6 +57,11 @@ impl Browser {
         self.command("execute/sync", json!({"script": script, "args": []})).await
     }
 
+    /// Runs `script` (a function body whose last argument is the callback to answer with).
+    pub async fn eval_async(&self, script: &str) -> Value {
+        self.command("execute/async", json!({"script": script, "args": []})).await
+    }
+
     /// Waits until `script` returns something truthy; returns it.
     pub async fn wait_for(&self, what: &str, script: &str) -> Value {
         wait_until(&format!("{what} in the browser"), async || {
