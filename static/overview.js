@@ -144,7 +144,14 @@ function monitorPage() {
       if (!card) {
         card = el("article", { className: "card", "data-id": build.id }, [
           el("header"),
-          el("div", { className: "console log", "data-console": build.id }),
+          // Scrolls: focusable, so that a keyboard scrolls it too.
+          el("div", {
+            className: "console log",
+            "data-console": build.id,
+            tabindex: "0",
+            role: "region",
+            "aria-label": `output of build #${build.id}`,
+          }),
         ]);
         section.appendChild(card);
       }

@@ -57,6 +57,13 @@ impl Browser {
         self.command("execute/sync", json!({"script": script, "args": []})).await
     }
 
+    /// Runs `script` (a function body whose last argument is a callback) in the page and returns
+    /// what it passes to that callback, waiting at most two minutes.
+    pub async fn eval_async(&self, script: &str) -> Value {
+        self.command("timeouts", json!({"script": 120_000})).await;
+        self.command("execute/async", json!({"script": script, "args": []})).await
+    }
+
     /// Waits until `script` returns something truthy; returns it.
     pub async fn wait_for(&self, what: &str, script: &str) -> Value {
         wait_until(&format!("{what} in the browser"), async || {
