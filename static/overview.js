@@ -71,7 +71,9 @@ function monitorPage() {
     },
     lines: (id, seq, lines) => {
       const console = document.querySelector(`[data-console="${id}"]`);
-      if (console) appendLines(console, seq, lines, CONSOLE_LINES);
+      if (!console) return;
+      appendLines(console, seq, lines, CONSOLE_LINES);
+      console.scrollTop = console.scrollHeight; // the newest lines in view
     },
     resync: () => refresh(),
   });

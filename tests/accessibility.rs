@@ -44,9 +44,11 @@ printf 'test builder::keeps_order ... \033[32mok\033[0m\n'
 tar -czf /tmp/archives/report.tar.gz test.sh
 "#;
 
+/// Keeps running: 60 lines at once (more than its page's log shows without scrolling), then one a
+/// second.
 const SLOW_SH: &str = r#"#!/bin/sh
 i=1
-while :; do printf 'step %s\n' "$i"; i=$((i + 1)); sleep 1; done
+while :; do printf 'step %s\n' "$i"; i=$((i + 1)); [ "$i" -gt 60 ] && sleep 1; done
 "#;
 
 /// The builds the pages show: the passing and the failing build of master's second push, and the
@@ -54,6 +56,7 @@ while :; do printf 'step %s\n' "$i"; i=$((i + 1)); sleep 1; done
 struct Builds {
     success: i64,
     failure: i64,
+    running: i64,
 }
 
 async fn real_builds(server: &Server, git: &GitHost) -> Builds {
@@ -77,8 +80,8 @@ async fn real_builds(server: &Server, git: &GitHost) -> Builds {
     let running = server.push_builds("org/app", "next", &next).await;
     assert_eq!(running.len(), 1, "one script on next");
     server.wait_running(running[0]).await;
-    server.wait_log(running[0], "step 2").await;
-    Builds { success, failure }
+    server.wait_log(running[0], "step 61").await;
+    Builds { success, failure, running: running[0] }
 }
 
 fn app() -> GitHost {
@@ -111,8 +114,8 @@ fn axe_source() -> String {
 /// Runs axe-core on the page in `browser`; prints every violation it finds and returns the
 /// critical and serious ones, one line each.
 async fn serious_violations(browser: &Browser, axe: &str, page: &str) -> Vec<String> {
-    // WebDriver's scripts are not subject to the page's Content-Security-Policy: the script loads
-    // although the page allows none but its own files.
+    // WebDriver's scripts are not subject to the page's Content-Security-Policy, which allows no
+    // inline script.
     let loaded = browser.eval(&format!("{axe}\n;return typeof window.axe === 'object' && axe.version;")).await;
     assert!(loaded.is_string(), "axe-core did not load on {page}: {loaded}");
     let result = browser
@@ -143,8 +146,10 @@ async fn open_monitor(browser: &Browser, server: &Server) {
     browser
         .wait_for(
             "the history and the running build",
-            "return document.querySelectorAll('#history tr.push').length === 2
-                && document.querySelector('#active [data-console]').textContent.includes('step')
+            "const console = document.querySelector('#active [data-console]');
+             return document.querySelectorAll('#history tr.push').length === 2
+                && console !== null && console.textContent.includes('step')
+                && console.scrollTop + console.clientHeight >= console.scrollHeight - 1
                 && document.getElementById('connection').textContent === 'live'",
         )
         .await;
@@ -182,6 +187,11 @@ async fn the_monitor_the_build_pages_and_the_not_found_page_have_no_serious_acce
     let mut serious = Vec::new();
 
     open_monitor(&browser, &server).await;
+    // The page's Content-Security-Policy is in force (an inline script does not run), yet axe-core
+    // runs: WebDriver's scripts are not subject to it.
+    let inline = "const s = document.createElement('script'); s.textContent = 'window.inlineRan = true';
+                  document.head.appendChild(s); return window.inlineRan === true;";
+    assert_eq!(browser.eval(inline).await, false, "the CSP lets an inline script run");
     screenshot(&browser, &shots, "overview.png").await;
     serious.extend(serious_violations(&browser, &axe, "/monitor").await);
     open_build(&browser, &server, builds.success, "done: app.tar.gz").await;
@@ -190,6 +200,8 @@ async fn the_monitor_the_build_pages_and_the_not_found_page_have_no_serious_acce
     open_build(&browser, &server, builds.failure, "expected 3 builds, got 2").await;
     screenshot(&browser, &shots, "failed-build.png").await;
     serious.extend(serious_violations(&browser, &axe, "a failed build's page").await);
+    open_build(&browser, &server, builds.running, "step 61").await;
+    serious.extend(serious_violations(&browser, &axe, "a running build's page").await);
     browser.goto(&format!("{}/monitor/build/999999", server.url)).await;
     browser.wait_for("the not-found page", "return document.body.dataset.page === 'not-found'").await;
     serious.extend(serious_violations(&browser, &axe, "the not-found page").await);
