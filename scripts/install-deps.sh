@@ -3,7 +3,7 @@
 # tests need too; starts a Docker engine when none answers; checks that Rust is recent enough.
 # Skips whatever is already there, so running it again is fast. Packages need root:
 #   sudo scripts/install-deps.sh           # build, run, demo
-#   sudo scripts/install-deps.sh --tests   # also redis-server, chromium, chromium-driver
+#   sudo scripts/install-deps.sh --tests   # also redis-server, chromium, chromium-driver, axe-core (pip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -106,4 +106,22 @@ if $tests && ! { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&
   say "cargo fmt and cargo clippy are missing (the checks use them): rustup component add rustfmt clippy"
   exit 1
 fi
+# --- axe-core (tests) -------------------------------------------------------------------------
+# tests/accessibility.rs injects axe-core's axe.min.js into the pages; PyPI's axe-playwright-python
+# ships it (axe-core 4.12.1). Only that file is used: --no-deps leaves Playwright out.
+axe=axe-playwright-python axe_version=0.1.8
+if $tests; then
+  installed=$(python3 -c "import importlib.metadata as m; print(m.version('$axe'))" 2>/dev/null || true)
+  if [ "$installed" != "$axe_version" ]; then
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+      say "the accessibility test needs $axe from PyPI, and $(command -v python3 || echo python3) has no pip:"
+      say "  install python3 and pip, then run this script again (or set AXE_CORE_JS to an axe.min.js)"
+      exit 1
+    fi
+    say "installing axe-core for the accessibility test: python3 -m pip install --no-deps $axe==$axe_version"
+    PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install --quiet --no-deps "$axe==$axe_version"
+  fi
+  packages+=("$axe $axe_version (pip)")
+fi
+
 say "all set: Rust $version, ${packages[*]}, Docker $(docker version --format '{{.Server.Version}}' 2>/dev/null)"

@@ -71,7 +71,9 @@ function monitorPage() {
     },
     lines: (id, seq, lines) => {
       const console = document.querySelector(`[data-console="${id}"]`);
-      if (console) appendLines(console, seq, lines, CONSOLE_LINES);
+      if (!console) return;
+      appendLines(console, seq, lines, CONSOLE_LINES);
+      console.scrollTop = console.scrollHeight; // the newest lines in view
     },
     resync: () => refresh(),
   });
@@ -144,7 +146,14 @@ function monitorPage() {
       if (!card) {
         card = el("article", { className: "card", "data-id": build.id }, [
           el("header"),
-          el("div", { className: "console log", "data-console": build.id }),
+          // Scrolls: focusable, so that a keyboard scrolls it too.
+          el("div", {
+            className: "console log",
+            "data-console": build.id,
+            tabindex: "0",
+            role: "region",
+            "aria-label": `output of build #${build.id}`,
+          }),
         ]);
         section.appendChild(card);
       }

@@ -57,8 +57,10 @@ impl Browser {
         self.command("execute/sync", json!({"script": script, "args": []})).await
     }
 
-    /// Runs `script` (a function body whose last argument is the callback to answer with).
+    /// Runs `script` (a function body whose last argument is a callback) in the page and returns
+    /// what it passes to that callback, waiting at most two minutes.
     pub async fn eval_async(&self, script: &str) -> Value {
+        self.command("timeouts", json!({"script": 120_000})).await;
         self.command("execute/async", json!({"script": script, "args": []})).await
     }
 
