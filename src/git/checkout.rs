@@ -106,8 +106,7 @@ fn shallow(wanted: &Wanted, dest: &Path) -> anyhow::Result<Fetched> {
             break;
         }
         if let Ok(more) = fetch(&repo, &wanted.url, &[refspec], depth) {
-            fetched.objects += more.objects;
-            fetched.bytes += more.bytes;
+            fetched += more;
         }
     }
     if repo.find_commit(oid).is_err() {

@@ -143,8 +143,7 @@ impl Locked<'_> {
             && sha.is_some()
             && let Ok(more) = fetch(&repo, self.mirror.url, &[&oid.to_string()], 0)
         {
-            fetched.objects += more.objects;
-            fetched.bytes += more.bytes;
+            fetched += more;
         }
         if repo.find_commit(oid).is_err() {
             let head = repo.refname_to_id(&tracking).ok().and_then(|head| repo.find_commit(head).ok());

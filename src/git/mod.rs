@@ -40,6 +40,13 @@ pub struct Fetched {
     pub bytes: usize,
 }
 
+impl std::ops::AddAssign for Fetched {
+    fn add_assign(&mut self, more: Fetched) {
+        self.objects += more.objects;
+        self.bytes += more.bytes;
+    }
+}
+
 impl std::fmt::Display for Fetched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} objects ({:.1} MiB)", self.objects, self.bytes as f64 / 1048576.0)

@@ -12,7 +12,7 @@ use tokio::io::AsyncSeekExt;
 
 use super::ApiError;
 use crate::app::App;
-use crate::build::log::{log_path, tail_offset};
+use crate::build::log::tail_offset;
 use crate::model::{Build, BuildId, BuildKind, BuildStatus};
 use crate::store::HistoryFilter;
 
@@ -124,13 +124,7 @@ pub(super) async fn find(app: &App, id: &str) -> Result<Build, ApiError> {
 }
 
 async fn text_log(app: &App, id: BuildId, tail: Option<u64>) -> Result<Response, ApiError> {
-    let mut file = match tokio::fs::File::open(log_path(&app.config.logs_dir(), id)).await {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::not_found(format!("build {id} has no log yet")));
-        }
-        Err(e) => return Err(anyhow::Error::from(e).into()),
-    };
+    let mut file = super::logs::open(app, id).await?;
     if let Some(lines) = tail {
         let offset = tail_offset(&mut file, lines, 64 * 1024).await.map_err(anyhow::Error::from)?;
         file.seek(SeekFrom::Start(offset)).await.map_err(anyhow::Error::from)?;

@@ -136,7 +136,8 @@ fn attachment(id: BuildId, extension: &str) -> String {
     format!("attachment; filename=\"build-{id}.{extension}\"")
 }
 
-async fn open(app: &App, id: BuildId) -> Result<tokio::fs::File, ApiError> {
+/// The log file of build `id`; 404 when it has not started.
+pub(super) async fn open(app: &App, id: BuildId) -> Result<tokio::fs::File, ApiError> {
     match tokio::fs::File::open(log::log_path(&app.config.logs_dir(), id)).await {
         Ok(file) => Ok(file),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
