@@ -62,12 +62,17 @@ async fn run() {
                         c.git.depth = depth;
                     })
                 });
+                let before = output(&repo, &["rev-parse", "HEAD"]);
                 let sha = git.commit("bench/big", "master", &[]);
-                firsts.push(to_container_start(&server, &sha).await);
+                firsts.push(to_container_start(&server, &before, &sha).await.0);
                 wait_filled(&server).await;
-                let sha =
+                let next =
                     git.commit("bench/big", "master", &[("build.sh", &format!("{BUILD_SH}# {}\n", seconds.len()))]);
-                seconds.push(to_container_start(&server, &sha).await);
+                let (took, id) = to_container_start(&server, &sha, &next).await;
+                seconds.push(took);
+                if seconds.len() == RUNS {
+                    print_timeline(&server, id).await;
+                }
             }
             let (first, second) = (median_of(firsts), median_of(seconds));
             println!(
@@ -80,22 +85,42 @@ async fn run() {
     }
 }
 
-/// Pushes `sha` and times the webhook until the build's script has printed its first line.
-async fn to_container_start(server: &Server, sha: &str) -> Duration {
+/// Pushes `sha` (the branch was at `before`, as GitHub says) and times the webhook until the
+/// build's script has printed its first line; returns that time and the build.
+async fn to_container_start(server: &Server, before: &str, sha: &str) -> (Duration, i64) {
+    let mut push = push_payload("bench/big", "refs/heads/master", sha);
+    push["before"] = before.into();
     let start = Instant::now();
-    let id = server.push_builds("bench/big", "master", sha).await[0];
+    let (code, body) = server.deliver("demo", "push", push.to_string().as_bytes(), Some(SECRET)).await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["builds"][0].as_i64().unwrap();
     loop {
         let (_, log) = server.get_text(&format!("/build/{id}/log")).await;
         if log.contains("container started") {
             let elapsed = start.elapsed();
             server.wait_build(id).await;
-            return elapsed;
+            return (elapsed, id);
         }
         let (_, build) = server.get_json(&format!("/build/{id}")).await;
         if !matches!(build["status"].as_str(), Some("queued" | "running")) {
             panic!("the build ended before its script started: {build}\n{log}");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Where the time of build `id` went: its log lines up to the script's first, with the time each
+/// arrived (the server's line index), from its first line.
+async fn print_timeline(server: &Server, id: i64) {
+    let (_, window) = server.get_json(&format!("/build/{id}/log/lines?from=1&count=20")).await;
+    let (lines, times) = (window["lines"].as_array().unwrap(), window["times"].as_array().unwrap());
+    let first = times[0].as_f64().unwrap_or_default();
+    println!("    where the last next push's time went (ms from its first log line):");
+    for (line, time) in lines.iter().zip(times) {
+        println!("    {:>8.0}  {}", time.as_f64().unwrap_or_default() - first, line.as_str().unwrap_or_default());
+        if line.as_str().unwrap_or_default().contains("container started") {
+            break;
+        }
     }
 }
 

@@ -118,9 +118,19 @@ impl Locked<'_> {
     /// Fetches `branch` and every tag into the mirror (creating it when it is missing or cannot
     /// be opened) and returns what came and the commit to read: `sha` when given, else the
     /// branch head. A `sha` the branch no longer leads to is asked for by itself, as GitHub serves
-    /// any commit still reachable from some ref.
+    /// any commit still reachable from some ref. A `sha` the mirror already holds (fetched by the
+    /// ancestry check of the same push, or by another build) is read without asking the remote.
     pub fn fetch(&self, branch: &Branch, sha: Option<&CommitSha>) -> anyhow::Result<(Fetched, Oid)> {
         let path = self.mirror.path;
+        if let Some(sha) = sha
+            && self.mirror.is_filled()
+            && let Ok(repo) = Repository::open_bare(path)
+        {
+            let oid = Oid::from_str(sha.as_str())?;
+            if repo.find_commit(oid).is_ok() {
+                return Ok((Fetched::default(), oid));
+            }
+        }
         let repo = match Repository::open_bare(path) {
             Ok(repo) => repo,
             Err(_) => {
