@@ -454,9 +454,10 @@ function buildPage() {
 
   function renderHeader(build) {
     page.build = build;
-    if (page.stopping && !FINAL.has(build.status)) return; // still cancelling
     page.started = build.started ? Date.parse(build.started) : null;
-    document.getElementById("status").replaceChildren(badge(build.status));
+    // Asked to stop (GET /build/<id> says so, or the websocket's "stopping" came): it is in its
+    // stop grace period until its status is final.
+    if (build.stopping && !FINAL.has(build.status)) page.stopping = build.stopping;
     const reason = document.getElementById("reason");
     reason.textContent = build.error || "";
     const artifact = document.getElementById("artifact");
@@ -467,7 +468,11 @@ function buildPage() {
       node.hidden = !node.textContent;
       document.querySelector(`dt[data-for="${node.id}"]`).hidden = node.hidden;
     }
-    setFavicon(build.status);
+    if (page.stopping && !FINAL.has(build.status)) showStopping();
+    else {
+      document.getElementById("status").replaceChildren(badge(build.status));
+      setFavicon(build.status);
+    }
     tick();
     if (build.status === "queued") showWaiting();
     else document.getElementById("waiting").hidden = true;
@@ -475,6 +480,12 @@ function buildPage() {
 
   function tick() {
     if (page.build) document.getElementById("duration").textContent = durationLabel(page.build, Date.now(), page.next > 1);
+  }
+
+  function showStopping() {
+    const status = el("span", { className: "badge cancelling", text: "cancelling…", title: page.stopping });
+    document.getElementById("status").replaceChildren(status);
+    setFavicon("cancelling");
   }
 
   // A queued build says why it waits.
@@ -545,8 +556,7 @@ function buildPage() {
       stopping: (buildId, reason) => {
         if (buildId !== id || FINAL.has(page.build.status)) return;
         page.stopping = reason;
-        document.getElementById("status").replaceChildren(el("span", { className: "badge cancelling", text: "cancelling…" }));
-        setFavicon("cancelling");
+        showStopping();
       },
       resync: async () => {
         renderHeader(await getJson(`/build/${id}`));

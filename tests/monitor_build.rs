@@ -352,17 +352,38 @@ async fn a_cancelled_build_says_cancelling_during_its_stop_grace_period() {
     // The script ignores SIGTERM: the build stops only when the grace period ends (SIGKILL).
     let (git, sha) = one_script_app("#!/bin/sh\ntrap '' TERM\necho started\nsleep 60\n");
     let server =
-        Server::start(|dir| test_config(dir, &git, None).with(admin).with(|c| c.builds.cancel_grace_seconds = 4));
+        Server::start(|dir| test_config(dir, &git, None).with(admin).with(|c| c.builds.cancel_grace_seconds = 10));
     let id = server.push_builds("org/app", "master", &sha).await[0];
     server.wait_log(id, "started\n").await;
     let browser = Browser::start().await;
     open(&browser, &server, id, "").await;
     browser.wait_for("the running state", "return document.getElementById('status').textContent === 'running'").await;
+    assert!(server.get_json(&format!("/build/{id}")).await.1.get("stopping").is_none(), "running on, not stopping");
 
     let (code, body) = server.admin_post(&format!("/build/{id}/cancel"), Some(ADMIN_TOKEN)).await;
     assert_eq!(code, 200, "{body}");
     browser.wait_for("cancelling", "return document.getElementById('status').textContent === 'cancelling…'").await;
-    assert_eq!(server.get_json(&format!("/build/{id}")).await.1["status"], "running", "still in its grace period");
+    let (_, build) = server.get_json(&format!("/build/{id}")).await;
+    assert_eq!(build["status"], "running", "still in its grace period");
+    assert_eq!(build["stopping"], "cancelled by an admin", "{build}");
+
+    // Opened (or reloaded) during the grace period, the page says so from the start: the server
+    // renders it, and the script keeps it.
+    let (code, html) = server.get_text(&format!("/monitor/build/{id}")).await;
+    assert_eq!(code, 200);
+    assert!(
+        html.contains(r#"<span class="badge cancelling" title="cancelled by an admin">cancelling…</span>"#),
+        "{html}"
+    );
+    open(&browser, &server, id, "").await;
+    let state = browser
+        .eval(
+            "return [document.getElementById('status').textContent, document.getElementById('favicon').dataset.state,
+                     window.autobuilderPage.stopping]",
+        )
+        .await;
+    assert_eq!(state, json!(["cancelling…", "cancelling", "cancelled by an admin"]));
+    assert_eq!(server.get_json(&format!("/build/{id}")).await.1["status"], "running", "opened within the grace period");
     assert_eq!(server.wait_build(id).await["status"], "cancelled");
     let state = browser
         .wait_for(
