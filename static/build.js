@@ -1,15 +1,19 @@
 // autobuilder: one build page, /monitor/build/<id>. Needs common.js.
 //
-// The page shows a window of the log (at most WINDOW_LINES rows): the tail, growing live, or the
+// The page loads a window of the log (at most WINDOW_LINES lines): the tail, growing live, or the
 // lines around one line opened by a permalink (#L120, #L120-L140) or a search hit. Lines come from
-// GET /build/<id>/log/lines (with the time each arrived) and, live, from the websocket; a gap
-// between the two is filled from the server. Sections come from the markers scripts print:
+// GET /build/<id>/log/lines (with the time each arrived, and the headers of the sections open at
+// its first line) and, live, from the websocket; a gap between the two is filled from the server.
+// Only the rows in view (and MARGIN more on each side) are in the DOM: a spacer as tall as every
+// line shown makes the scroll bar, all rows have the same height (--row in build.css), and rows
+// leaving the view are reused for the ones entering it. Sections come from the markers scripts print:
 // GitHub Actions `::group::title` / `::endgroup::`, GitLab `section_start:<ts>:<name>[collapsed=true]
 // \r\e[0K<title>` / `section_end:<ts>:<name>`, and autobuilder's own phase notes
 // `[autobuilder] phase <name>` (each phase lasts until the next).
 "use strict";
 
-const WINDOW_LINES = 5000;   // rows on the page at once
+const WINDOW_LINES = 5000;   // lines loaded at once
+const MARGIN = 30;           // rows kept in the DOM above and below the ones in view
 const AROUND = 500;          // lines loaded before and after a line opened outside the window
 const MAX_FETCH = 10000;     // lines the server gives at once
 
@@ -88,127 +92,135 @@ function buildPage() {
   const page = {
     build: null,
     started: null,     // ms, when the build started
-    first: 1,          // number of the first row shown
-    next: 1,           // number of the line after the last row shown
+    first: 1,          // number of the first line loaded
+    next: 1,           // number of the line after the last one loaded
+    lines: [],         // the loaded lines, `first` to `next - 1`: {seq, text, time, sections, section, end}
+    shown: [],         // what the list shows, in order: headers of the sections around the first
+                       // line loaded, then the loaded lines, without those in collapsed sections
+    changed: true,     // `shown` is to be made again
     mode: "tail",      // "tail": the end of the log, growing live; "window": lines around one line
     loading: 0,        // loads under way; live lines wait meanwhile
     pending: [],       // live lines not shown yet: {seq, lines, time}
     frame: false,      // a flush is scheduled for the next frame
-    sections: [],
-    stack: [],         // sections open at the last row
+    sections: [],      // {index, header (its line), name, phase, collapsed, start, end, ended}
+    stack: [],         // sections open after the last line loaded
+    enclosing: [],     // their indexes (shared by the lines between two markers)
     selected: null,    // [from, to] of the permalink
-    search: { query: "", lines: [], total: 0, at: -1 },
+    search: { query: "", lines: [], total: 0, at: -1, line: null },
   };
   window.autobuilderPage = page; // for tests and the curious
   window.autobuilderCspViolations = [];
   document.addEventListener("securitypolicyviolation", (e) => window.autobuilderCspViolations.push(e.violatedDirective));
 
-  // ---------- rows and sections ----------
+  // ---------- lines and sections ----------
 
   function elapsed(time) {
     return time && page.started ? clock(time - page.started) : "";
   }
 
-  function makeRow(seq, text, time) {
-    const row = el("div", { className: "line", "data-seq": seq });
-    row.appendChild(el("a", { className: "number", href: `#L${seq}`, text: String(seq) }));
-    row.appendChild(el("span", { className: "time", text: elapsed(time) }));
-    if (time) row.dataset.time = String(time);
-    const marker = parseMarker(text);
-    let section = null;
-    if (marker && marker.kind === "start") {
-      if (marker.phase) endSections(0, seq - 1, time); // a phase ends every section before it
-      section = {
-        index: page.sections.length, row, name: marker.name, phase: marker.phase, collapsed: marker.collapsed,
-        start: time || marker.ts, end: null, ended: false,
-      };
-      row.sections = page.stack.map((s) => s.index);
-      page.sections.push(section);
-      page.stack.push(section);
-      row.classList.add("section-header");
-      row.dataset.section = String(section.index);
-      const toggle = el("button", { type: "button", className: "toggle", "aria-label": "collapse or expand this section" });
-      row.appendChild(toggle);
-      row.appendChild(renderLine(marker.title === null ? text : marker.title));
-      row.appendChild(el("span", { className: "took" }));
-      showSection(section);
-    } else {
-      row.sections = page.stack.map((s) => s.index);
-      row.appendChild(renderLine(text));
-      if (marker && marker.kind === "end") {
-        row.classList.add("section-end");
-        let depth = page.stack.length;
-        while (depth > 0 && (page.stack[depth - 1].phase || (marker.name && page.stack[depth - 1].name !== marker.name))) depth--;
-        if (depth > 0) endSections(depth - 1, seq, time || marker.ts);
-      }
-    }
-    row.hidden = row.sections.some((index) => page.sections[index].collapsed);
-    return row;
+  function openSection(section) {
+    page.stack.push(section);
+    page.enclosing = page.stack.map((s) => s.index);
   }
 
-  // Ends the open sections from `depth` up, at line `seq`.
-  function endSections(depth, seq, time) {
+  // Ends the open sections from `depth` up.
+  function endSections(depth, time) {
     while (page.stack.length > depth) {
       const section = page.stack.pop();
       section.ended = true;
       if (time) section.end = time;
-      showSection(section);
     }
+    page.enclosing = page.stack.map((s) => s.index);
   }
 
-  function showSection(section) {
-    const toggle = section.row.querySelector(".toggle");
-    toggle.textContent = section.collapsed ? "▸" : "▾";
-    toggle.setAttribute("aria-expanded", String(!section.collapsed));
-    section.row.classList.toggle("collapsed", section.collapsed);
-    let end = section.end;
-    if (!section.ended) {
-      const last = log.lastElementChild && Number(log.lastElementChild.dataset.time);
-      end = last || (page.build && page.build.ended ? Date.parse(page.build.ended) : null);
+  // One line of the log, read for its section marker.
+  function makeLine(seq, text, time) {
+    const line = { seq, text, time, sections: page.enclosing, section: -1, end: false };
+    const marker = parseMarker(text);
+    if (marker && marker.kind === "start") {
+      if (marker.phase) endSections(0, time); // a phase ends every section before it
+      line.sections = page.enclosing;
+      line.title = marker.title === null ? text : marker.title;
+      const section = {
+        index: page.sections.length, header: line, name: marker.name, phase: marker.phase, collapsed: marker.collapsed,
+        start: time || marker.ts, end: null, ended: false,
+      };
+      line.section = section.index;
+      page.sections.push(section);
+      openSection(section);
+    } else if (marker && marker.kind === "end") {
+      line.end = true;
+      let depth = page.stack.length;
+      while (depth > 0 && (page.stack[depth - 1].phase || (marker.name && page.stack[depth - 1].name !== marker.name))) depth--;
+      if (depth > 0) endSections(depth - 1, time || marker.ts);
     }
-    section.row.querySelector(".took").textContent = section.start && end ? seconds(end - section.start) : "";
+    return line;
+  }
+
+  const hidden = (line) => line.sections.some((index) => page.sections[index].collapsed);
+
+  // The shown lines, made again after lines came or went, or a section was collapsed or expanded.
+  // The headers of sections that began before the first loaded line come first.
+  function shownLines() {
+    if (page.changed) {
+      const first = page.lines[0];
+      const outer = first ? first.sections.map((index) => page.sections[index].header).filter((h) => h.seq < page.first) : [];
+      page.shown = outer.concat(page.lines).filter((line) => !hidden(line));
+      page.changed = false;
+    }
+    return page.shown;
+  }
+
+  // The place of line `seq` in the shown lines (they are in order), or of the next one shown.
+  function placeOf(seq) {
+    const shown = shownLines();
+    let [low, high] = [0, shown.length];
+    while (low < high) {
+      const middle = (low + high) >> 1;
+      if (shown[middle].seq < seq) low = middle + 1;
+      else high = middle;
+    }
+    return low;
+  }
+
+  function lineOf(seq) {
+    if (seq >= page.first && seq < page.next) return page.lines[seq - page.first];
+    return page.sections.find((s) => s.header.seq === seq)?.header ?? null;
   }
 
   function setCollapsed(section, collapsed) {
     section.collapsed = collapsed;
-    showSection(section);
-    for (let row = section.row.nextElementSibling; row && row.sections.includes(section.index); row = row.nextElementSibling) {
-      row.hidden = row.sections.some((index) => page.sections[index].collapsed);
-    }
+    page.changed = true;
   }
 
-  function rowOf(seq) {
-    if (seq < page.first || seq >= page.next) return null;
-    const guess = log.children[seq - page.first];
-    return guess && Number(guess.dataset.seq) === seq ? guess : log.querySelector(`.line[data-seq="${seq}"]`);
+  // Shows this line: expands the sections around it.
+  function reveal(line) {
+    for (const index of line.sections) if (page.sections[index].collapsed) setCollapsed(page.sections[index], false);
   }
 
-  // Shows this row: expands the sections around it.
-  function reveal(row) {
-    for (const index of row.sections) if (page.sections[index].collapsed) setCollapsed(page.sections[index], false);
-  }
-
-  function clearRows(first) {
-    log.replaceChildren();
+  function clearLines(first) {
+    page.lines = [];
     page.sections = [];
     page.stack = [];
+    page.enclosing = [];
     page.first = page.next = first;
+    page.changed = true;
   }
 
-  function appendRows(seq, lines, times) {
-    if (seq > page.next && log.childElementCount) return; // not next to the rows shown
-    const fragment = document.createDocumentFragment();
-    // Rows already on the page are skipped.
-    for (let i = Math.max(0, page.next - seq); i < lines.length; i++) {
-      fragment.appendChild(makeRow(seq + i, lines[i], times[i]));
+  // Adds lines after the last one loaded; the window keeps its last WINDOW_LINES lines.
+  function appendLines(seq, texts, times) {
+    if (seq > page.next && page.lines.length) return; // not next to the lines loaded
+    // Lines already loaded are skipped.
+    for (let i = Math.max(0, page.next - seq); i < texts.length; i++) {
+      page.lines.push(makeLine(seq + i, texts[i], times[i]));
     }
-    log.appendChild(fragment);
-    page.next = Math.max(page.next, seq + lines.length);
-    while (log.childElementCount > WINDOW_LINES) {
-      log.firstElementChild.remove();
-      page.first++;
+    page.next = Math.max(page.next, seq + texts.length);
+    if (page.lines.length > WINDOW_LINES) {
+      const extra = page.lines.length - WINDOW_LINES;
+      page.lines.splice(0, extra);
+      page.first += extra;
     }
-    for (const section of page.stack) showSection(section);
+    page.changed = true;
     showNotices();
   }
 
@@ -221,11 +233,143 @@ function buildPage() {
     document.getElementById("window-range").textContent = `${page.first}–${page.next - 1}`;
   }
 
+  // ---------- the rows in view ----------
+
+  const spacer = el("div", { className: "spacer" });
+  const rows = el("div", { className: "rows" });
+  spacer.appendChild(rows);
+  log.replaceChildren(spacer);
+  const ROW = parseFloat(getComputedStyle(log).getPropertyValue("--row")) || 17;
+  const rendered = new Map(); // line -> its row
+  const spare = [];           // rows out of view, to reuse
+  let viewHeight = log.clientHeight;
+
+  function makeRow() {
+    const row = el("div", { className: "line" });
+    row.parts = {
+      number: el("a", { className: "number" }),
+      time: el("span", { className: "time" }),
+      toggle: el("button", { type: "button", className: "toggle", "aria-label": "collapse or expand this section" }),
+      took: el("span", { className: "took" }),
+    };
+    return row;
+  }
+
+  // Fills a row with a line.
+  function fill(row, line) {
+    const { number, time, toggle, took } = row.parts;
+    row.line = line;
+    row.dataset.seq = String(line.seq);
+    number.href = `#L${line.seq}`;
+    number.textContent = String(line.seq);
+    time.textContent = elapsed(line.time);
+    if (line.section >= 0) row.replaceChildren(number, time, toggle, renderLine(line.title), took);
+    else row.replaceChildren(number, time, renderLine(line.text));
+  }
+
+  // What changes on a row without its line changing: highlights, a section's state and duration.
+  function decorate(row) {
+    const line = row.line;
+    const section = line.section >= 0 ? page.sections[line.section] : null;
+    const [from, to] = page.selected || [0, -1];
+    let names = "line";
+    if (line.seq >= from && line.seq <= to) names += " selected";
+    if (line.seq === page.search.line) names += " hit";
+    if (line.end) names += " section-end";
+    if (section) names += " section-header" + (section.collapsed ? " collapsed" : "") + (section.failed ? " failed" : "");
+    if (row.className !== names) row.className = names;
+    if (!section) return;
+    const { toggle, took } = row.parts;
+    const arrow = section.collapsed ? "▸" : "▾";
+    if (toggle.textContent !== arrow) {
+      toggle.textContent = arrow;
+      toggle.setAttribute("aria-expanded", String(!section.collapsed));
+    }
+    let end = section.end;
+    if (!section.ended) {
+      const last = page.lines[page.lines.length - 1];
+      end = (last && last.time) || (page.build && page.build.ended ? Date.parse(page.build.ended) : null);
+    }
+    const duration = section.start && end ? seconds(end - section.start) : "";
+    if (took.textContent !== duration) took.textContent = duration;
+  }
+
+  // The spacer as tall as the lines shown; those lines.
+  function sizeSpacer() {
+    const shown = shownLines();
+    const height = `${shown.length * ROW}px`;
+    if (spacer.style.height !== height) spacer.style.height = height;
+    return shown;
+  }
+
+  // Puts in the DOM the rows of the lines in view, MARGIN more on each side, in order.
+  function render() {
+    const shown = sizeSpacer();
+    const top = log.scrollTop;
+    const start = Math.max(0, Math.floor(top / ROW) - MARGIN);
+    const end = Math.min(shown.length, Math.ceil((top + viewHeight) / ROW) + MARGIN);
+    const wanted = new Set(shown.slice(start, end));
+    for (const [line, row] of rendered) {
+      if (wanted.has(line)) continue;
+      rendered.delete(line);
+      row.remove();
+      spare.push(row);
+    }
+    let previous = null;
+    for (let i = start; i < end; i++) {
+      const line = shown[i];
+      let row = rendered.get(line);
+      if (!row) {
+        row = spare.pop() || makeRow();
+        fill(row, line);
+        rendered.set(line, row);
+      }
+      decorate(row);
+      const place = previous ? previous.nextSibling : rows.firstChild;
+      if (row !== place) rows.insertBefore(row, place);
+      previous = row;
+    }
+    rows.style.transform = `translateY(${start * ROW}px)`;
+  }
+
+  // The row of line `seq` when it is in the DOM.
+  function rowOf(seq) {
+    const line = lineOf(seq);
+    return line ? rendered.get(line) || null : null;
+  }
+
+  function scrollToEnd() {
+    log.scrollTop = sizeSpacer().length * ROW; // the browser stops at the end
+    render();
+  }
+
+  // Scrolls line `seq` into view: in the centre, or at the top ("start").
+  function scrollToLine(seq, block) {
+    const place = placeOf(seq);
+    sizeSpacer();
+    log.scrollTop = block === "center" ? place * ROW - (viewHeight - ROW) / 2 : place * ROW;
+    render();
+  }
+
+  // Shows changes to the lines; keeps the line at the top of the view where it was, unless
+  // following the end.
+  function update() {
+    if (follow.checked && page.mode === "tail") return scrollToEnd();
+    const before = page.shown[Math.floor(log.scrollTop / ROW)];
+    const offset = log.scrollTop % ROW;
+    if (before && page.changed) {
+      const place = placeOf(before.seq);
+      sizeSpacer();
+      log.scrollTop = place * ROW + offset;
+    }
+    render();
+  }
+
   // ---------- loading lines ----------
 
   async function fetchLines(query) {
     const response = await fetch(`/build/${id}/log/lines?${query}`, { cache: "no-store" });
-    if (response.status === 404) return { first: 1, lines: [], times: [], total: 0 };
+    if (response.status === 404) return { first: 1, lines: [], times: [], total: 0, open: [] };
     if (!response.ok) throw new Error(`lines: ${response.status}`);
     return response.json();
   }
@@ -240,14 +384,22 @@ function buildPage() {
     }
   }
 
+  // Replaces the lines loaded with these: the headers of the sections open at their first line
+  // (they began before it), then the lines.
+  function loadLines(window) {
+    clearLines(window.first);
+    for (const header of window.open || []) makeLine(header.line, header.text, header.time);
+    appendLines(window.first, window.lines, window.times);
+  }
+
   // The end of the log, followed live from there.
   function loadTail() {
     return loading(async () => {
       const tail = await fetchLines(`tail=${WINDOW_LINES}`);
       page.mode = "tail";
-      clearRows(tail.first);
-      appendRows(tail.first, tail.lines, tail.times);
+      loadLines(tail);
       if (follow.checked) scrollToEnd();
+      else render();
     });
   }
 
@@ -259,19 +411,20 @@ function buildPage() {
       const window = await fetchLines(`from=${first}&count=${count}`);
       page.mode = "window";
       follow.checked = false;
-      clearRows(window.first);
-      appendRows(window.first, window.lines, window.times);
+      loadLines(window);
+      render();
     });
   }
 
-  // The lines after the last row, from the server (after a gap in the live lines).
+  // The lines after the last one loaded, from the server (after a gap in the live lines).
   function catchUp() {
     if (page.mode !== "tail") return Promise.resolve();
     return loading(async () => {
       for (;;) {
         const more = await fetchLines(`from=${page.next}&count=${MAX_FETCH}`);
         if (page.mode !== "tail") return;
-        appendRows(more.first, more.lines, more.times);
+        appendLines(more.first, more.lines, more.times);
+        update();
         if (more.lines.length < MAX_FETCH) return;
       }
     });
@@ -298,49 +451,33 @@ function buildPage() {
         catchUp();   // lines were missed: the server has them
         return;
       }
-      appendRows(batch.seq, batch.lines, batch.lines.map(() => batch.time));
+      appendLines(batch.seq, batch.lines, batch.lines.map(() => batch.time));
     }
-    if (batches.length && follow.checked) scrollToEnd();
-  }
-
-  function scrollToEnd() {
-    log.scrollTop = log.scrollHeight;
+    if (batches.length) update();
   }
 
   // ---------- permalinks, search ----------
 
-  // Scrolls `row` into view, and again over the next frames: rows off screen are laid out at an
-  // estimated height (content-visibility), so those rendered on the way move it a little.
-  function scrollToRow(row, block) {
-    let frames = 3;
-    const scroll = () => {
-      row.scrollIntoView({ block });
-      if (--frames > 0) requestAnimationFrame(scroll);
-    };
-    scroll();
-  }
-
-  // Makes line `from` (to `to`) shown, loading its window when it is not on the page.
+  // Makes line `from` (to `to`) shown and in view, loading its window when it is not loaded.
   async function showLines(from, to) {
     if (from < page.first || from >= page.next) {
       await loadWindow(from, to);
     }
-    const row = rowOf(from);
-    if (!row) return null;
+    const line = lineOf(from);
+    if (!line) return null;
     for (let seq = from; seq <= to; seq++) {
-      const each = rowOf(seq);
+      const each = lineOf(seq);
       if (each) reveal(each);
     }
     follow.checked = false;
-    scrollToRow(row, from === to ? "center" : "start");
-    return row;
+    scrollToLine(from, from === to ? "center" : "start");
+    return line;
   }
 
   async function select(from, to) {
     page.selected = [from, to];
-    for (const row of log.querySelectorAll(".line.selected")) row.classList.remove("selected");
+    render();
     await showLines(from, to);
-    for (let seq = from; seq <= to; seq++) rowOf(seq)?.classList.add("selected");
   }
 
   function fromHash() {
@@ -355,7 +492,7 @@ function buildPage() {
     const number = event.target.closest("a.number");
     if (number) {
       event.preventDefault();
-      const seq = Number(number.closest(".line").dataset.seq);
+      const seq = number.closest(".line").line.seq;
       const anchor = event.shiftKey && page.selected ? page.selected[0] : seq;
       const [from, to] = [Math.min(anchor, seq), Math.max(anchor, seq)];
       history.replaceState(null, "", from === to ? `#L${from}` : `#L${from}-L${to}`);
@@ -364,8 +501,10 @@ function buildPage() {
     }
     const toggle = event.target.closest(".toggle");
     if (toggle) {
-      const section = page.sections[Number(toggle.closest(".line").dataset.section)];
+      const section = page.sections[toggle.closest(".line").line.section];
       setCollapsed(section, !section.collapsed);
+      follow.checked = false; // the reader looks at this section
+      update();
     }
   });
   window.addEventListener("hashchange", () => {
@@ -382,16 +521,17 @@ function buildPage() {
     const search = page.search;
     search.query = query;
     if (!query) {
-      Object.assign(search, { lines: [], total: 0, at: -1 });
+      Object.assign(search, { lines: [], total: 0, at: -1, line: null });
       searchCount.textContent = "";
-      for (const row of log.querySelectorAll(".line.hit")) row.classList.remove("hit");
+      render();
       return;
     }
     const found = await getJson(`/build/${id}/log/search?q=${encodeURIComponent(query)}`);
     if (search.query !== query) return; // a newer search
-    Object.assign(search, { lines: found.lines, total: found.total, at: -1 });
+    Object.assign(search, { lines: found.lines, total: found.total, at: -1, line: null });
     if (found.total === 0) {
       searchCount.textContent = "no match";
+      render();
       return;
     }
     await goToHit(0);
@@ -401,12 +541,11 @@ function buildPage() {
     const search = page.search;
     if (!search.lines.length) return;
     search.at = (at + search.lines.length) % search.lines.length;
-    const line = search.lines[search.at];
+    search.line = search.lines[search.at];
     const more = search.total > search.lines.length ? ` (the first ${search.lines.length} can be visited)` : "";
     searchCount.textContent = `${search.at + 1} of ${search.total}${more}`;
-    for (const row of log.querySelectorAll(".line.hit")) row.classList.remove("hit");
-    const row = await showLines(line, line);
-    if (row) row.classList.add("hit");
+    render();
+    await showLines(search.line, search.line);
   }
 
   document.getElementById("search-form").addEventListener("submit", (event) => {
@@ -432,7 +571,7 @@ function buildPage() {
   });
   showTimes.addEventListener("change", () => log.classList.toggle("show-times", showTimes.checked));
   // The reader scrolling up (wheel, keys, the scroll bar) stops following; back at the end, it
-  // follows again. Scrolls the page makes itself (and rows taking their real height) do neither.
+  // follows again. Scrolls the page makes itself do neither.
   let pointerDown = false;
   log.addEventListener("pointerdown", () => { pointerDown = true; });
   window.addEventListener("pointerup", () => { pointerDown = false; });
@@ -441,22 +580,34 @@ function buildPage() {
     if (["ArrowUp", "PageUp", "Home"].includes(event.key)) follow.checked = false;
   });
   log.addEventListener("scroll", () => {
+    render();
     if (page.mode !== "tail" || page.loading) return;
-    if (log.scrollTop + log.clientHeight >= log.scrollHeight - 4) follow.checked = true;
+    if (log.scrollTop + viewHeight >= log.scrollHeight - 4) follow.checked = true;
     else if (pointerDown) follow.checked = false;
   });
-  // The log's height changes with the header above it (a reason, the other scripts): keep the end.
+  // The log's height changes with the window and the header above it (a reason, the other
+  // scripts): more or fewer rows, and the end kept in view when following.
   new ResizeObserver(() => {
+    viewHeight = log.clientHeight;
     if (follow.checked && page.mode === "tail") scrollToEnd();
+    else render();
   }).observe(log);
+
+  // For the tests: whether line `seq` is loaded and not inside a collapsed section.
+  page.isShown = (seq) => {
+    const line = lineOf(seq);
+    return Boolean(line) && !hidden(line);
+  };
+  page.rowOf = rowOf;
 
   // ---------- the build's state ----------
 
   function renderHeader(build) {
     page.build = build;
-    if (page.stopping && !FINAL.has(build.status)) return; // still cancelling
     page.started = build.started ? Date.parse(build.started) : null;
-    document.getElementById("status").replaceChildren(badge(build.status));
+    // Asked to stop (GET /build/<id> says so, or the websocket's "stopping" came): it is in its
+    // stop grace period until its status is final.
+    if (build.stopping && !FINAL.has(build.status)) page.stopping = build.stopping;
     const reason = document.getElementById("reason");
     reason.textContent = build.error || "";
     const artifact = document.getElementById("artifact");
@@ -467,7 +618,11 @@ function buildPage() {
       node.hidden = !node.textContent;
       document.querySelector(`dt[data-for="${node.id}"]`).hidden = node.hidden;
     }
-    setFavicon(build.status);
+    if (page.stopping && !FINAL.has(build.status)) showStopping();
+    else {
+      document.getElementById("status").replaceChildren(badge(build.status));
+      setFavicon(build.status);
+    }
     tick();
     if (build.status === "queued") showWaiting();
     else document.getElementById("waiting").hidden = true;
@@ -475,6 +630,12 @@ function buildPage() {
 
   function tick() {
     if (page.build) document.getElementById("duration").textContent = durationLabel(page.build, Date.now(), page.next > 1);
+  }
+
+  function showStopping() {
+    const status = el("span", { className: "badge cancelling", text: "cancelling…", title: page.stopping });
+    document.getElementById("status").replaceChildren(status);
+    setFavicon("cancelling");
   }
 
   // A queued build says why it waits.
@@ -514,13 +675,13 @@ function buildPage() {
   function openOnFailure() {
     const build = page.build;
     if (!(build.status === "failure" || build.status === "error") || !page.sections.length) return;
-    const last = log.lastElementChild;
-    const failed = last.sections.length ? page.sections[last.sections[last.sections.length - 1]] : page.sections[page.sections.length - 1];
-    const keep = new Set([failed.index, ...failed.row.sections]);
+    const last = page.lines[page.lines.length - 1];
+    const failed = last && last.sections.length ? page.sections[last.sections[last.sections.length - 1]] : page.sections[page.sections.length - 1];
+    const keep = new Set([failed.index, ...failed.header.sections]);
     for (const section of page.sections) setCollapsed(section, !keep.has(section.index));
     follow.checked = false;
-    failed.row.classList.add("failed");
-    scrollToRow(failed.row, "start");
+    failed.failed = true;
+    scrollToLine(failed.header.seq, "start");
   }
 
   async function open() {
@@ -545,8 +706,7 @@ function buildPage() {
       stopping: (buildId, reason) => {
         if (buildId !== id || FINAL.has(page.build.status)) return;
         page.stopping = reason;
-        document.getElementById("status").replaceChildren(el("span", { className: "badge cancelling", text: "cancelling…" }));
-        setFavicon("cancelling");
+        showStopping();
       },
       resync: async () => {
         renderHeader(await getJson(`/build/${id}`));

@@ -1,7 +1,8 @@
 //! The build page `/monitor/build/<id>` in real headless Chromium against real builds: line
-//! permalinks and search beyond the loaded window, sections, line times, the end of a long log on
-//! screen, the raw and plain logs, the states said plainly, the favicon. `measure_the_build_page`
-//! (ignored) prints the figures of `docs/benchmarks.md`.
+//! permalinks and search beyond the loaded window, sections (also those that began before it),
+//! line times, the end of a long log on screen with only the rows in view in the page, the raw
+//! and plain logs, the states said plainly, the favicon. `measure_the_build_page` (ignored) prints
+//! the figures of `docs/benchmarks.md`.
 
 mod common;
 
@@ -63,9 +64,13 @@ async fn permalinks_and_search_reach_lines_outside_the_loaded_window() {
         .await;
     assert_eq!(selected, json!(["1000", "1001", "1002"]));
     let window = browser
-        .eval("return [document.querySelectorAll('#log .line').length, document.getElementById('window').hidden]")
+        .eval(
+            "return [window.autobuilderPage.lines.length, document.querySelectorAll('#log .line').length,
+                     document.getElementById('window').hidden]",
+        )
         .await;
-    assert!(window[0].as_u64().unwrap() <= 5000 && window[1] == false, "{window}");
+    assert!(window[0].as_u64().unwrap() <= 5000 && window[2] == false, "{window}");
+    assert!(window[1].as_u64().unwrap() < 200, "only the rows in view are in the page: {window}");
 
     // A click on a number sets the hash; a shift-click extends it to a range.
     browser
@@ -159,7 +164,7 @@ async fn sections_collapse_and_a_failed_build_opens_on_the_section_that_failed()
         "the failed phase is open, the others collapsed"
     );
     browser.wait_for("the failed section in view", &format!("return {}", in_view(script_phase))).await;
-    let shown = |seq: u64| format!("return !document.querySelector('#log .line[data-seq=\"{seq}\"]').hidden");
+    let shown = |seq: u64| format!("return window.autobuilderPage.isShown({seq})");
     assert_eq!(browser.eval(&shown(fails)).await, json!(true));
     assert_eq!(browser.eval(&shown(fetch_phase + 1)).await, json!(false), "collapsed lines are hidden");
     assert_eq!(browser.eval(&shown(compiling)).await, json!(false));
@@ -237,8 +242,11 @@ async fn the_last_line_of_a_200000_line_log_stays_on_screen() {
     browser.wait_for("the last line, in view", &format!("return {}", in_view(total))).await;
     let last = browser.eval(&format!("return {last_on_screen}")).await;
     assert!(last.as_str().unwrap().contains("published"), "{last}");
-    let rows = browser.eval("return document.querySelectorAll('#log .line').length").await;
-    assert_eq!(rows, json!(5000), "the page keeps a window of lines");
+    let rows = browser
+        .eval("return [window.autobuilderPage.lines.length, document.querySelectorAll('#log .line').length]")
+        .await;
+    assert_eq!(rows[0], json!(5000), "the page keeps a window of lines");
+    assert!(rows[1].as_u64().unwrap() < 200, "only the rows in view are in the page: {rows}");
     if let Ok(dir) = std::env::var("SCREENSHOTS_DIR") {
         browser.screenshot(&std::path::Path::new(&dir).join("build-follow.png")).await;
     }
@@ -352,17 +360,38 @@ async fn a_cancelled_build_says_cancelling_during_its_stop_grace_period() {
     // The script ignores SIGTERM: the build stops only when the grace period ends (SIGKILL).
     let (git, sha) = one_script_app("#!/bin/sh\ntrap '' TERM\necho started\nsleep 60\n");
     let server =
-        Server::start(|dir| test_config(dir, &git, None).with(admin).with(|c| c.builds.cancel_grace_seconds = 4));
+        Server::start(|dir| test_config(dir, &git, None).with(admin).with(|c| c.builds.cancel_grace_seconds = 10));
     let id = server.push_builds("org/app", "master", &sha).await[0];
     server.wait_log(id, "started\n").await;
     let browser = Browser::start().await;
     open(&browser, &server, id, "").await;
     browser.wait_for("the running state", "return document.getElementById('status').textContent === 'running'").await;
+    assert!(server.get_json(&format!("/build/{id}")).await.1.get("stopping").is_none(), "running on, not stopping");
 
     let (code, body) = server.admin_post(&format!("/build/{id}/cancel"), Some(ADMIN_TOKEN)).await;
     assert_eq!(code, 200, "{body}");
     browser.wait_for("cancelling", "return document.getElementById('status').textContent === 'cancelling…'").await;
-    assert_eq!(server.get_json(&format!("/build/{id}")).await.1["status"], "running", "still in its grace period");
+    let (_, build) = server.get_json(&format!("/build/{id}")).await;
+    assert_eq!(build["status"], "running", "still in its grace period");
+    assert_eq!(build["stopping"], "cancelled by an admin", "{build}");
+
+    // Opened (or reloaded) during the grace period, the page says so from the start: the server
+    // renders it, and the script keeps it.
+    let (code, html) = server.get_text(&format!("/monitor/build/{id}")).await;
+    assert_eq!(code, 200);
+    assert!(
+        html.contains(r#"<span class="badge cancelling" title="cancelled by an admin">cancelling…</span>"#),
+        "{html}"
+    );
+    open(&browser, &server, id, "").await;
+    let state = browser
+        .eval(
+            "return [document.getElementById('status').textContent, document.getElementById('favicon').dataset.state,
+                     window.autobuilderPage.stopping]",
+        )
+        .await;
+    assert_eq!(state, json!(["cancelling…", "cancelling", "cancelled by an admin"]));
+    assert_eq!(server.get_json(&format!("/build/{id}")).await.1["status"], "running", "opened within the grace period");
     assert_eq!(server.wait_build(id).await["status"], "cancelled");
     let state = browser
         .wait_for(
@@ -375,16 +404,89 @@ async fn a_cancelled_build_says_cancelling_during_its_stop_grace_period() {
     assert_eq!(state, json!([true, "cancelled"]));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_window_inside_sections_that_began_before_it_shows_them() {
+    let script = "#!/bin/sh\necho '::group::Closed before'\necho closed\necho '::endgroup::'\necho '::group::Big group'\n\
+                  printf 'section_start:%s:inner\\r\\033[0KInner part\\n' $(date +%s)\nseq 1 20000\n\
+                  tar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
+    let (git, sha) = one_script_app(script);
+    let server = Server::start(|dir| test_config(dir, &git, None));
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    assert_eq!(server.wait_build(id).await["status"], "success");
+    let log = raw_log(&server, id).await;
+    let total = log.lines().count() as u64;
+    let headers = [
+        line_of(&log, "[autobuilder] phase script"),
+        line_of(&log, "::group::Big group"),
+        log.lines().position(|l| l.contains("section_start:")).unwrap() as u64 + 1,
+    ];
+    let names = json!(["[autobuilder] phase script", "Big group", "Inner part"]);
+    assert!(total - headers[2] > 15_000, "the sections begin long before the tail");
+
+    // The window's first rows: the headers of the sections it is in, then its lines.
+    let first_rows = "const log = document.getElementById('log');
+        log.scrollTop = 0; log.dispatchEvent(new Event('scroll'));
+        return [...document.querySelectorAll('#log .line')].slice(0, 4).map(r => [Number(r.dataset.seq),
+          r.classList.contains('section-header') ? r.querySelector('.text').textContent : null,
+          r.querySelector('.took') && r.querySelector('.took').textContent !== '']);";
+    let browser = Browser::start().await;
+    let ten_thousand = line_of(&log, "10000");
+    for (hash, first) in [(String::new(), total - 4999), (format!("#L{ten_thousand}"), ten_thousand - 500)] {
+        open(&browser, &server, id, &hash).await;
+        assert_eq!(browser.eval("return window.autobuilderPage.first").await, json!(first), "{hash}");
+        let rows = browser.eval(first_rows).await;
+        assert_eq!(
+            rows,
+            json!([
+                [headers[0], names[0], true],
+                [headers[1], names[1], true],
+                [headers[2], names[2], true],
+                [first, null, null]
+            ]),
+            "{hash}"
+        );
+    }
+
+    // Collapsed, the section hides the whole window (1,001 lines around line 10000) but its own
+    // header; expanded, it shows it.
+    let toggle = format!("document.querySelector('#log .line[data-seq=\"{}\"] .toggle').click()", headers[1]);
+    let shown = format!(
+        "const page = window.autobuilderPage;
+         return [page.isShown({}), page.isShown({}), page.isShown({ten_thousand}), page.shown.length,
+                 document.querySelector('#log .line[data-seq=\"{}\"] .toggle').getAttribute('aria-expanded')]",
+        headers[1], headers[2], headers[1]
+    );
+    browser.eval(&toggle).await;
+    assert_eq!(browser.eval(&shown).await, json!([true, false, false, 2, "false"]));
+    browser.eval(&toggle).await;
+    assert_eq!(browser.eval(&shown).await, json!([true, true, true, 3 + 1001, "true"]));
+    // The headers' own line numbers are permalinks too: back to where the group began.
+    browser.eval(&format!("document.querySelector('#log .line[data-seq=\"{}\"] a.number').click()", headers[1])).await;
+    browser
+        .wait_for(
+            "the group's first line, loaded and highlighted",
+            &format!(
+                "return location.hash === '#L{0}' && window.autobuilderPage.first <= {0}
+                   && document.querySelector('#log .line.selected') !== null && {1}",
+                headers[1],
+                in_view(headers[1])
+            ),
+        )
+        .await;
+}
+
 /// Records the gaps between animation frames for SECONDS seconds, then answers with their figures.
 const FRAMES: &str = "const done = arguments[arguments.length - 1];
-    const gaps = []; const start = performance.now(); let last = start;
+    const gaps = []; const start = performance.now(); let last = start; const next = window.autobuilderPage.next;
     const step = (now) => {
       gaps.push(now - last); last = now;
       if (now - start < SECONDS * 1000) return requestAnimationFrame(step);
       const sorted = [...gaps].sort((a, b) => a - b);
       done({frames: gaps.length, max_ms: Math.round(sorted[sorted.length - 1]),
             p99_ms: Math.round(sorted[Math.floor(sorted.length * 0.99)]), over_33ms: gaps.filter(g => g > 33.4).length,
-            rows: document.querySelectorAll('#log .line').length, following: document.getElementById('follow').checked});
+            rows: document.querySelectorAll('#log .line').length, loaded: window.autobuilderPage.lines.length,
+            lines_received: window.autobuilderPage.next - next,
+            following: document.getElementById('follow').checked});
     };
     requestAnimationFrame(step);";
 
@@ -400,8 +502,8 @@ async fn measure_the_build_page() {
         [("big.sh", "  artifact: out.tar.gz\n  tag: big"), ("steady.sh", "  artifact: out.tar.gz\n  tag: steady")];
     git.commit("org/recipes", "master", &[("org/app/master.yaml", &recipe(&scripts))]);
     let big = "#!/bin/sh\nseq 1 1000000\ntar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
-    // 100 lines every 0.1 s: 1,000 lines a second for 30 s.
-    let steady = "#!/bin/sh\nsleep 5\ni=0\nwhile [ $i -lt 300 ]; do seq $((i*100+1)) $((i*100+100)); sleep 0.1; i=$((i+1)); done\n\
+    // 100 lines every 0.1 s: 1,000 lines a second for 60 s.
+    let steady = "#!/bin/sh\nsleep 5\ni=0\nwhile [ $i -lt 600 ]; do seq $((i*100+1)) $((i*100+100)); sleep 0.1; i=$((i+1)); done\n\
                   tar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
     let sha = git.commit("org/app", "master", &[("big.sh", big), ("steady.sh", steady)]);
     let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.builds.concurrency = 2));
@@ -422,7 +524,7 @@ async fn measure_the_build_page() {
 
     // The steady build: follow it for 10 s while it prints, counting frame gaps.
     open(&browser, &server, ids[1], "").await;
-    browser.wait_for("the steady build to print", "return document.querySelectorAll('#log .line').length > 1000").await;
+    browser.wait_for("the steady build to print", "return window.autobuilderPage.lines.length > 1000").await;
     // Long frames, split into the page's script and the browser's style, layout and paint.
     browser
         .eval(

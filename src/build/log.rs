@@ -7,6 +7,9 @@
 //! raw, every line has a time, and a reader finds line N without scanning the file. Autobuilder's
 //! own phases start with a note `[autobuilder] phase <name>` ([`PHASES`]): the build page shows
 //! them as sections, each lasting until the next.
+//!
+//! `<id>.sections` lists the section markers of the log (`<line number> <line>`, one a line), so
+//! that a window of a huge log knows which sections enclose it ([`sections_open_at`]).
 
 use std::borrow::Cow;
 use std::io::SeekFrom;
@@ -39,10 +42,16 @@ pub fn index_path(logs_dir: &Path, id: BuildId) -> PathBuf {
     logs_dir.join(format!("{}.idx", id.0))
 }
 
-/// Removes the log of build `id` and its index.
+/// Path of the list of section markers of build `id`'s log.
+pub fn sections_path(logs_dir: &Path, id: BuildId) -> PathBuf {
+    logs_dir.join(format!("{}.sections", id.0))
+}
+
+/// Removes the log of build `id`, its index and its list of sections.
 pub async fn remove_log(logs_dir: &Path, id: BuildId) {
     let _ = tokio::fs::remove_file(log_path(logs_dir, id)).await;
     let _ = tokio::fs::remove_file(index_path(logs_dir, id)).await;
+    let _ = tokio::fs::remove_file(sections_path(logs_dir, id)).await;
 }
 
 /// One entry of a line index: lines from number `line` on start at byte `offset` of the log and
@@ -84,8 +93,12 @@ pub struct BuildLog {
     file: tokio::fs::File,
     /// The line index: a [`Mark`] per batch written.
     index: tokio::fs::File,
+    /// The section markers: `<line number> <line>` per marker line written.
+    sections: tokio::fs::File,
     bus: Bus,
     pending: Vec<u8>,
+    /// Entries of `sections` for the lines in `pending`.
+    pending_sections: Vec<u8>,
     lines: u64,
     published: u64,
     /// Secret values replaced by `***` in every line.
@@ -126,16 +139,21 @@ impl BuildLog {
         tokio::fs::create_dir_all(logs_dir).await?;
         let file = tokio::fs::File::create(log_path(logs_dir, id)).await?;
         let index = tokio::fs::File::create(index_path(logs_dir, id)).await?;
-        Ok(Self::new(id, file, index, bus, 0, 0))
+        let sections = tokio::fs::File::create(sections_path(logs_dir, id)).await?;
+        Ok(Self::new(id, [file, index, sections], bus, 0, 0))
     }
 
-    fn new(id: BuildId, file: tokio::fs::File, index: tokio::fs::File, bus: Bus, lines: u64, size: u64) -> Self {
+    /// `files`: the log, its index, its sections.
+    fn new(id: BuildId, files: [tokio::fs::File; 3], bus: Bus, lines: u64, size: u64) -> Self {
+        let [file, index, sections] = files;
         Self {
             id,
             file,
             index,
+            sections,
             bus,
             pending: Vec::with_capacity(64 * 1024),
+            pending_sections: Vec::new(),
             lines,
             published: lines,
             masks: Vec::new(),
@@ -172,8 +190,11 @@ impl BuildLog {
             lines += 1;
             size += 1;
         }
-        let index = tokio::fs::OpenOptions::new().create(true).append(true).open(index_path(logs_dir, id)).await?;
-        Ok(Self::new(id, file, index, bus, lines, size))
+        let mut append = tokio::fs::OpenOptions::new();
+        append.create(true).append(true);
+        let index = append.open(index_path(logs_dir, id)).await?;
+        let sections = append.open(sections_path(logs_dir, id)).await?;
+        Ok(Self::new(id, [file, index, sections], bus, lines, size))
     }
 
     /// Masks these secret values (and each long enough line of a multi-line one) in every line.
@@ -275,6 +296,12 @@ impl BuildLog {
     }
 
     fn push(&mut self, text: &str) {
+        // Recorded as it is written, so that finding the sections around line N of a huge log
+        // reads this short list instead of scanning every line before N (a million lines, tens
+        // of megabytes, on every open of its tail).
+        if marker(text).is_some() {
+            self.pending_sections.extend_from_slice(format!("{} {text}\n", self.lines + 1).as_bytes());
+        }
         self.pending.extend_from_slice(text.as_bytes());
         self.pending.push(b'\n');
         self.lines += 1;
@@ -307,6 +334,9 @@ impl BuildLog {
         let mark = Mark { line: self.published + 1, offset: self.size - self.pending.len() as u64, time_ms: now_ms() };
         self.file.write_all(&self.pending).await?;
         self.index.write_all(&mark.to_bytes()).await?;
+        if !self.pending_sections.is_empty() {
+            self.sections.write_all(&std::mem::take(&mut self.pending_sections)).await?;
+        }
         let text = String::from_utf8(std::mem::take(&mut self.pending)).expect("lines are decoded lossily");
         self.bus.publish(Event::Lines { id: self.id, seq: mark.line, text, time: mark.time_ms });
         self.published = self.lines;
@@ -317,6 +347,7 @@ impl BuildLog {
         self.end_output();
         self.write_pending().await?;
         self.index.flush().await?;
+        self.sections.flush().await?;
         self.file.flush().await
     }
 }
@@ -464,6 +495,109 @@ pub struct Window {
     pub times: Vec<Option<u64>>,
     /// Complete lines in the whole log.
     pub total: u64,
+    /// The headers of the sections open at `first` that start before it, outermost first (filled
+    /// by [`sections_open_at`]).
+    pub open: Vec<Header>,
+}
+
+/// The first line of a section.
+#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Header {
+    pub line: u64,
+    pub text: String,
+    /// When it arrived (milliseconds since the Unix epoch), if the log has an index.
+    pub time: Option<u64>,
+}
+
+/// A section marker, as the build page reads them (`parseMarker` in `static/build.js`).
+#[derive(Debug, PartialEq, Eq)]
+enum Marker<'a> {
+    /// `[autobuilder] phase <name>`: ends every open section and lasts until the next phase.
+    Phase,
+    /// GitHub Actions' `::group::<title>` (no name), GitLab's `section_start:<ts>:<name>...`.
+    Start(Option<&'a str>),
+    /// `::endgroup::` (ends the innermost section that is not a phase), GitLab's
+    /// `section_end:<ts>:<name>` (ends the innermost section of that name).
+    End(Option<&'a str>),
+}
+
+/// The section marker that `text` is, if any.
+fn marker(text: &str) -> Option<Marker<'_>> {
+    // What JavaScript's `.` does not match, so `(.*)$` fails on it.
+    let one_line = |rest: &str| !rest.contains(['\r', '\n', '\u{2028}', '\u{2029}']);
+    if let Some(name) = text.strip_prefix("[autobuilder] phase ") {
+        let word = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        return word.then_some(Marker::Phase);
+    }
+    if let Some(title) = text.strip_prefix("::group::") {
+        return one_line(title).then_some(Marker::Start(None));
+    }
+    if text.starts_with("::endgroup::") {
+        return Some(Marker::End(None));
+    }
+    let gitlab = text.strip_prefix("\x1b[0K").unwrap_or(text);
+    if let Some(rest) = gitlab.strip_prefix("section_start:") {
+        // section_start:<ts>:<name>[options]\r\e[0K<title>
+        let (name, after) = gitlab_name(rest, &['[', '\r'])?;
+        let after = match after.strip_prefix('[') {
+            Some(options) => &options[options.find(']')? + 1..],
+            None => after,
+        };
+        let title = after.strip_prefix('\r')?;
+        return one_line(title.strip_prefix("\x1b[0K").unwrap_or(title)).then_some(Marker::Start(Some(name)));
+    }
+    let rest = gitlab.strip_prefix("section_end:")?;
+    gitlab_name(rest, &['\r']).map(|(name, _)| Marker::End(Some(name)))
+}
+
+/// `<digits>:<name>` with the name running up to one of `stops`: the name and what follows it.
+fn gitlab_name<'a>(text: &'a str, stops: &[char]) -> Option<(&'a str, &'a str)> {
+    let (time, rest) = text.split_once(':')?;
+    if time.is_empty() || !time.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let end = rest.find(stops).unwrap_or(rest.len());
+    (end > 0).then(|| rest.split_at(end))
+}
+
+/// The headers of the sections open at line `line` of build `id`'s log (the ones starting before
+/// it), outermost first: the markers recorded in `<id>.sections` before `line`, replayed as the
+/// build page does. Empty for a log written before these lists existed.
+pub async fn sections_open_at(logs_dir: &Path, id: BuildId, line: u64, marks: &[Mark]) -> std::io::Result<Vec<Header>> {
+    let list = match tokio::fs::read(sections_path(logs_dir, id)).await {
+        Ok(list) => list,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let list = String::from_utf8_lossy(&list);
+    // (line, text, is a phase, name)
+    let mut open: Vec<(u64, &str, bool, Option<&str>)> = Vec::new();
+    // Complete entries only: the last one may be cut by a crash.
+    for entry in list.split_inclusive('\n').filter_map(|e| e.strip_suffix('\n')) {
+        let Some((number, text)) = entry.split_once(' ') else { continue };
+        let Ok(number) = number.parse::<u64>() else { continue };
+        if number >= line {
+            break;
+        }
+        match marker(text) {
+            Some(Marker::Phase) => {
+                open.clear();
+                open.push((number, text, true, None));
+            }
+            Some(Marker::Start(name)) => open.push((number, text, false, name)),
+            Some(Marker::End(name)) => {
+                let ended = open.iter().rposition(|s| !s.2 && (name.is_none() || s.3 == name));
+                if let Some(at) = ended {
+                    open.truncate(at);
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(open
+        .into_iter()
+        .map(|(line, text, ..)| Header { line, text: text.to_string(), time: mark_of(marks, line).map(|m| m.time_ms) })
+        .collect())
 }
 
 /// Where a window of a log starts.
@@ -489,7 +623,7 @@ pub async fn window(file: tokio::fs::File, marks: &[Mark], from: WindowStart, co
     let start = mark_of(marks, first).copied().unwrap_or(Mark { line: 1, offset: 0, time_ms: 0 });
     reader.seek(SeekFrom::Start(start.offset)).await?;
     let (mut number, mut buffer) = (start.line, Vec::new());
-    let mut window = Window { first, lines: Vec::new(), times: Vec::new(), total };
+    let mut window = Window { first, lines: Vec::new(), times: Vec::new(), total, open: Vec::new() };
     while (window.lines.len() as u64) < count {
         buffer.clear();
         if reader.read_until(b'\n', &mut buffer).await? == 0 || buffer.last() != Some(&b'\n') {
@@ -780,6 +914,76 @@ mod tests {
         assert_eq!(search(open().await.unwrap(), "mred", 5).await.unwrap().total, 0);
         assert_eq!(search(open().await.unwrap(), "100% done", 5).await.unwrap().lines, vec![301]);
         assert_eq!(search(open().await.unwrap(), "10%", 5).await.unwrap().total, 0);
+    }
+
+    #[tokio::test]
+    async fn the_sections_open_at_a_line_come_from_the_markers_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = BuildLog::create(dir.path(), BuildId(5), Bus::in_process()).await.unwrap();
+        log.phase("fetch"); // 1
+        log.line(b"::group::Closed"); // 2
+        log.line(b"::endgroup::"); // 3
+        log.write_pending().await.unwrap();
+        log.phase("script"); // 4
+        log.line(b"::group::Outer"); // 5
+        log.line(b"\x1b[0Ksection_start:1700000000:inner[collapsed=true]\r\x1b[0KInner"); // 6
+        log.line(b"section_start:1700000000:other\rOther"); // 7
+        log.line(b"section_end:1700000001:other\r\x1b[0K"); // 8
+        log.line(b"inside ::group:: section_start:1:x\ry"); // 9
+        log.write_pending().await.unwrap();
+        log.line(b"\x1b[0Ksection_end:1700000002:inner\r\x1b[0K"); // 10
+        log.line(b"::endgroup::"); // 11
+        log.line(b"after"); // 12
+        log.close().await.unwrap();
+        let recorded = std::fs::read_to_string(sections_path(dir.path(), BuildId(5))).unwrap();
+        assert_eq!(
+            recorded.lines().map(|l| l.split(' ').next().unwrap()).collect::<Vec<_>>(),
+            ["1", "2", "3", "4", "5", "6", "7", "8", "10", "11"]
+        );
+        let marks = read_index(dir.path(), BuildId(5)).await.unwrap();
+        let open_at = async |line| {
+            let open = sections_open_at(dir.path(), BuildId(5), line, &marks).await.unwrap();
+            open.iter().map(|h| h.line).collect::<Vec<_>>()
+        };
+        assert_eq!(open_at(1).await, [] as [u64; 0]);
+        assert_eq!(open_at(3).await, [1, 2]);
+        assert_eq!(open_at(4).await, [1], "the group ended");
+        assert_eq!(open_at(5).await, [4], "a phase ends the one before");
+        assert_eq!(open_at(8).await, [4, 5, 6, 7]);
+        assert_eq!(open_at(9).await, [4, 5, 6], "ended by name");
+        assert_eq!(open_at(11).await, [4, 5]);
+        assert_eq!(open_at(13).await, [4]);
+        let open = sections_open_at(dir.path(), BuildId(5), 9, &marks).await.unwrap();
+        assert_eq!(open[1], Header { line: 5, text: "::group::Outer".into(), time: Some(marks[1].time_ms) });
+        assert_eq!(open[0].text, "[autobuilder] phase script");
+
+        // A restarted build appends to the list; a log without one has no sections.
+        let mut log = BuildLog::reopen(dir.path(), BuildId(5), Bus::in_process()).await.unwrap();
+        log.line(b"::group::Later"); // 13
+        log.close().await.unwrap();
+        assert_eq!(open_at(14).await, [4, 13]);
+        assert!(sections_open_at(dir.path(), BuildId(6), 10, &[]).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn markers_are_read_as_the_page_reads_them() {
+        for (text, expected) in [
+            ("[autobuilder] phase image", Some(Marker::Phase)),
+            ("[autobuilder] phase two words", None),
+            ("::group::Title", Some(Marker::Start(None))),
+            ("::group::a\rb", None),
+            ("::endgroup::", Some(Marker::End(None))),
+            ("section_start:12:build_step[collapsed=true]\r\x1b[0KBuild", Some(Marker::Start(Some("build_step")))),
+            ("section_start:12:name\rTitle", Some(Marker::Start(Some("name")))),
+            ("section_start:12:name", None),
+            ("section_start::name\rTitle", None),
+            ("section_start:12:name[open\rTitle", None),
+            ("\x1b[0Ksection_end:12:name\r\x1b[0K", Some(Marker::End(Some("name")))),
+            ("section_end:x:name", None),
+            ("plain", None),
+        ] {
+            assert_eq!(marker(text), expected, "{text:?}");
+        }
     }
 
     #[tokio::test]

@@ -215,6 +215,13 @@ impl ActiveBuilds {
         active.map(|a| a.cancel.cancel(reason)).is_some()
     }
 
+    /// Why running build `id` was asked to stop, while it is in its stop grace period (None when it
+    /// runs on, is queued, or is not active here).
+    pub fn stopping(&self, id: BuildId) -> Option<String> {
+        let active = self.builds.lock().expect("not poisoned").get(&id).cloned()?;
+        (active.running.load(Ordering::Relaxed) && active.cancel.is_cancelled()).then(|| active.cancel.reason())
+    }
+
     /// Asks every queued or running build of `repository` at `branch` to stop; how many.
     pub fn cancel_branch(&self, project: &str, repository: &RepoName, branch: &Branch, reason: &str) -> usize {
         let builds = self.builds.lock().expect("not poisoned");

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Json, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
 use super::ApiError;
@@ -77,8 +77,20 @@ pub async fn history(
     Ok(Json(app.store.history(&filter).await?))
 }
 
-pub async fn build(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Build>, ApiError> {
-    Ok(Json(find(&app, &id).await?))
+/// A build, and while a running one is in its stop grace period, why it was asked to stop.
+#[derive(Serialize)]
+pub struct BuildState {
+    #[serde(flatten)]
+    pub build: Build,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopping: Option<String>,
+}
+
+/// `GET /build/<id>`: the build, with `"stopping": "<reason>"` while it is being stopped.
+pub async fn build(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<BuildState>, ApiError> {
+    let build = find(&app, &id).await?;
+    let stopping = app.active.stopping(build.id);
+    Ok(Json(BuildState { build, stopping }))
 }
 
 #[derive(Deserialize)]

@@ -34,7 +34,8 @@ pub struct WindowQuery {
     tail: Option<u64>,
 }
 
-/// `GET /build/<id>/log/lines?from=N&count=M` or `?tail=M`: lines with the time each arrived.
+/// `GET /build/<id>/log/lines?from=N&count=M` or `?tail=M`: lines with the time each arrived, and
+/// the headers of the sections that enclose the first of them (`open`).
 pub async fn lines(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -52,8 +53,12 @@ pub async fn lines(
     }
     let build = find(&app, &id).await?;
     let file = open(&app, build.id).await?;
-    let marks = log::read_index(&app.config.logs_dir(), build.id).await.map_err(anyhow::Error::from)?;
-    Ok(Json(log::window(file, &marks, start, count).await.map_err(anyhow::Error::from)?))
+    let logs_dir = app.config.logs_dir();
+    let marks = log::read_index(&logs_dir, build.id).await.map_err(anyhow::Error::from)?;
+    let mut window = log::window(file, &marks, start, count).await.map_err(anyhow::Error::from)?;
+    window.open =
+        log::sections_open_at(&logs_dir, build.id, window.first, &marks).await.map_err(anyhow::Error::from)?;
+    Ok(Json(window))
 }
 
 #[derive(Deserialize)]

@@ -98,6 +98,7 @@ async fn build(
     };
     let mut context = Context::new();
     context.insert("auth", &viewer.page(&app, Some(&build.new.repository)).await);
+    context.insert("stopping", &app.active.stopping(build.id));
     context.insert("build", &build);
     context.insert("ws_url", &app.config.live.public_url);
     Ok(pages.render("build.html", &context)?.into_response())
