@@ -5,7 +5,8 @@
 //!
 //! The repository is generated (about 20,000 commits and 200 MB of incompressible history, a
 //! 20 MB tree), or any local repository given as `CHECKOUT_BENCH_REPO=/path` (its `master` branch is
-//! built; it gets one commit adding `build.sh`).
+//! built; it gets one commit adding `build.sh`). `CHECKOUT_BENCH_TRANSPORT=http` (or `file`)
+//! measures one transport only.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -46,7 +47,12 @@ async fn run() {
     println!("repository: {commits} commits, {size} (made in {:.1} s)", started.elapsed().as_secs_f64());
 
     let http = git.serve_http().await;
-    for (transport, url) in [("file://", git.clone_url()), ("http", http)] {
+    // CHECKOUT_BENCH_TRANSPORT=http (or file) measures only that one.
+    let only = std::env::var("CHECKOUT_BENCH_TRANSPORT").unwrap_or_default();
+    for (transport, url) in [("file", git.clone_url()), ("http", http)] {
+        if !only.is_empty() && only != transport {
+            continue;
+        }
         let floor = median(RUNS, || async { clone_depth_1(&url.replace("{repo}", "bench/big")) }).await;
         let full = median(RUNS, || async { clone_full(&url.replace("{repo}", "bench/big")) }).await;
         println!("\n{transport}:");

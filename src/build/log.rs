@@ -28,6 +28,9 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 pub const NOTE_PREFIX: &str = "[autobuilder] ";
 /// Bytes read at once when a log file is scanned.
 const READ_BLOCK: usize = 256 * 1024;
+/// Most bytes of section markers listed per log (read whole on every window asked for): a log
+/// with more shows its later sections only where they are inside the window loaded.
+const MAX_SECTIONS_BYTES: u64 = 1024 * 1024;
 
 /// The phases of a build, in order, each started by the note `[autobuilder] phase <name>`.
 pub const PHASES: [&str; 4] = ["fetch", "image", "script", "publish"];
@@ -99,6 +102,8 @@ pub struct BuildLog {
     pending: Vec<u8>,
     /// Entries of `sections` for the lines in `pending`.
     pending_sections: Vec<u8>,
+    /// Bytes in `sections` (written and pending): past [`MAX_SECTIONS_BYTES`] no more are kept.
+    sections_bytes: u64,
     lines: u64,
     published: u64,
     /// Secret values replaced by `***` in every line.
@@ -154,6 +159,7 @@ impl BuildLog {
             bus,
             pending: Vec::with_capacity(64 * 1024),
             pending_sections: Vec::new(),
+            sections_bytes: 0,
             lines,
             published: lines,
             masks: Vec::new(),
@@ -194,7 +200,8 @@ impl BuildLog {
         append.create(true).append(true);
         let index = append.open(index_path(logs_dir, id)).await?;
         let sections = append.open(sections_path(logs_dir, id)).await?;
-        Ok(Self::new(id, [file, index, sections], bus, lines, size))
+        let sections_bytes = sections.metadata().await?.len();
+        Ok(Self { sections_bytes, ..Self::new(id, [file, index, sections], bus, lines, size) })
     }
 
     /// Masks these secret values (and each long enough line of a multi-line one) in every line.
@@ -299,8 +306,10 @@ impl BuildLog {
         // Recorded as it is written, so that finding the sections around line N of a huge log
         // reads this short list instead of scanning every line before N (a million lines, tens
         // of megabytes, on every open of its tail).
-        if marker(text).is_some() {
-            self.pending_sections.extend_from_slice(format!("{} {text}\n", self.lines + 1).as_bytes());
+        if marker(text).is_some() && self.sections_bytes < MAX_SECTIONS_BYTES {
+            let entry = format!("{} {text}\n", self.lines + 1);
+            self.sections_bytes += entry.len() as u64;
+            self.pending_sections.extend_from_slice(entry.as_bytes());
         }
         self.pending.extend_from_slice(text.as_bytes());
         self.pending.push(b'\n');
