@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::artifacts::ArtifactStore;
 use crate::build::ActiveBuilds;
+use crate::build::kept::KeptCheckouts;
 use crate::build::order::BranchHeads;
 use crate::build::queue::Queue;
 use crate::build::reload::Recipes;
@@ -38,6 +39,8 @@ pub struct App {
     /// The newest commit seen per branch, to put deliveries that arrive out of order in order.
     pub heads: BranchHeads,
     pub metrics: Metrics,
+    /// Working copies of finished builds, for the next build of their branch.
+    pub kept: KeptCheckouts,
     /// Names this instance's containers and temp dirs, so that cleanup never touches another's.
     pub instance: String,
 }
@@ -69,6 +72,8 @@ impl App {
             url => Bus::redis_publisher(url)?,
         };
         let recipes = Recipes::default();
+        let kept_dir = config.tmp_directory.join(format!("build-{instance}-kept"));
+        let kept = KeptCheckouts::new(kept_dir, config.git.keep_checkouts);
         Ok(Arc::new(App {
             config,
             store,
@@ -82,6 +87,7 @@ impl App {
             active: ActiveBuilds::default(),
             heads: BranchHeads::default(),
             metrics: Metrics::default(),
+            kept,
             instance,
         }))
     }

@@ -67,6 +67,9 @@ pub struct GitConfig {
     /// first build fetches the pushed commit with N commits of history and the mirror is filled
     /// behind it; later builds get the full history from the mirror.
     pub depth: u32,
+    /// Working copies of finished builds kept for the next build of the same repository and
+    /// branch, which then writes only the files that changed (0: every build writes all of them).
+    pub keep_checkouts: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -335,7 +338,13 @@ impl Default for Config {
 
 impl Default for GitConfig {
     fn default() -> Self {
-        Self { clone_url: "https://github.com/{repo}.git".into(), retries: 2, retry_delay_seconds: 2, depth: 0 }
+        Self {
+            clone_url: "https://github.com/{repo}.git".into(),
+            retries: 2,
+            retry_delay_seconds: 2,
+            depth: 0,
+            keep_checkouts: 16,
+        }
     }
 }
 

@@ -164,3 +164,36 @@ async fn the_clone_token_is_in_no_file_of_the_checkout_or_the_mirror() {
     let found = std::process::Command::new("grep").args(["-rl", token]).arg(&mirror).output().unwrap();
     assert!(found.stdout.is_empty(), "the token is in {}", String::from_utf8_lossy(&found.stdout));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_build_of_a_branch_reuses_the_working_copy_and_starts_from_exactly_its_commit() {
+    ensure_test_image();
+    // Fails when it finds what a build before it left; then leaves things behind itself.
+    let messy = r#"#!/bin/sh
+set -e
+if [ -e /app/left-by-a-build ] || [ -e /app/junk ]; then echo "found what a build left"; exit 1; fi
+echo "version: $(cat /app/version.txt)"
+echo left > /app/left-by-a-build
+mkdir -p /app/junk && echo x > /app/junk/x
+echo tampered > /app/version.txt
+tar -czf /tmp/archives/out.tar.gz /app/build.sh
+"#;
+    let git = GitHost::new();
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", ONE_SCRIPT)]);
+    let server = Server::start(|dir| test_config(dir, &git, None));
+    let mut lines = Vec::new();
+    for version in ["1", "2", "3"] {
+        let sha = git.commit("org/app", "master", &[("build.sh", messy), ("version.txt", version)]);
+        let id = build_ok(&server, &sha).await;
+        server.wait_log(id, &format!("version: {version}")).await;
+        lines.push(checkout_line(&server, id).await);
+    }
+    assert!(!lines[0].contains("earlier build"), "{}", lines[0]);
+    for line in &lines[1..] {
+        assert!(line.contains("into the working copy of an earlier build"), "{line}");
+    }
+    // Kept between builds under tmp_directory; the rest of every build's directory is removed.
+    wait_until("the build directories to be removed", async || server.build_dirs().is_empty().then_some(())).await;
+    let kept = std::fs::read_dir(server.dir.path().join("tmp")).unwrap().flatten().next().unwrap().path();
+    assert_eq!(std::fs::read_dir(kept).unwrap().count(), 1, "the newest working copy of the branch waits");
+}

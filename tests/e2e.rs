@@ -97,8 +97,7 @@ async fn a_push_builds_the_pushed_commit_publishes_and_reports() {
     // Nothing left behind: container and temp directories.
     wait_until("the build container to be removed", async || server.containers_of(ids[0]).is_empty().then_some(()))
         .await;
-    let tmp = server.dir.path().join("tmp");
-    wait_until("temp dirs to be removed", async || (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())).await;
+    wait_until("temp dirs to be removed", async || server.build_dirs().is_empty().then_some(())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

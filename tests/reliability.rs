@@ -157,8 +157,7 @@ async fn after_kill_9_running_builds_are_reattached_and_queued_ones_run() {
         (server.containers_of(slow).is_empty() && server.containers_of(next).is_empty()).then_some(())
     })
     .await;
-    let tmp = server.dir.path().join("tmp");
-    wait_until("temp dirs to go", async || (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())).await;
+    wait_until("temp dirs to go", async || server.build_dirs().is_empty().then_some(())).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

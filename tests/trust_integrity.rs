@@ -291,7 +291,8 @@ async fn root_owned_workspaces_are_removed_and_unreadable_artifacts_are_the_scri
             ),
         )],
     );
-    let server = Server::start(|dir| test_config(dir, &git, None));
+    // Not kept for a next build: its removal is what is tested.
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.git.keep_checkouts = 0));
     let build = server.wait_build(server.push_builds("trust/perm", "master", &sha).await[0]).await;
     assert_eq!(build["status"], "failure", "{build}");
     assert!(build["error"].as_str().unwrap().contains("chmod a+r"), "{build}");

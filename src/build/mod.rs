@@ -2,6 +2,7 @@
 //! recorded and reported. Every path ends in a final status; containers and temp dirs always go.
 //! Builds can be cancelled (by an admin, or superseded by a newer push) and survive a restart.
 
+pub mod kept;
 pub mod limits;
 pub mod log;
 pub mod order;

@@ -201,6 +201,7 @@ async fn execute(
     let (source, archives) = (workspace.join("src"), workspace.join("archives"));
     std::fs::create_dir_all(&archives)
         .map_err(|e| in_tmp_directory(app, "cannot create the archives", &e.to_string()))?;
+    let reused = app.kept.take(&job.source.repository, &job.source.branch, &source);
 
     let image = job.script.baseimage.as_deref().unwrap_or(&app.config.docker.default_image);
     if let Some(baseimage) = &job.script.baseimage {
@@ -218,7 +219,7 @@ async fn execute(
             _ => None,
         }
     };
-    let (checked_out, created) = tokio::join!(checkout(app, active, &source, log), early);
+    let (checked_out, created) = tokio::join!(checkout(app, active, &source, reused, log), early);
     if let Some(Ok(made)) = &created {
         *container = Some(made.clone());
     }
@@ -402,7 +403,14 @@ async fn wait_for_image(
 
 /// Checks out the pushed commit (see `git::check_out`), retrying a flaky remote (`[git] retries`,
 /// doubling delays).
-async fn checkout(app: &App, active: &ActiveBuild, source: &Path, log: &mut BuildLog) -> Result<(), BuildError> {
+/// `reused`: `source` holds the working copy of an earlier build of the branch.
+async fn checkout(
+    app: &App,
+    active: &ActiveBuild,
+    source: &Path,
+    reused: bool,
+    log: &mut BuildLog,
+) -> Result<(), BuildError> {
     let job = &active.job;
     let wanted = crate::git::Wanted {
         url: app.config.clone_url(&job.source.repository),
@@ -419,14 +427,19 @@ async fn checkout(app: &App, active: &ActiveBuild, source: &Path, log: &mut Buil
         let (wanted, dest) = (wanted.clone(), source.to_path_buf());
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_dir_all(&dest);
+            if attempt > 0 && dest.exists() {
+                // What a failed attempt left (maybe files it could not write) goes with the
+                // build's directory, removed at its end: a new one is made.
+                std::fs::rename(&dest, dest.with_file_name(format!("failed-checkout-{attempt}")))?;
+            }
             crate::git::check_out(&wanted, &dest)
         })
         .await
         .expect("checkout does not panic");
         let error = match result {
             Ok(via) => {
-                log.note(&format!("checked out {via} in {:.2}s", started.elapsed().as_secs_f64()));
+                let into = if reused && attempt == 0 { ", into the working copy of an earlier build" } else { "" };
+                log.note(&format!("checked out {via}{into} in {:.2}s", started.elapsed().as_secs_f64()));
                 return Ok(());
             }
             Err(e) => format!("{e:#}"),
@@ -600,6 +613,14 @@ async fn finish(
         _ => outcome.error.clone().unwrap_or_default(),
     };
     tracing::info!(build = %id, repo = %job.source.repository, branch = %job.source.branch, status = %outcome.status, "{description}");
+    // The working copy of a build whose script ran to its end (its container has stopped:
+    // nothing writes to it any more) waits for the next build of its branch, from before that
+    // build can be pushed.
+    let ran = container.is_some() && matches!(outcome.status, BuildStatus::Success | BuildStatus::Failure);
+    let mut removed: Vec<PathBuf> = workspace.iter().cloned().collect();
+    if let Some(source) = workspace.as_ref().map(|w| w.join("src")).filter(|source| ran && source.is_dir()) {
+        removed.extend(app.kept.keep(&job.source.repository, &job.source.branch, &source));
+    }
     // No longer active before its end is seen: a push of the same commit from then on builds
     // it again rather than answering "already building" with a build that has ended.
     app.active.remove(id);
@@ -620,9 +641,13 @@ async fn finish(
     if let Some(container) = container {
         app.docker.remove_later(container);
     }
-    if let Some(workspace) = workspace {
+    if !removed.is_empty() {
         let app = app.clone();
-        tokio::spawn(async move { remove_workspace(&app, workspace).await });
+        tokio::spawn(async move {
+            for dir in removed {
+                remove_workspace(&app, dir).await;
+            }
+        });
     }
 }
 

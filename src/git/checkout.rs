@@ -1,12 +1,17 @@
 //! A build's working copy of exactly the pushed commit, at the cost of what changed: its objects
 //! come from the repository's mirror (only new ones fetched, then hard-linked into the checkout),
 //! or, for the first build of a repository under `[git] depth = N`, from a shallow fetch of the
-//! commit while the mirror is filled in the background.
+//! commit while the mirror is filled in the background. Its files are written into the working
+//! copy of an earlier build of the branch when one is given, reusing the files already there.
 
+use std::collections::HashSet;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use git2::{Oid, Repository, build::CheckoutBuilder};
+use git2::{Oid, Repository};
 
 use super::mirror::{Locked, Mirror, NotOnBranch};
 use super::{Fetched, fetch, redact_url, remote_ref, split_credentials};
@@ -45,10 +50,13 @@ impl std::fmt::Display for Via {
     }
 }
 
-/// Makes `dest` (which must not exist) a repository with `wanted.commit` checked out, detached.
-/// Its `.git` holds the history (all of it, or at least `depth` commits), the tags, and an
-/// `origin` without credentials, so scripts may run git commands such as `git describe`.
+/// Makes `dest` a repository with `wanted.commit` checked out, detached. Its `.git` holds the
+/// history (all of it, or at least `depth` commits), the tags, and an `origin` without
+/// credentials, so scripts may run git commands such as `git describe`. `dest` may hold the
+/// working copy of an earlier, finished build: its `.git` is made anew, its files are rewritten
+/// (see [`write_tree`]).
 pub fn check_out(wanted: &Wanted, dest: &Path) -> anyhow::Result<Via> {
+    remove(&dest.join(".git"))?;
     let mirror = Mirror { path: &wanted.mirror, url: &wanted.url };
     if wanted.depth > 0 && !mirror.is_filled() {
         let fetched = shallow(wanted, dest)?;
@@ -175,12 +183,125 @@ fn copy_refs(mirror: &Repository, branch: &Branch, git_dir: &Path) -> anyhow::Re
     Ok(())
 }
 
-/// Points the checkout's `origin` at the URL without credentials and checks `oid` out, detached.
+/// Points the checkout's `origin` at the URL without credentials and checks `oid` out, detached:
+/// its files written, and an index of them so that `git status` need not read them again.
 fn finish(repo: &Repository, url: &str, oid: Oid) -> anyhow::Result<()> {
     // The checkout is mounted into the build container: its origin never holds credentials.
     repo.remote("origin", &split_credentials(url).0)?;
     repo.set_head_detached(oid)?;
-    repo.checkout_head(Some(CheckoutBuilder::new().force()))?;
+    let tree = repo.find_commit(oid)?.tree()?;
+    let workdir = repo.workdir().context("the checkout has a working directory")?.to_path_buf();
+    write_tree(repo, &tree, &workdir)?;
+    let mut index = repo.index()?;
+    index.read_tree(&tree)?;
+    let entries: Vec<git2::IndexEntry> = index.iter().collect();
+    for mut entry in entries {
+        let path = workdir.join(std::ffi::OsStr::from_bytes(&entry.path));
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        // The index keeps 32 bits of each, as git does.
+        entry.ctime = git2::IndexTime::new(meta.ctime() as i32, meta.ctime_nsec() as u32);
+        entry.mtime = git2::IndexTime::new(meta.mtime() as i32, meta.mtime_nsec() as u32);
+        (entry.dev, entry.ino, entry.uid, entry.gid) = (meta.dev() as u32, meta.ino() as u32, meta.uid(), meta.gid());
+        entry.file_size = meta.size() as u32;
+        index.add(&entry)?;
+    }
+    index.write()?;
+    Ok(())
+}
+
+/// Writes the files of `tree` into `dir`, which may hold the files of an earlier checkout: a
+/// regular file (with no other link) already at a path is truncated and written again rather than
+/// made anew (creating files is most of a checkout's cost on some file systems); anything else
+/// there that is not the commit's (other files, links, directories) is removed. Files are
+/// written as committed: `.gitattributes` conversions are not applied.
+fn write_tree(repo: &Repository, tree: &git2::Tree<'_>, dir: &Path) -> anyhow::Result<()> {
+    let mut entries = Vec::new();
+    let mut bad_path = None;
+    tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+        let name = String::from_utf8_lossy(entry.name_bytes()).into_owned();
+        let unsafe_name = matches!(name.as_str(), "" | "." | "..") || name.eq_ignore_ascii_case(".git");
+        if unsafe_name || name.contains(['/', '\0']) {
+            bad_path = Some(format!("{root}{name}"));
+            return git2::TreeWalkResult::Abort;
+        }
+        entries.push((PathBuf::from(format!("{root}{name}")), entry.filemode(), entry.id()));
+        git2::TreeWalkResult::Ok
+    })
+    .or_else(|e| if bad_path.is_some() { Ok(()) } else { Err(e) })?;
+    if let Some(path) = bad_path {
+        anyhow::bail!("the commit has a path that is not checked out, for safety: {path:?}");
+    }
+    let dirs: HashSet<&Path> = entries
+        .iter()
+        .filter(|(_, mode, _)| matches!(*mode, 0o040000 | 0o160000))
+        .map(|(path, ..)| path.as_path())
+        .collect();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut reusable = HashSet::new();
+    survey(dir, Path::new(""), &dirs, &mut reusable)?;
+    for (path, mode, id) in &entries {
+        let target = dir.join(path);
+        match mode {
+            0o040000 | 0o160000 => {
+                match std::fs::symlink_metadata(&target) {
+                    Ok(meta) if meta.is_dir() => {}
+                    Ok(_) => {
+                        reusable.remove(path);
+                        std::fs::remove_file(&target)?;
+                        std::fs::create_dir(&target)?;
+                    }
+                    Err(_) => std::fs::create_dir(&target)?,
+                }
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
+            }
+            0o120000 => {
+                if reusable.remove(path) {
+                    std::fs::remove_file(&target)?;
+                }
+                let blob = repo.find_blob(*id)?;
+                std::os::unix::fs::symlink(Path::new(std::str::from_utf8(blob.content())?), &target)?;
+            }
+            _ => {
+                let blob = repo.find_blob(*id)?;
+                let mut file = match reusable.remove(path) {
+                    true => std::fs::OpenOptions::new().write(true).truncate(true).open(&target)?,
+                    false => std::fs::File::create_new(&target)?,
+                };
+                file.write_all(blob.content())?;
+                let executable = *mode == 0o100755;
+                file.set_permissions(std::fs::Permissions::from_mode(if executable { 0o755 } else { 0o644 }))?;
+            }
+        }
+    }
+    for path in reusable {
+        std::fs::remove_file(dir.join(path))?;
+    }
+    Ok(())
+}
+
+/// Walks `root/at` (not `.git`, never following links): removes the directories that are not in
+/// `dirs` and whatever is neither a directory nor a regular file with a single link; puts the
+/// paths of the regular files left in `reusable`.
+fn survey(root: &Path, at: &Path, dirs: &HashSet<&Path>, reusable: &mut HashSet<PathBuf>) -> anyhow::Result<()> {
+    let here = root.join(at);
+    for entry in std::fs::read_dir(&here).with_context(|| format!("cannot read {}", here.display()))? {
+        let entry = entry?;
+        let path = at.join(entry.file_name());
+        if path == Path::new(".git") {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            match dirs.contains(path.as_path()) {
+                true => survey(root, &path, dirs, reusable)?,
+                false => std::fs::remove_dir_all(entry.path())?,
+            }
+        } else if kind.is_file() && entry.metadata()?.nlink() == 1 {
+            reusable.insert(path);
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
     Ok(())
 }
 
@@ -262,6 +383,59 @@ mod tests {
         assert_eq!(git(&checkout, &["status", "--porcelain"]), "", "a clean working tree");
         assert_eq!(std::fs::read_to_string(checkout.join("new")).unwrap(), "new\n");
         assert_eq!(git(&checkout, &["remote", "get-url", "origin"]), url);
+    }
+
+    #[test]
+    fn a_checkout_into_an_earlier_working_copy_rewrites_it_to_exactly_the_commit() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let url = repository(dir.path(), 3);
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("dir/sub")).unwrap();
+        std::fs::write(src.join("dir/sub/deep"), "deep\n").unwrap();
+        std::fs::write(src.join("run.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("file0", src.join("link")).unwrap();
+        std::fs::write(src.join(".gitignore"), "*.o\n").unwrap();
+        git(&src, &["add", "."]);
+        git(&src, &["commit", "-q", "-m", "more kinds of files"]);
+        let dest = dir.path().join("work");
+        check_out(&wanted(dir.path(), &url, 0), &dest).unwrap();
+        let kept_inode = std::fs::metadata(dest.join("file1")).unwrap().ino();
+
+        // What a build may leave: changed, added, ignored, linked and replaced files, and a .git
+        // that would run a command for the next build's git.
+        std::fs::write(dest.join("file0"), "changed by the build\n").unwrap();
+        std::fs::write(dest.join("untracked"), "x").unwrap();
+        std::fs::write(dest.join("output.o"), "x").unwrap();
+        std::fs::create_dir_all(dest.join("junk/deeper")).unwrap();
+        std::fs::hard_link(dest.join("file2"), dest.join("junk/file2-link")).unwrap();
+        std::fs::remove_dir_all(dest.join("dir/sub")).unwrap();
+        std::os::unix::fs::symlink("/etc", dest.join("dir/sub")).unwrap();
+        std::fs::set_permissions(dest.join("run.sh"), std::fs::Permissions::from_mode(0o4777)).unwrap();
+        std::fs::remove_file(dest.join("link")).unwrap();
+        std::fs::write(dest.join("link"), "no longer a link").unwrap();
+        std::fs::write(dest.join(".git/config"), "[core]\n\tfsmonitor = touch /tmp/pwned\n").unwrap();
+
+        std::fs::write(src.join("file1"), "new content\n").unwrap();
+        git(&src, &["rm", "-q", "file2"]);
+        git(&src, &["add", "."]);
+        git(&src, &["commit", "-q", "-m", "the next push"]);
+        let next = wanted(dir.path(), &url, 0);
+        check_out(&next, &dest).unwrap();
+
+        assert_eq!(git(&dest, &["rev-parse", "HEAD"]), next.commit.as_str());
+        assert_eq!(git(&dest, &["status", "--porcelain", "--ignored"]), "", "exactly the commit, nothing else");
+        assert_eq!(std::fs::read_to_string(dest.join("file0")).unwrap(), "content 0\n");
+        assert_eq!(std::fs::read_to_string(dest.join("file1")).unwrap(), "new content\n");
+        assert_eq!(std::fs::metadata(dest.join("file1")).unwrap().ino(), kept_inode, "written in place");
+        assert!(!dest.join("file2").exists() && !dest.join("junk").exists() && !dest.join("output.o").exists());
+        assert_eq!(std::fs::read_to_string(dest.join("dir/sub/deep")).unwrap(), "deep\n");
+        assert!(std::fs::symlink_metadata(dest.join("dir/sub")).unwrap().is_dir());
+        assert_eq!(std::fs::metadata(dest.join("run.sh")).unwrap().permissions().mode() & 0o7777, 0o755);
+        assert_eq!(std::fs::read_link(dest.join("link")).unwrap(), Path::new("file0"));
+        assert!(!std::fs::read_to_string(dest.join(".git/config")).unwrap().contains("fsmonitor"));
+        assert_eq!(git(&dest, &["describe", "--tags"]).split('-').next(), Some("v1.0"));
     }
 
     #[test]

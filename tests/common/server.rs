@@ -241,6 +241,13 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// What is under `tmp_directory` besides the working copies kept for the next builds: the
+    /// directories of builds not yet removed.
+    pub fn build_dirs(&self) -> Vec<String> {
+        let tmp = std::fs::read_dir(self.dir.path().join("tmp")).unwrap().flatten();
+        tmp.map(|e| e.file_name().to_string_lossy().into_owned()).filter(|name| !name.ends_with("-kept")).collect()
+    }
+
     /// Resident memory of the server process, in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
         self.proc_status_kib("VmRSS:")
