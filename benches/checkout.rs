@@ -94,12 +94,8 @@ async fn run() {
 /// Pushes `sha` (the branch was at `before`, as GitHub says) and times the webhook until the
 /// build's script has printed its first line; returns that time and the build.
 async fn to_container_start(server: &Server, before: &str, sha: &str) -> (Duration, i64) {
-    let mut push = push_payload("bench/big", "refs/heads/master", sha);
-    push["before"] = before.into();
     let start = Instant::now();
-    let (code, body) = server.deliver("demo", "push", push.to_string().as_bytes(), Some(SECRET)).await;
-    assert_eq!(code, 202, "{body}");
-    let id = body["builds"][0].as_i64().unwrap();
+    let id = server.push_builds_after("bench/big", "master", before, sha).await[0];
     loop {
         let (_, log) = server.get_text(&format!("/build/{id}/log")).await;
         if log.contains("container started") {

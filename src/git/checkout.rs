@@ -41,6 +41,9 @@ pub enum Via {
 impl std::fmt::Display for Via {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Via::Mirror { fetched, rebuilt: false } if fetched.objects == 0 => {
+                write!(f, "from the mirror, which had the commit already")
+            }
             Via::Mirror { fetched, rebuilt: false } => write!(f, "from the mirror after fetching {fetched} into it"),
             Via::Mirror { fetched, rebuilt: true } => {
                 write!(f, "from the mirror, rebuilt because it was damaged, after fetching {fetched}")
@@ -210,10 +213,11 @@ fn finish(repo: &Repository, url: &str, oid: Oid) -> anyhow::Result<()> {
 }
 
 /// Writes the files of `tree` into `dir`, which may hold the files of an earlier checkout: a
-/// regular file (with no other link) already at a path is truncated and written again rather than
-/// made anew (creating files is most of a checkout's cost on some file systems); anything else
-/// there that is not the commit's (other files, links, directories) is removed. Files are
-/// written as committed: `.gitattributes` conversions are not applied.
+/// regular file (with no other link) already at a path is kept, and written again in place when
+/// its content differs, rather than made anew (creating files is most of a checkout's cost on
+/// some file systems); anything else there that is not the commit's (other files, links,
+/// directories) is removed. Files are written as committed: `.gitattributes` conversions are not
+/// applied.
 fn write_tree(repo: &Repository, tree: &git2::Tree<'_>, dir: &Path) -> anyhow::Result<()> {
     let mut entries = Vec::new();
     let mut bad_path = None;
@@ -263,11 +267,14 @@ fn write_tree(repo: &Repository, tree: &git2::Tree<'_>, dir: &Path) -> anyhow::R
             }
             _ => {
                 let blob = repo.find_blob(*id)?;
-                let mut file = match reusable.remove(path) {
-                    true => std::fs::OpenOptions::new().write(true).truncate(true).open(&target)?,
-                    false => std::fs::File::create_new(&target)?,
+                let file = match reusable.remove(path) {
+                    true => rewrite(&target, blob.content())?,
+                    false => {
+                        let mut file = std::fs::File::create_new(&target)?;
+                        file.write_all(blob.content())?;
+                        file
+                    }
                 };
-                file.write_all(blob.content())?;
                 let executable = *mode == 0o100755;
                 file.set_permissions(std::fs::Permissions::from_mode(if executable { 0o755 } else { 0o644 }))?;
             }
@@ -277,6 +284,25 @@ fn write_tree(repo: &Repository, tree: &git2::Tree<'_>, dir: &Path) -> anyhow::R
         std::fs::remove_file(dir.join(path))?;
     }
     Ok(())
+}
+
+/// Makes the file at `path` hold `content`: left alone when it does already, else overwritten and
+/// cut to its length. Never truncated to nothing first: ext4 flushes a file emptied that way to
+/// disk when it is closed (`auto_da_alloc`), which costs a write to disk per file.
+fn rewrite(path: &Path, content: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    if file.metadata()?.len() == content.len() as u64 {
+        let mut now = Vec::with_capacity(content.len());
+        file.read_to_end(&mut now)?;
+        if now == content {
+            return Ok(file);
+        }
+        file.rewind()?;
+    }
+    file.write_all(content)?;
+    file.set_len(content.len() as u64)?;
+    Ok(file)
 }
 
 /// Walks `root/at` (not `.git`, never following links): removes the directories that are not in

@@ -317,7 +317,15 @@ impl Server {
 
     /// Pushes and returns the ids of the builds it queued (expects at least one).
     pub async fn push_builds(&self, repo: &str, branch: &str, sha: &str) -> Vec<i64> {
-        let (code, body) = self.push(repo, branch, sha).await;
+        self.push_builds_after(repo, branch, &"0".repeat(40), sha).await
+    }
+
+    /// [`Server::push_builds`] of a push that moved `branch` from `before` to `sha`, as GitHub
+    /// says it.
+    pub async fn push_builds_after(&self, repo: &str, branch: &str, before: &str, sha: &str) -> Vec<i64> {
+        let mut body = push_payload(repo, &format!("refs/heads/{branch}"), sha);
+        body["before"] = before.into();
+        let (code, body) = self.deliver("demo", "push", body.to_string().as_bytes(), Some(SECRET)).await;
         assert_eq!(code, 202, "{body}");
         let ids: Vec<i64> = body["builds"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
         assert!(!ids.is_empty(), "{body}");
