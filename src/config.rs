@@ -343,7 +343,7 @@ impl Default for GitConfig {
             retries: 2,
             retry_delay_seconds: 2,
             depth: 0,
-            keep_checkouts: 16,
+            keep_checkouts: 8,
         }
     }
 }

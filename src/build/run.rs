@@ -202,7 +202,6 @@ async fn execute(
     std::fs::create_dir_all(&archives)
         .map_err(|e| in_tmp_directory(app, "cannot create the archives", &e.to_string()))?;
     let reused = app.kept.take(&job.source.repository, &job.source.branch, &source);
-
     let image = job.script.baseimage.as_deref().unwrap_or(&app.config.docker.default_image);
     if let Some(baseimage) = &job.script.baseimage {
         // Settings stored before a rebuild were checked by an older autobuilder: check again.
@@ -210,37 +209,21 @@ async fn execute(
             .map_err(|reason| BuildError::ImagePull { image: baseimage.clone(), reason })?;
     }
     let mount = format!("/{}", job.source.repository.name());
-    let spec = || container_spec(app, id, job, image, (&source, &mount), &archives, limits.container);
-    // The container is made while the source is fetched (its bind mounts are resolved when it
-    // starts) when its image is already here: the usual case, with nothing to say in the log.
-    let early = async {
-        match job.script.from {
-            None if app.docker.has_image(image).await.unwrap_or(false) => Some(app.docker.create(spec()).await),
-            _ => None,
-        }
-    };
-    let (checked_out, created) = tokio::join!(checkout(app, active, &source, reused, log), early);
-    if let Some(Ok(made)) = &created {
-        *container = Some(made.clone());
-    }
-    checked_out?;
+    checkout(app, active, &source, reused, log).await?;
+    // The container is made only once the source is there: after a restart, a build whose
+    // container exists is taken to have its source (see `recover`).
     log.phase("image");
-    let id_of_container = match created {
-        Some(made) => made?,
-        None => {
-            match &job.script.from {
-                // autobuilder's own images are never pulled: they come from the producer's build.
-                Some(from) => wait_for_image(app, active, from, image, log).await?,
-                None => tokio::select! {
-                    result = ensure_image(app, image, log) => result?,
-                    () = active.cancel.cancelled() => return Err(BuildError::Cancelled(active.cancel.reason())),
-                },
-            }
-            let made = app.docker.create(spec()).await?;
-            *container = Some(made.clone());
-            made
-        }
-    };
+    match &job.script.from {
+        // autobuilder's own images are never pulled: they come from the producer's build.
+        Some(from) => wait_for_image(app, active, from, image, log).await?,
+        None => tokio::select! {
+            result = ensure_image(app, image, log) => result?,
+            () = active.cancel.cancelled() => return Err(BuildError::Cancelled(active.cancel.reason())),
+        },
+    }
+    let id_of_container =
+        app.docker.create(container_spec(app, id, job, image, (&source, &mount), &archives, limits.container)).await?;
+    *container = Some(id_of_container.clone());
     log.phase("script");
     log.note(&format!("running {} in {image}", job.script.script));
     log.write_pending().await.map_err(BuildError::log)?;
