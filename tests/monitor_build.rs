@@ -15,6 +15,16 @@ async fn raw_log(server: &Server, id: i64) -> String {
     log
 }
 
+/// A build of `script` that succeeded: its git host (kept alive), server, id and raw log.
+async fn successful_build(script: &str) -> (GitHost, Server, i64, String) {
+    let (git, sha) = one_script_app(script);
+    let server = Server::start(|dir| test_config(dir, &git, None));
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    assert_eq!(server.wait_build(id).await["status"], "success");
+    let log = raw_log(&server, id).await;
+    (git, server, id, log)
+}
+
 /// The number of the first line of `log` equal to `text`.
 fn line_of(log: &str, text: &str) -> u64 {
     log.lines().position(|l| l == text).unwrap_or_else(|| panic!("no line {text:?}")) as u64 + 1
@@ -41,11 +51,7 @@ fn in_view(seq: u64) -> String {
 async fn permalinks_and_search_reach_lines_outside_the_loaded_window() {
     let script = "#!/bin/sh\necho 'FindMe at the start'\nseq 1 20000\nprintf '\\033[1mfindme\\033[0m at the end\\n'\n\
                   tar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
-    let (git, sha) = one_script_app(script);
-    let server = Server::start(|dir| test_config(dir, &git, None));
-    let id = server.push_builds("org/app", "master", &sha).await[0];
-    assert_eq!(server.wait_build(id).await["status"], "success");
-    let log = raw_log(&server, id).await;
+    let (_git, server, id, log) = successful_build(script).await;
     let total = log.lines().count() as u64;
     let target = line_of(&log, "1000");
     assert!(total - target > 5000, "line {target} would be in the tail window");
@@ -409,11 +415,7 @@ async fn a_window_inside_sections_that_began_before_it_shows_them() {
     let script = "#!/bin/sh\necho '::group::Closed before'\necho closed\necho '::endgroup::'\necho '::group::Big group'\n\
                   printf 'section_start:%s:inner\\r\\033[0KInner part\\n' $(date +%s)\nseq 1 20000\n\
                   tar -czf /tmp/archives/out.tar.gz /etc/hostname\n";
-    let (git, sha) = one_script_app(script);
-    let server = Server::start(|dir| test_config(dir, &git, None));
-    let id = server.push_builds("org/app", "master", &sha).await[0];
-    assert_eq!(server.wait_build(id).await["status"], "success");
-    let log = raw_log(&server, id).await;
+    let (_git, server, id, log) = successful_build(script).await;
     let total = log.lines().count() as u64;
     let headers = [
         line_of(&log, "[autobuilder] phase script"),

@@ -202,16 +202,13 @@ async fn execute(
     std::fs::create_dir_all(&archives)
         .map_err(|e| in_tmp_directory(app, "cannot create the archives", &e.to_string()))?;
     let reused = app.kept.take(&job.source.repository, &job.source.branch, &source);
+    checkout(app, active, &source, reused, log).await?;
     let image = job.script.baseimage.as_deref().unwrap_or(&app.config.docker.default_image);
     if let Some(baseimage) = &job.script.baseimage {
         // Settings stored before a rebuild were checked by an older autobuilder: check again.
         crate::recipes::chains::check_baseimage(&app.config, &job.source.project, baseimage)
             .map_err(|reason| BuildError::ImagePull { image: baseimage.clone(), reason })?;
     }
-    let mount = format!("/{}", job.source.repository.name());
-    checkout(app, active, &source, reused, log).await?;
-    // The container is made only once the source is there: after a restart, a build whose
-    // container exists is taken to have its source (see `recover`).
     log.phase("image");
     match &job.script.from {
         // autobuilder's own images are never pulled: they come from the producer's build.
@@ -221,30 +218,10 @@ async fn execute(
             () = active.cancel.cancelled() => return Err(BuildError::Cancelled(active.cancel.reason())),
         },
     }
-    let id_of_container =
-        app.docker.create(container_spec(app, id, job, image, (&source, &mount), &archives, limits.container)).await?;
-    *container = Some(id_of_container.clone());
+    let mount = format!("/{}", job.source.repository.name());
     log.phase("script");
     log.note(&format!("running {} in {image}", job.script.script));
     log.write_pending().await.map_err(BuildError::log)?;
-    let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
-    let cancel = active.cancel.token();
-    let run = app.docker.attach_and_wait(&id_of_container, true, log, limits.timeout, cancel, grace).await;
-    script_end(run, &active.cancel, limits.timeout)?;
-    after_script(app, id, active, &id_of_container, workspace, log).await
-}
-
-/// The build container of `job`: its script run from the source mounted at `source.1`, with the
-/// build's identity and the project's secrets in its environment.
-fn container_spec<'a>(
-    app: &App,
-    id: BuildId,
-    job: &Job,
-    image: &'a str,
-    source: (&'a Path, &str),
-    archives: &'a Path,
-    limits: crate::docker::Limits,
-) -> ContainerSpec<'a> {
     let mut env = vec![
         format!("AUTOBUILDER_BUILD_ID={id}"),
         format!("AUTOBUILDER_REPOSITORY={}", job.source.repository),
@@ -254,12 +231,12 @@ fn container_spec<'a>(
     if let Some(project) = app.config.projects.get(&job.source.project) {
         env.extend(project.secrets.iter().map(|(name, value)| format!("{name}={}", value.expose())));
     }
-    ContainerSpec {
+    let spec = ContainerSpec {
         build: id,
         image,
-        source: (source.0, source.1.to_string()),
-        archives: (archives, job.script.archives.clone()),
-        script: format!("{}/{}", source.1, job.script.script),
+        source: (&source, mount.clone()),
+        archives: (&archives, job.script.archives.clone()),
+        script: format!("{mount}/{}", job.script.script),
         env,
         labels: HashMap::from([
             (LABEL_PROJECT.into(), job.source.project.clone()),
@@ -267,8 +244,15 @@ fn container_spec<'a>(
             (LABEL_BRANCH.into(), job.source.branch.to_string()),
             (LABEL_COMMIT.into(), job.source.commit.to_string()),
         ]),
-        limits,
-    }
+        limits: limits.container,
+    };
+    let id_of_container = app.docker.create(spec).await?;
+    *container = Some(id_of_container.clone());
+    let grace = Duration::from_secs(app.config.builds.cancel_grace_seconds);
+    let cancel = active.cancel.token();
+    let run = app.docker.attach_and_wait(&id_of_container, true, log, limits.timeout, cancel, grace).await;
+    script_end(run, &active.cancel, limits.timeout)?;
+    after_script(app, id, active, &id_of_container, workspace, log).await
 }
 
 /// Makes sure `image` is on the host, pulling it when absent and its registry is one of

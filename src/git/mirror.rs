@@ -122,15 +122,6 @@ impl Locked<'_> {
     /// ancestry check of the same push, or by another build) is read without asking the remote.
     pub fn fetch(&self, branch: &Branch, sha: Option<&CommitSha>) -> anyhow::Result<(Fetched, Oid)> {
         let path = self.mirror.path;
-        if let Some(sha) = sha
-            && self.mirror.is_filled()
-            && let Ok(repo) = Repository::open_bare(path)
-        {
-            let oid = Oid::from_str(sha.as_str())?;
-            if repo.find_commit(oid).is_ok() {
-                return Ok((Fetched::default(), oid));
-            }
-        }
         let repo = match Repository::open_bare(path) {
             Ok(repo) => repo,
             Err(_) => {
@@ -140,6 +131,13 @@ impl Locked<'_> {
                 Repository::init_bare(path).with_context(|| format!("cannot create {}", path.display()))?
             }
         };
+        if let Some(sha) = sha
+            && self.mirror.is_filled()
+            && let Ok(oid) = Oid::from_str(sha.as_str())
+            && repo.find_commit(oid).is_ok()
+        {
+            return Ok((Fetched::default(), oid));
+        }
         let tracking = format!("refs/remotes/origin/{branch}");
         let refspec = format!("+{}:{tracking}", remote_ref(branch));
         let mut fetched = fetch(&repo, self.mirror.url, &[refspec.as_str(), "+refs/tags/*:refs/tags/*"], 0)?;
