@@ -31,6 +31,9 @@ fn line_of(log: &str, text: &str) -> u64 {
 }
 
 async fn open(browser: &Browser, server: &Server, id: i64, hash: &str) {
+    // From another page: a URL differing from the open one only in its hash would not load the
+    // page again, and the `opened` mark of the previous load would answer at once.
+    browser.goto("about:blank").await;
     browser.goto(&format!("{}/monitor/build/{id}{hash}", server.url)).await;
     browser.wait_for("the page to open", "return document.body.dataset.opened === 'true'").await;
 }
