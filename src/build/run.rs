@@ -593,14 +593,23 @@ async fn finish(
     app.active.remove(id);
     // The end and its commit status are recorded together: a crash keeps both or neither.
     let status = app.statuses.outbox_row(status_of(app, job, id, outcome.status, description));
-    match app.store.finish(id, &outcome, status.as_ref()).await {
-        Ok(build) => {
-            app.statuses.wake();
-            app.announce(&build);
-            app.metrics.observe_end(&build);
+    // Retried until the database takes it (a database restarting or unreachable for a while):
+    // a build whose end is not recorded would stay `running` for good. Its container is kept
+    // meanwhile, so that a restart of autobuilder re-attaches to it and records the end then.
+    let mut delay = Duration::from_secs(1);
+    let build = loop {
+        match app.store.finish(id, &outcome, status.as_ref()).await {
+            Ok(build) => break build,
+            Err(e) => {
+                tracing::error!(build = %id, "cannot record the end of the build (trying again in {delay:?}): {e:#}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
         }
-        Err(e) => tracing::error!(build = %id, "cannot record the end of the build: {e:#}"),
-    }
+    };
+    app.statuses.wake();
+    app.announce(&build);
+    app.metrics.observe_end(&build);
     if outcome.status == BuildStatus::Success && job.script.commit.is_some() && job.script.rebuild_dependents {
         let (app, job) = (app.clone(), job.clone());
         tokio::spawn(async move { super::rebuild_dependents(&app, &job).await });
