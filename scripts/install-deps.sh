@@ -3,7 +3,7 @@
 # tests need too; starts a Docker engine when none answers; checks that Rust is recent enough.
 # Skips whatever is already there, so running it again is fast. Packages need root:
 #   sudo scripts/install-deps.sh           # build, run, demo
-#   sudo scripts/install-deps.sh --tests   # also redis-server, chromium, chromium-driver, axe-core (pip)
+#   sudo scripts/install-deps.sh --tests   # also redis-server, postgresql, chromium, chromium-driver, axe-core (pip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +21,8 @@ say() { echo "install-deps: $*"; }
 # build-essential: the C compiler for libgit2's vendored build; busybox-static: the base image of
 # the demo's and the tests' build containers (imported, no registry needed).
 packages=(pkg-config libssl-dev git curl openssl ca-certificates build-essential busybox-static)
-if $tests; then packages+=(redis-server chromium chromium-driver); fi
+# postgresql: the tests make throwaway clusters of their own with its initdb (none is started here).
+if $tests; then packages+=(redis-server postgresql chromium chromium-driver); fi
 
 # --- Debian packages -------------------------------------------------------------------------
 if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then

@@ -53,7 +53,8 @@ impl App {
             .with_context(|| format!("cannot create tmp_directory {}", config.tmp_directory.display()))?;
         std::fs::create_dir_all(config.logs_dir())
             .with_context(|| format!("cannot create {}", config.logs_dir().display()))?;
-        let store = Store::open(&config.data_dir).await?;
+        let store = Store::connect(config.database.url.expose(), &config.data_dir).await?;
+        store.claim_sole_use().await?;
         let data_dir = config.data_dir.canonicalize()?;
         let instance = hex::encode(Sha256::digest(data_dir.to_string_lossy().as_bytes()))[..12].to_string();
         let docker = DockerEngine::connect(instance.clone(), config.docker.clone()).await?;

@@ -32,6 +32,7 @@ pub struct Config {
     pub admin_token: Secret,
     /// Format of autobuilder's own log lines: `text` or `json`.
     pub log_format: LogFormat,
+    pub database: DatabaseConfig,
     pub git: GitConfig,
     pub github: GithubConfig,
     pub docker: DockerConfig,
@@ -219,6 +220,14 @@ pub struct HubConfig {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host:port/database`: the history in PostgreSQL. Empty: in SQLite,
+    /// `<data_dir>/autobuilder.sqlite`.
+    pub url: Secret,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// e.g. `redis://127.0.0.1:6379`. Empty: build events stay in-process and `serve` carries the
     /// live websocket itself; set: `serve` publishes them and `autobuilder live` serves browsers.
@@ -321,6 +330,7 @@ impl Default for Config {
             tmp_directory: "/tmp/autobuilder".into(),
             admin_token: Secret::default(),
             log_format: LogFormat::Text,
+            database: DatabaseConfig::default(),
             git: GitConfig::default(),
             github: GithubConfig::default(),
             docker: DockerConfig::default(),
@@ -454,6 +464,13 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .with_context(|| format!("[live] listen = {:?} is not an address like 127.0.0.1:3333", self.live.listen))?;
+        let database = self.database.url.expose();
+        if !(database.is_empty() || database.starts_with("postgres://") || database.starts_with("postgresql://")) {
+            bail!(
+                "[database] url must be empty (SQLite under data_dir) or a PostgreSQL URL like \
+                 postgres://autobuilder:password@127.0.0.1:5432/autobuilder"
+            );
+        }
         if !self.redis.url.is_empty() {
             redis::Client::open(self.redis.url.as_str()).with_context(|| {
                 format!("[redis] url = {:?} is not a Redis URL like redis://127.0.0.1:6379", self.redis.url)

@@ -13,4 +13,4 @@ mod metrics;
 pub mod model;
 pub mod recipes;
 pub mod server;
-mod store;
+pub mod store;

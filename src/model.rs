@@ -4,11 +4,37 @@ use std::fmt;
 
 use anyhow::{bail, ensure};
 use serde::{Deserialize, Serialize};
-use sqlx::Sqlite;
+use sqlx::Database;
+use sqlx::any::{Any, AnyTypeInfo, AnyValueRef};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
-use sqlx::sqlite::{SqliteArgumentsBuffer, SqliteTypeInfo, SqliteValueRef};
 use time::OffsetDateTime;
+
+/// A type stored as text, through sqlx's `Any` (the one query layer over SQLite and PostgreSQL):
+/// written as its `as_str()`, read back through `$parse`, so a value the database holds is checked
+/// as any other input.
+macro_rules! stored_as_text {
+    ($name:ident, $parse:expr) => {
+        impl sqlx::Type<Any> for $name {
+            fn type_info() -> AnyTypeInfo {
+                <str as sqlx::Type<Any>>::type_info()
+            }
+        }
+
+        impl sqlx::Encode<'_, Any> for $name {
+            fn encode_by_ref(&self, buf: &mut <Any as Database>::ArgumentBuffer) -> Result<IsNull, BoxDynError> {
+                <&str as sqlx::Encode<Any>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, Any> for $name {
+            fn decode(value: AnyValueRef<'r>) -> Result<Self, BoxDynError> {
+                let parse: fn(&str) -> Result<$name, BoxDynError> = $parse;
+                parse(<&str as sqlx::Decode<Any>>::decode(value)?)
+            }
+        }
+    };
+}
 
 /// Conversions of a validated string newtype: from `String` through its `parse`, back to
 /// `String`, and `Display`.
@@ -33,29 +59,7 @@ macro_rules! validated_string {
             }
         }
 
-        /// Stored as text.
-        impl sqlx::Type<Sqlite> for $name {
-            fn type_info() -> SqliteTypeInfo {
-                <str as sqlx::Type<Sqlite>>::type_info()
-            }
-            fn compatible(ty: &SqliteTypeInfo) -> bool {
-                <str as sqlx::Type<Sqlite>>::compatible(ty)
-            }
-        }
-
-        impl sqlx::Encode<'_, Sqlite> for $name {
-            fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
-                <&str as sqlx::Encode<Sqlite>>::encode(self.0.as_str(), buf)
-            }
-        }
-
-        /// Read back through `parse`: a value the database holds is checked as any other input.
-        impl<'r> sqlx::Decode<'r, Sqlite> for $name {
-            fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
-                let text = <&str as sqlx::Decode<Sqlite>>::decode(value)?;
-                Ok(Self::parse(text)?)
-            }
-        }
+        stored_as_text!($name, |text| Ok($name::parse(text)?));
     };
 }
 
@@ -179,9 +183,8 @@ impl fmt::Display for BuildId {
 }
 
 /// Where a build is in its life. `success`, `failure`, `error` and `cancelled` are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(rename_all = "lowercase")]
 pub enum BuildStatus {
     Queued,
     Running,
@@ -224,6 +227,8 @@ impl BuildStatus {
     }
 }
 
+stored_as_text!(BuildStatus, |text| BuildStatus::parse(text).ok_or_else(|| format!("unknown status {text:?}").into()));
+
 impl fmt::Display for BuildStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -231,18 +236,31 @@ impl fmt::Display for BuildStatus {
 }
 
 /// What a history entry is: a build of a script, or a reload of a project's recipes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(rename_all = "lowercase")]
 pub enum BuildKind {
     Build,
     Reload,
 }
 
+impl BuildKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildKind::Build => "build",
+            BuildKind::Reload => "reload",
+        }
+    }
+}
+
+stored_as_text!(BuildKind, |text| match text {
+    "build" => Ok(BuildKind::Build),
+    "reload" => Ok(BuildKind::Reload),
+    _ => Err(format!("unknown kind {text:?}").into()),
+});
+
 /// The state of a commit status, as GitHub names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(rename_all = "lowercase")]
 pub enum CommitState {
     Pending,
     Success,
@@ -261,16 +279,32 @@ impl From<BuildStatus> for CommitState {
     }
 }
 
-impl fmt::Display for CommitState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl CommitState {
+    pub const ALL: [CommitState; 4] =
+        [CommitState::Pending, CommitState::Success, CommitState::Failure, CommitState::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
             CommitState::Pending => "pending",
             CommitState::Success => "success",
             CommitState::Failure => "failure",
             CommitState::Error => "error",
-        })
+        }
     }
 }
+
+impl fmt::Display for CommitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+stored_as_text!(CommitState, |text| {
+    CommitState::ALL
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| format!("unknown commit state {text:?}").into())
+});
 
 /// What is known of a history entry when it is queued; it does not change afterwards.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! The `builds` table: every build and recipes reload, from queued to its end.
 
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
 use super::statuses::{OutboxStatus, insert_status};
@@ -31,7 +31,7 @@ impl Store {
         let row = sqlx::query(
             "INSERT INTO builds (kind, project, repository, branch, commit_sha, script, baseimage, status,
                                  message, author, settings, created)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *",
         )
         .bind(build.kind)
         .bind(&build.project)
@@ -52,7 +52,7 @@ impl Store {
 
     /// Marks a build running; returns its record.
     pub async fn mark_running(&self, id: BuildId) -> anyhow::Result<Build> {
-        let row = sqlx::query("UPDATE builds SET status = ?, started = ? WHERE id = ? RETURNING *")
+        let row = sqlx::query("UPDATE builds SET status = $1, started = $2 WHERE id = $3 RETURNING *")
             .bind(BuildStatus::Running)
             .bind(now_ms())
             .bind(id)
@@ -67,9 +67,9 @@ impl Store {
         let outputs = outcome.outputs.as_ref().map(serde_json::to_string).transpose()?;
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "UPDATE builds SET status = ?, ended = ?, error = ?, artifact = ?, artifact_url = ?, artifact_sha256 = ?, outputs = ?,
-                               started = COALESCE(started, ?)
-             WHERE id = ? RETURNING *",
+            "UPDATE builds SET status = $1, ended = $2, error = $3, artifact = $4, artifact_url = $5, artifact_sha256 = $6, outputs = $7,
+                               started = COALESCE(started, $8)
+             WHERE id = $9 RETURNING *",
         )
         .bind(outcome.status)
         .bind(now_ms())
@@ -90,12 +90,12 @@ impl Store {
     }
 
     pub async fn get(&self, id: BuildId) -> anyhow::Result<Option<Build>> {
-        Ok(sqlx::query_as("SELECT * FROM builds WHERE id = ?").bind(id).fetch_optional(&self.pool).await?)
+        Ok(sqlx::query_as("SELECT * FROM builds WHERE id = $1").bind(id).fetch_optional(&self.pool).await?)
     }
 
     /// Builds queued or running, oldest first.
     pub async fn active(&self) -> anyhow::Result<Vec<Build>> {
-        Ok(sqlx::query_as("SELECT * FROM builds WHERE status IN (?, ?) ORDER BY id")
+        Ok(sqlx::query_as("SELECT * FROM builds WHERE status IN ($1, $2) ORDER BY id")
             .bind(BuildStatus::Queued)
             .bind(BuildStatus::Running)
             .fetch_all(&self.pool)
@@ -106,10 +106,10 @@ impl Store {
     pub async fn history(&self, filter: &HistoryFilter) -> anyhow::Result<Vec<Build>> {
         Ok(sqlx::query_as(
             "SELECT * FROM builds
-             WHERE (?1 IS NULL OR repository = ?1) AND (?2 IS NULL OR branch = ?2) AND (?3 IS NULL OR status = ?3)
-               AND (?5 IS NULL OR id < ?5) AND (?6 IS NULL OR kind = ?6) AND (?7 IS NULL OR script = ?7)
-               AND (NOT ?8 OR status NOT IN (?9, ?10))
-             ORDER BY id DESC LIMIT ?4",
+             WHERE ($1 IS NULL OR repository = $1) AND ($2 IS NULL OR branch = $2) AND ($3 IS NULL OR status = $3)
+               AND ($5 IS NULL OR id < $5) AND ($6 IS NULL OR kind = $6) AND ($7 IS NULL OR script = $7)
+               AND (NOT $8 OR status NOT IN ($9, $10))
+             ORDER BY id DESC LIMIT $4",
         )
         .bind(&filter.repository)
         .bind(&filter.branch)
@@ -127,7 +127,7 @@ impl Store {
 
     /// The recipe settings (JSON) stored with a build when it was queued.
     pub async fn settings(&self, id: BuildId) -> anyhow::Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT settings FROM builds WHERE id = ?")
+        Ok(sqlx::query_scalar("SELECT settings FROM builds WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -136,7 +136,7 @@ impl Store {
 
     /// How many builds (not reloads) are in each status.
     pub async fn count_by_status(&self) -> anyhow::Result<Vec<(BuildStatus, i64)>> {
-        Ok(sqlx::query_as("SELECT status, COUNT(*) FROM builds WHERE kind = ? GROUP BY status")
+        Ok(sqlx::query_as("SELECT status, COUNT(*) FROM builds WHERE kind = $1 GROUP BY status")
             .bind(BuildKind::Build)
             .fetch_all(&self.pool)
             .await?)
@@ -150,9 +150,9 @@ impl Store {
         max_count: Option<i64>,
     ) -> anyhow::Result<Vec<BuildId>> {
         let ids: Vec<BuildId> = sqlx::query_scalar(
-            "SELECT id FROM builds WHERE status NOT IN (?3, ?4)
-               AND ((?1 IS NOT NULL AND created < ?1)
-                 OR (?2 IS NOT NULL AND id NOT IN (SELECT id FROM builds ORDER BY id DESC LIMIT ?2)))",
+            "SELECT id FROM builds WHERE status NOT IN ($3, $4)
+               AND (($1 IS NOT NULL AND created < $1)
+                 OR ($2 IS NOT NULL AND id NOT IN (SELECT id FROM builds ORDER BY id DESC LIMIT $2)))",
         )
         .bind(before)
         .bind(max_count)
@@ -171,8 +171,8 @@ impl Store {
 }
 
 /// A row of `builds`; an unknown kind or status, or a malformed name, is an error.
-impl FromRow<'_, SqliteRow> for Build {
-    fn from_row(row: &SqliteRow) -> sqlx::Result<Self> {
+impl FromRow<'_, AnyRow> for Build {
+    fn from_row(row: &AnyRow) -> sqlx::Result<Self> {
         let commit: String = row.try_get("commit_sha")?;
         let commit = match commit.as_str() {
             "" => None,
@@ -213,50 +213,4 @@ impl FromRow<'_, SqliteRow> for Build {
 
 fn decode_error(column: &str, source: sqlx::error::BoxDynError) -> sqlx::Error {
     sqlx::Error::ColumnDecode { index: column.to_string(), source }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Branch, RepoName};
-
-    fn new_build(branch: &str, script: &str) -> NewBuild {
-        NewBuild {
-            kind: BuildKind::Build,
-            project: "p".into(),
-            repository: RepoName::parse("o/a").unwrap(),
-            branch: Branch::parse(branch).unwrap(),
-            commit: Some(CommitSha::parse(&"a".repeat(40)).unwrap()),
-            script: script.into(),
-            baseimage: None,
-            message: None,
-            author: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn history_pages_with_a_cursor_and_keeps_its_filters() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let mut ids = Vec::new();
-        for n in 0..7 {
-            let script = if n % 2 == 0 { "build.sh" } else { "docs.sh" };
-            ids.push(store.insert(&new_build("master", script), None).await.unwrap().id);
-        }
-        store.finish(ids[1], &Outcome::failed(BuildStatus::Failure, "exit 1"), None).await.unwrap();
-        let page = |before: Option<BuildId>| HistoryFilter { limit: Some(3), before, ..Default::default() };
-        let first = store.history(&page(None)).await.unwrap();
-        assert_eq!(first.iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[6], ids[5], ids[4]]);
-        let second = store.history(&page(Some(ids[4]))).await.unwrap();
-        assert_eq!(second.iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[3], ids[2], ids[1]]);
-        let last = store.history(&page(Some(ids[1]))).await.unwrap();
-        assert_eq!(last.iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[0]]);
-
-        let docs = HistoryFilter { script: Some("docs.sh".into()), before: Some(ids[5]), ..Default::default() };
-        assert_eq!(store.history(&docs).await.unwrap().iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[3], ids[1]]);
-        let finished = HistoryFilter { finished: true, ..Default::default() };
-        assert_eq!(store.history(&finished).await.unwrap().iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[1]]);
-        let reloads = HistoryFilter { kind: Some(BuildKind::Reload), ..Default::default() };
-        assert!(store.history(&reloads).await.unwrap().is_empty());
-    }
 }

@@ -1,8 +1,9 @@
 //! The `deliveries` table: every verified webhook delivery, stored before it is acted on, written
 //! in batches by one task.
 
+use sqlx::AnyPool;
 use sqlx::Row;
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,7 +26,7 @@ pub struct Delivery {
 pub(super) type QueuedWrite = (DeliveryWrite, oneshot::Sender<anyhow::Result<bool>>);
 
 /// Starts the task that commits delivery writes; returns where to queue them.
-pub(super) fn start_writer(pool: SqlitePool) -> mpsc::Sender<QueuedWrite> {
+pub(super) fn start_writer(pool: AnyPool) -> mpsc::Sender<QueuedWrite> {
     let (writes, queue) = mpsc::channel(4 * MAX_BATCH);
     tokio::spawn(write_deliveries(pool, queue));
     writes
@@ -40,7 +41,7 @@ pub(super) enum DeliveryWrite {
 }
 
 /// Commits delivery writes in batches: whatever queued up while the previous batch committed.
-async fn write_deliveries(pool: SqlitePool, mut writes: mpsc::Receiver<QueuedWrite>) {
+async fn write_deliveries(pool: AnyPool, mut writes: mpsc::Receiver<QueuedWrite>) {
     while let Some(first) = writes.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -57,23 +58,36 @@ async fn write_deliveries(pool: SqlitePool, mut writes: mpsc::Receiver<QueuedWri
             let records: Vec<usize> =
                 (0..batch.len()).filter(|&i| matches!(batch[i].0, DeliveryWrite::Record { .. })).collect();
             if !records.is_empty() {
-                let mut insert = sqlx::QueryBuilder::new(
-                    "INSERT INTO deliveries (id, project, event, received, headers, payload, outcome) ",
+                // `$N` placeholders written here: sqlx's QueryBuilder writes `?` for `Any`, which
+                // PostgreSQL does not take.
+                const COLUMNS: usize = 7;
+                let rows = (0..records.len())
+                    .map(|row| {
+                        let first = row * COLUMNS + 1;
+                        let places = (first..first + COLUMNS).map(|n| format!("${n}")).collect::<Vec<_>>();
+                        format!("({})", places.join(", "))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO deliveries (id, project, event, received, headers, payload, outcome) VALUES {rows}
+                     ON CONFLICT (project, id) DO NOTHING RETURNING project, id"
                 );
-                insert.push_values(&records, |mut row, &i| {
+                let mut insert = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+                for &i in &records {
                     let DeliveryWrite::Record { id, project, event, headers, payload, outcome } = &batch[i].0 else {
                         unreachable!("records only")
                     };
-                    row.push_bind(id)
-                        .push_bind(project)
-                        .push_bind(event)
-                        .push_bind(now_ms())
-                        .push_bind(headers)
-                        .push_bind(payload)
-                        .push_bind(outcome);
-                });
-                insert.push(" ON CONFLICT(project, id) DO NOTHING RETURNING project, id");
-                let inserted: Vec<(String, String)> = insert.build_query_as().fetch_all(&mut *tx).await?;
+                    insert = insert
+                        .bind(id.as_str())
+                        .bind(project.as_str())
+                        .bind(event.as_str())
+                        .bind(now_ms())
+                        .bind(headers.as_str())
+                        .bind(payload.as_slice())
+                        .bind(outcome.as_deref());
+                }
+                let inserted: Vec<(String, String)> = insert.fetch_all(&mut *tx).await?;
                 for &i in &records {
                     let DeliveryWrite::Record { id, project, .. } = &batch[i].0 else { unreachable!("records only") };
                     // The first record of a (project, id) in the batch is the one that was inserted.
@@ -86,7 +100,7 @@ async fn write_deliveries(pool: SqlitePool, mut writes: mpsc::Receiver<QueuedWri
             }
             for (i, (write, _)) in batch.iter().enumerate() {
                 if let DeliveryWrite::Outcome { project, id, outcome } = write {
-                    let updated = sqlx::query("UPDATE deliveries SET outcome = ? WHERE project = ? AND id = ?")
+                    let updated = sqlx::query("UPDATE deliveries SET outcome = $1 WHERE project = $2 AND id = $3")
                         .bind(outcome)
                         .bind(project)
                         .bind(id)
@@ -154,7 +168,7 @@ impl Store {
     /// Deliveries, newest first.
     pub async fn deliveries(&self, limit: i64) -> anyhow::Result<Vec<Delivery>> {
         let rows = sqlx::query(
-            "SELECT id, project, event, received, outcome FROM deliveries ORDER BY received DESC, rowid DESC LIMIT ?",
+            "SELECT id, project, event, received, outcome FROM deliveries ORDER BY received DESC, rowid DESC LIMIT $1",
         )
         .bind(limit.clamp(1, MAX_HISTORY))
         .fetch_all(&self.pool)
@@ -165,7 +179,7 @@ impl Store {
     /// Delivery `id` of `project`, with its payload.
     pub async fn delivery(&self, project: &str, id: &str) -> anyhow::Result<Option<(Delivery, Vec<u8>)>> {
         let row = sqlx::query(
-            "SELECT id, project, event, received, outcome, payload FROM deliveries WHERE project = ? AND id = ?",
+            "SELECT id, project, event, received, outcome, payload FROM deliveries WHERE project = $1 AND id = $2",
         )
         .bind(project)
         .bind(id)
@@ -176,7 +190,7 @@ impl Store {
 
     /// The projects that stored a delivery with this id (usually one).
     pub async fn projects_of_delivery(&self, id: &str) -> anyhow::Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT project FROM deliveries WHERE id = ? ORDER BY project")
+        Ok(sqlx::query_scalar("SELECT project FROM deliveries WHERE id = $1 ORDER BY project")
             .bind(id)
             .fetch_all(&self.pool)
             .await?)
@@ -195,10 +209,10 @@ impl Store {
     pub(super) async fn prune_deliveries(&self, before: Option<i64>, max_count: Option<i64>) -> anyhow::Result<()> {
         sqlx::query(
             "DELETE FROM deliveries WHERE outcome IS NOT NULL
-               AND ((?1 IS NOT NULL AND received < ?1)
-                 OR (?2 IS NOT NULL AND rowid NOT IN
+               AND (($1 IS NOT NULL AND received < $1)
+                 OR ($2 IS NOT NULL AND rowid NOT IN
                        (SELECT rowid FROM deliveries WHERE outcome IS NOT NULL
-                        ORDER BY received DESC, rowid DESC LIMIT ?2)))",
+                        ORDER BY received DESC, rowid DESC LIMIT $2)))",
         )
         .bind(before)
         .bind(max_count)
@@ -208,7 +222,7 @@ impl Store {
     }
 }
 
-fn to_delivery(row: &SqliteRow) -> anyhow::Result<Delivery> {
+fn to_delivery(row: &AnyRow) -> anyhow::Result<Delivery> {
     let outcome: Option<String> = row.try_get("outcome")?;
     Ok(Delivery {
         id: row.try_get("id")?,
@@ -217,86 +231,4 @@ fn to_delivery(row: &SqliteRow) -> anyhow::Result<Delivery> {
         received: millis::from_ms(row.try_get("received")?),
         outcome: outcome.and_then(|o| serde_json::from_str(&o).ok()),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::Store;
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn concurrent_copies_of_a_delivery_store_it_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let copies: Vec<_> = (0..50)
-            .map(|i| {
-                let store = store.clone();
-                let id = if i % 2 == 0 { "same".to_string() } else { format!("other-{i}") };
-                tokio::spawn(async move {
-                    (id.clone(), store.record_delivery(&id, "p", "push", "{}", b"x", None).await.unwrap())
-                })
-            })
-            .collect();
-        let mut stored_same = 0;
-        for copy in copies {
-            let (id, new) = copy.await.unwrap();
-            if id == "same" {
-                stored_same += usize::from(new);
-            } else {
-                assert!(new, "{id} is new");
-            }
-        }
-        assert_eq!(stored_same, 1, "exactly one copy is new");
-        assert_eq!(store.deliveries(100).await.unwrap().len(), 26);
-    }
-
-    #[tokio::test]
-    async fn deliveries_are_stored_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        assert!(store.record_delivery("d1", "p", "push", "{}", b"payload", None).await.unwrap());
-        assert!(!store.record_delivery("d1", "p", "push", "{}", b"other", None).await.unwrap());
-        assert_eq!(store.unprocessed_deliveries().await.unwrap(), vec![("p".to_string(), "d1".to_string())]);
-        store.set_delivery_outcome("p", "d1", &serde_json::json!({"message": "done"})).await.unwrap();
-        assert!(store.unprocessed_deliveries().await.unwrap().is_empty());
-        let (delivery, payload) = store.delivery("p", "d1").await.unwrap().unwrap();
-        assert_eq!(
-            (delivery.outcome.unwrap()["message"].as_str(), payload.as_slice()),
-            (Some("done"), b"payload".as_slice())
-        );
-    }
-
-    #[tokio::test]
-    async fn a_delivery_id_is_unique_per_project_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        // Another project's delivery (say, one an attacker with that project's secret sent first)
-        // does not make this project's delivery with the same id a redelivery.
-        assert!(store.record_delivery("d1", "evil", "push", "{}", b"evil", None).await.unwrap());
-        assert!(store.record_delivery("d1", "p", "push", "{}", b"real", None).await.unwrap());
-        assert!(!store.record_delivery("d1", "p", "push", "{}", b"again", None).await.unwrap());
-        store.set_delivery_outcome("p", "d1", &serde_json::json!({"message": "built"})).await.unwrap();
-        let (evil, payload) = store.delivery("evil", "d1").await.unwrap().unwrap();
-        assert_eq!((evil.outcome, payload.as_slice()), (None, b"evil".as_slice()));
-        assert_eq!(store.delivery("p", "d1").await.unwrap().unwrap().1, b"real");
-        assert_eq!(store.projects_of_delivery("d1").await.unwrap(), vec!["evil", "p"]);
-    }
-
-    #[tokio::test]
-    async fn stored_deliveries_follow_retention() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let done = serde_json::json!({"status": 200});
-        for i in 0..5 {
-            store.record_delivery(&format!("d{i}"), "p", "push", "{}", b"body", Some(&done)).await.unwrap();
-        }
-        store.record_delivery("waiting", "p", "push", "{}", b"body", None).await.unwrap();
-        store.prune(None, Some(2)).await.unwrap();
-        let kept: Vec<String> = store.deliveries(100).await.unwrap().into_iter().map(|d| d.id).collect();
-        // The two newest are kept, and the one never acted on (it is acted on at the next start).
-        assert_eq!(kept, vec!["waiting", "d4", "d3"]);
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        store.prune(Some(1), None).await.unwrap();
-        let kept: Vec<String> = store.deliveries(100).await.unwrap().into_iter().map(|d| d.id).collect();
-        assert_eq!(kept, vec!["waiting"]);
-    }
 }

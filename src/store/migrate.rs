@@ -1,21 +1,37 @@
-//! The schema: `migrations/*.sql` run by `sqlx::migrate!`, and the bridge from the hand-written
-//! runner that counted its steps in `PRAGMA user_version` (releases before the sqlx migrations).
+//! The schema: `migrations/<backend>/*.sql` run by `sqlx::migrate!` (the same migrations, numbered
+//! alike, in SQLite's and PostgreSQL's words), and the bridge from the hand-written runner that
+//! counted its steps in `PRAGMA user_version` (releases before the sqlx migrations).
 
 use anyhow::{Context, bail};
-use sqlx::SqliteConnection;
 use sqlx::migrate::{Migrate, Migrator};
-use sqlx::sqlite::SqlitePool;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions, Connection, SqliteConnection};
 
-/// The migrations of `migrations/`, the first being the schema of the last hand-written step.
-pub(super) static MIGRATOR: Migrator = sqlx::migrate!();
+use super::Backend;
 
-/// Brings the schema up to date: a database of the hand-written runner first takes its remaining
-/// steps and has the baseline recorded as applied, then every newer migration runs.
-pub(super) async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
-    let mut conn = pool.acquire().await?;
+/// The migrations of `migrations/sqlite/`, the first being the schema of the last hand-written step.
+pub(super) static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The same migrations for PostgreSQL.
+pub(super) static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Brings the schema up to date: every migration not applied yet runs (on PostgreSQL under
+/// sqlx's advisory lock, so that several processes starting at once migrate once).
+pub(super) async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
+    let migrator = match backend {
+        Backend::Sqlite => &SQLITE_MIGRATOR,
+        Backend::Postgres => &POSTGRES_MIGRATOR,
+    };
+    migrator.run(pool).await.context("database migration failed")?;
+    Ok(())
+}
+
+/// A database of the hand-written runner takes its remaining steps and has the baseline recorded
+/// as applied, on a connection of its own (PRAGMAs and sqlx's bookkeeping of SQLite itself).
+pub(super) async fn bridge_legacy_sqlite(options: &SqliteConnectOptions) -> anyhow::Result<()> {
+    let mut conn = options.connect().await.context("cannot open the history database")?;
     bridge(&mut conn).await?;
-    drop(conn);
-    MIGRATOR.run(pool).await.context("database migration failed")?;
+    conn.close().await?;
     Ok(())
 }
 
@@ -98,12 +114,12 @@ const LEGACY: &[&str] = &[
 ",
 ];
 /// Makes a database of the hand-written runner (user_version 1 to 5, no sqlx table) one that
-/// `MIGRATOR` knows: the missing steps, then the baseline recorded with sqlx's own checksum.
+/// `SQLITE_MIGRATOR` knows: the missing steps, then the baseline recorded with sqlx's own checksum.
 async fn bridge(conn: &mut SqliteConnection) -> anyhow::Result<()> {
     let applied: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *conn).await?;
     let tracked: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?)")
-            .bind(MIGRATOR.table_name.as_ref())
+            .bind(SQLITE_MIGRATOR.table_name.as_ref())
             .fetch_one(&mut *conn)
             .await?;
     if applied == 0 || tracked {
@@ -117,9 +133,9 @@ async fn bridge(conn: &mut SqliteConnection) -> anyhow::Result<()> {
         );
     }
     legacy_steps(conn, applied as usize, LEGACY.len()).await?;
-    let baseline = MIGRATOR.iter().next().expect("migrations/ holds the baseline");
-    conn.ensure_migrations_table(&MIGRATOR.table_name).await?;
-    conn.skip(&MIGRATOR.table_name, baseline).await.context("cannot record the baseline migration")?;
+    let baseline = SQLITE_MIGRATOR.iter().next().expect("migrations/ holds the baseline");
+    conn.ensure_migrations_table(&SQLITE_MIGRATOR.table_name).await?;
+    conn.skip(&SQLITE_MIGRATOR.table_name, baseline).await.context("cannot record the baseline migration")?;
     Ok(())
 }
 
@@ -161,7 +177,7 @@ mod tests {
     }
 
     /// Each table's columns (name, type, not null, default, key), to compare schemas.
-    async fn columns(store: &Store) -> Vec<(String, String, String, bool, Option<String>, i64)> {
+    async fn columns(store: &Store) -> Vec<(String, String, String, i64, Option<String>, i64)> {
         sqlx::query_as(
             "SELECT m.name, c.name, c.type, c.\"notnull\", c.dflt_value, c.pk
              FROM sqlite_master m JOIN pragma_table_info(m.name) c
@@ -181,7 +197,7 @@ mod tests {
     }
 
     fn expected() -> Vec<(i64, Vec<u8>)> {
-        MIGRATOR.iter().map(|m| (m.version, m.checksum.to_vec())).collect()
+        SQLITE_MIGRATOR.iter().map(|m| (m.version, m.checksum.to_vec())).collect()
     }
 
     #[tokio::test]
@@ -265,6 +281,17 @@ mod tests {
         let columns = columns(&fresh).await;
         assert_eq!(columns.iter().filter(|c| c.0 == "builds").count(), 20);
         assert_eq!(columns, self::columns(&old).await);
+    }
+
+    #[test]
+    fn both_backends_have_the_same_migrations() {
+        let steps =
+            |migrator: &Migrator| migrator.iter().map(|m| (m.version, m.description.to_string())).collect::<Vec<_>>();
+        assert_eq!(
+            steps(&SQLITE_MIGRATOR),
+            steps(&POSTGRES_MIGRATOR),
+            "add a migration to both folders, numbered alike"
+        );
     }
 
     #[tokio::test]

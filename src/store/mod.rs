@@ -1,6 +1,7 @@
-//! Build history in SQLite under `data_dir`: every build and recipes reload, the webhook
-//! deliveries and the commit status outbox, surviving restarts. One file per table; this one
-//! opens the database and holds what they share.
+//! Build history: every build and recipes reload, the webhook deliveries and the commit status
+//! outbox, surviving restarts. In SQLite under `data_dir` by default, or in PostgreSQL
+//! (`[database] url`), through one query layer (sqlx's `Any`: the same SQL, `$N` placeholders, on
+//! both). One file per table; this one opens the database and holds what they share.
 
 mod builds;
 mod deliveries;
@@ -8,11 +9,13 @@ mod migrate;
 mod statuses;
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use anyhow::{Context, bail};
+use sqlx::any::AnyPoolOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
 use tokio::sync::mpsc;
 
 pub use builds::HistoryFilter;
@@ -21,43 +24,124 @@ pub use statuses::OutboxStatus;
 
 use crate::model::BuildId;
 
+/// The key of the PostgreSQL advisory lock one `serve` holds ("autobuil" in ASCII).
+const SOLE_USE_LOCK: i64 = 0x6175_746f_6275_696c;
+
 /// Most entries one history request returns.
 pub const MAX_HISTORY: i64 = 1000;
 
+/// Which database holds the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
+    /// The connection holding the advisory lock of [`Store::claim_sole_use`].
+    sole_use: Arc<Mutex<Option<AnyConnection>>>,
     /// Delivery writes, committed in batches by one task (group commit): webhook intake waits
     /// for its own commit, and many concurrent deliveries share one.
     delivery_writes: mpsc::Sender<deliveries::QueuedWrite>,
 }
 
 impl Store {
-    /// Opens (creating when missing) `<data_dir>/autobuilder.sqlite` and brings its schema up to date.
-    pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
-        let path = data_dir.join("autobuilder.sqlite");
-        let options = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // With WAL, NORMAL survives a crash of the process (what a stored delivery needs);
-            // only a power loss can take the last commits.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("cannot open the history database {}", path.display()))?;
-        migrate::migrate(&pool).await?;
-        let delivery_writes = deliveries::start_writer(pool.clone());
-        Ok(Self { pool, delivery_writes })
+    /// Opens the history `[database] url` names: empty, SQLite in `<data_dir>/autobuilder.sqlite`;
+    /// `postgres://...`, that PostgreSQL database.
+    pub async fn connect(url: &str, data_dir: &Path) -> anyhow::Result<Self> {
+        if url.is_empty() { Self::open(data_dir).await } else { Self::open_postgres(url).await }
     }
 
-    /// Answers whether the database responds.
+    /// Opens (creating when missing) `<data_dir>/autobuilder.sqlite` and brings its schema up to date.
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+        let path = std::fs::canonicalize(data_dir)
+            .with_context(|| format!("cannot open data_dir {}", data_dir.display()))?
+            .join("autobuilder.sqlite");
+        let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+        // A database of the hand-written schema runner of older releases is brought up to the
+        // baseline first, on a connection of its own.
+        migrate::bridge_legacy_sqlite(&options).await?;
+        let url = options.to_url_lossy();
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|connection, _| {
+                Box::pin(async move {
+                    // With WAL, NORMAL survives a crash of the process (what a stored delivery
+                    // needs); only a power loss can take the last commits.
+                    connection
+                        .execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect(url.as_str())
+            .await
+            .with_context(|| format!("cannot open the history database {}", path.display()))?;
+        Self::start(pool, Backend::Sqlite).await
+    }
+
+    /// Connects to the PostgreSQL database at `url` and brings its schema up to date.
+    pub async fn open_postgres(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            // A query waits this long for a connection while PostgreSQL restarts, then fails
+            // (a webhook is then refused in time for GitHub to deliver it again).
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .with_context(|| {
+                format!("cannot connect to the history database {}: is PostgreSQL running there?", redact(url))
+            })?;
+        Self::start(pool, Backend::Postgres).await
+    }
+
+    async fn start(pool: AnyPool, backend: Backend) -> anyhow::Result<Self> {
+        migrate::migrate(&pool, backend).await?;
+        let delivery_writes = deliveries::start_writer(pool.clone());
+        Ok(Self { pool, backend, sole_use: Arc::default(), delivery_writes })
+    }
+
+    /// Which database holds the history.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Makes this process the one `serve` of a PostgreSQL history, for as long as it runs: at
+    /// start-up a `serve` takes over every queued and running build it finds, so a second one on
+    /// the same database would take over the first one's. Refused when another holds it. (A
+    /// SQLite history is a file of this machine's `data_dir`: nothing to claim.)
+    pub async fn claim_sole_use(&self) -> anyhow::Result<()> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        let mut connection = self.pool.acquire().await?.detach();
+        let claimed: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SOLE_USE_LOCK)
+            .fetch_one(&mut connection)
+            .await?;
+        if !claimed {
+            bail!(
+                "another autobuilder serve uses this history database: stop it first, or give this one a \
+                 database of its own ([database] url)"
+            );
+        }
+        // The lock lives as long as this session: the connection is kept, never returned.
+        *self.sole_use.lock().expect("sole_use lock") = Some(connection);
+        Ok(())
+    }
+
+    /// Answers whether the database responds, within 2 s (a readiness probe must not wait for
+    /// the pool's own timeout).
     pub async fn ping(&self) -> anyhow::Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .map_err(|_| anyhow::anyhow!("the database did not answer within 2 s"))??;
         Ok(())
     }
 
@@ -72,6 +156,18 @@ impl Store {
     }
 }
 
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "(an unparsable URL)".into(),
+    }
+}
+
 /// Now, in milliseconds since the epoch (how times are stored).
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
@@ -80,7 +176,7 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Branch, BuildKind, BuildStatus, CommitSha, NewBuild, Outcome, RepoName};
+    use crate::model::{Branch, BuildKind, CommitSha, NewBuild, RepoName};
 
     fn new_build(repo: &str, branch: &str) -> NewBuild {
         NewBuild {
@@ -97,41 +193,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn history_survives_reopening_and_filters() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let a = store.insert(&new_build("o/a", "master"), None).await.unwrap().id;
-        let b = store.insert(&new_build("o/b", "dev"), None).await.unwrap().id;
-        store.mark_running(a).await.unwrap();
-        store.finish(a, &Outcome::failed(BuildStatus::Failure, "script exited 1"), None).await.unwrap();
-        drop(store);
-
-        let store = Store::open(dir.path()).await.unwrap();
-        let all = store.history(&HistoryFilter::default()).await.unwrap();
-        assert_eq!(all.iter().map(|b| b.id).collect::<Vec<_>>(), vec![b, a]);
-        let failed =
-            store.history(&HistoryFilter { status: Some(BuildStatus::Failure), ..Default::default() }).await.unwrap();
-        assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].outcome.error.as_deref(), Some("script exited 1"));
-        assert!(failed[0].started.is_some() && failed[0].ended.is_some());
-        let dev = store
-            .history(&HistoryFilter { branch: Some("dev".into()), limit: Some(5), ..Default::default() })
-            .await
-            .unwrap();
-        assert_eq!(dev[0].id, b);
-
-        assert_eq!(store.active().await.unwrap().iter().map(|b| b.id).collect::<Vec<_>>(), vec![b]);
-        assert_eq!(store.count_by_status().await.unwrap().len(), 2);
-        let pruned = store.prune(None, Some(1)).await.unwrap();
-        assert_eq!(pruned, vec![a], "only finished entries beyond the newest one go");
-    }
-
-    #[tokio::test]
     async fn an_unknown_kind_in_the_database_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         let id = store.insert(&new_build("o/a", "master"), None).await.unwrap().id;
-        sqlx::query("UPDATE builds SET kind = 'mystery' WHERE id = ?").bind(id).execute(&store.pool).await.unwrap();
+        sqlx::query("UPDATE builds SET kind = 'mystery' WHERE id = $1").bind(id).execute(&store.pool).await.unwrap();
         let error = store.get(id).await.unwrap_err();
         assert!(format!("{error:#}").contains("kind"), "{error:#}");
     }

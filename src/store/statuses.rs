@@ -1,6 +1,6 @@
 //! The `statuses` table: the outbox of commit statuses, posted to GitHub in order until delivered.
 
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 use super::{Store, now_ms};
 use crate::model::{CommitSha, CommitState, RepoName};
@@ -37,7 +37,7 @@ impl Store {
 
     /// Marks a status delivered, or (with `error`) given up on for good.
     pub async fn status_done(&self, id: i64, error: Option<&str>) -> anyhow::Result<()> {
-        sqlx::query("UPDATE statuses SET delivered = ?, last_error = ? WHERE id = ?")
+        sqlx::query("UPDATE statuses SET delivered = $1, last_error = $2 WHERE id = $3")
             .bind(now_ms())
             .bind(error)
             .bind(id)
@@ -48,7 +48,7 @@ impl Store {
 
     /// Records a failed attempt; the status is tried again after `delay_ms`.
     pub async fn status_retry(&self, id: i64, delay_ms: i64, error: &str) -> anyhow::Result<()> {
-        sqlx::query("UPDATE statuses SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE id = ?")
+        sqlx::query("UPDATE statuses SET attempts = attempts + 1, next_attempt = $1, last_error = $2 WHERE id = $3")
             .bind(now_ms() + delay_ms)
             .bind(error)
             .bind(id)
@@ -58,10 +58,10 @@ impl Store {
     }
 }
 
-pub(super) async fn insert_status(connection: &mut SqliteConnection, status: &OutboxStatus) -> anyhow::Result<()> {
+pub(super) async fn insert_status(connection: &mut AnyConnection, status: &OutboxStatus) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO statuses (repository, commit_sha, state, context, description, target_url, created, next_attempt)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&status.repository)
     .bind(&status.commit)

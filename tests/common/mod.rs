@@ -9,12 +9,13 @@ mod git;
 mod github;
 mod hub;
 mod live;
+mod postgres;
 mod redis_server;
 mod server;
 
 // Each test file uses some of it.
 #[allow(unused_imports)]
-pub use {browser::*, docker::*, git::*, github::*, hub::*, live::*, redis_server::*, server::*};
+pub use {browser::*, docker::*, git::*, github::*, hub::*, live::*, postgres::*, redis_server::*, server::*};
 
 use std::time::{Duration, Instant};
 

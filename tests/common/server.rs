@@ -10,7 +10,7 @@ use std::time::Instant;
 use autobuilder::config::{Config, ProjectConfig, Secret};
 use serde_json::{Value, json};
 
-use super::{GitHost, TEST_IMAGE, ensure_test_image, push_payload, wait_until, wait_until_blocking};
+use super::{GitHost, Postgres, TEST_IMAGE, ensure_test_image, push_payload, wait_until, wait_until_blocking};
 
 /// The real `autobuilder serve`, with its own data, temp and artifact directories.
 pub struct Server {
@@ -30,9 +30,14 @@ pub const SECRET: &str = "test-secret";
 /// The admin token of test servers configured with [`admin`].
 pub const ADMIN_TOKEN: &str = "admin-token";
 
+/// `TEST_DATABASE=postgres` runs the test servers on PostgreSQL (a new database each,
+/// see [`Postgres`]) instead of SQLite: the suite runs against both backends.
+pub const TEST_DATABASE_ENV: &str = "TEST_DATABASE";
+
 /// The configuration of a test server in `dir`: its data and temp directories there, repositories
 /// from `git`, the test image, no network, the project `demo` (recipes `org/recipes`, secret
-/// [`SECRET`]), and GitHub at `github_url` with a token (without it, no token and nothing listens).
+/// [`SECRET`]), GitHub at `github_url` with a token (without it, no token and nothing listens), and
+/// its history in SQLite or, with [`TEST_DATABASE_ENV`], in a PostgreSQL database of its own.
 /// A test sets its own fields on it: `test_config(dir, &git, None).with(|c| c.builds.concurrency = 4)`.
 pub fn test_config(dir: &Path, git: &GitHost, github_url: Option<&str>) -> Config {
     let mut config = Config {
@@ -50,6 +55,11 @@ pub fn test_config(dir: &Path, git: &GitHost, github_url: Option<&str>) -> Confi
     config.builds.timeout_minutes = 5;
     config.builds.memory = "256m".into();
     config.projects.insert("demo".into(), project("org/recipes", SECRET));
+    match std::env::var(TEST_DATABASE_ENV).as_deref() {
+        Ok("postgres") => config.database.url = Secret::new(Postgres::shared().fresh_database()),
+        Ok("sqlite") | Ok("") | Err(_) => {}
+        Ok(other) => panic!("{TEST_DATABASE_ENV}={other}: say sqlite or postgres"),
+    }
     config
 }
 

@@ -1,0 +1,305 @@
+//! The history store on both of its backends: every scenario runs on a new SQLite file and on a new
+//! database of a real PostgreSQL (a throwaway cluster of the harness, see `common::Postgres`).
+
+mod common;
+
+use std::time::Duration;
+
+use autobuilder::model::{
+    Branch, BuildId, BuildKind, BuildStatus, CommitSha, CommitState, NewBuild, Outcome, RepoName,
+};
+use autobuilder::store::{Backend, HistoryFilter, OutboxStatus, Store};
+use common::Postgres;
+
+/// A database of one backend, opened as often as a scenario likes.
+enum Database {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Database {
+    fn sqlite() -> Self {
+        Database::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    fn postgres() -> Self {
+        Database::Postgres(Postgres::shared().fresh_database())
+    }
+
+    async fn open(&self) -> Store {
+        match self {
+            Database::Sqlite(dir) => Store::open(dir.path()).await.unwrap(),
+            Database::Postgres(url) => Store::open_postgres(url).await.unwrap(),
+        }
+    }
+}
+
+/// Each scenario as two tests, `sqlite::<name>` and `postgres::<name>`.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $scenario() {
+                    super::$scenario(super::Database::sqlite()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $scenario() {
+                    super::$scenario(super::Database::postgres()).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    history_survives_reopening_and_filters,
+    history_pages_with_a_cursor_and_keeps_its_filters,
+    a_finished_build_and_its_status_are_stored_together,
+    the_status_outbox_goes_out_in_order_and_retries,
+    concurrent_copies_of_a_delivery_store_it_once,
+    deliveries_are_stored_once,
+    a_delivery_id_is_unique_per_project_only,
+    stored_deliveries_follow_retention,
+    reopening_migrates_nothing_again,
+);
+
+fn new_build(repo: &str, branch: &str, script: &str) -> NewBuild {
+    NewBuild {
+        kind: BuildKind::Build,
+        project: "p".into(),
+        repository: RepoName::parse(repo).unwrap(),
+        branch: Branch::parse(branch).unwrap(),
+        commit: Some(CommitSha::parse(&"a".repeat(40)).unwrap()),
+        script: script.into(),
+        baseimage: Some("busybox:latest".into()),
+        message: Some("a commit".into()),
+        author: None,
+    }
+}
+
+fn ids(builds: &[autobuilder::model::Build]) -> Vec<BuildId> {
+    builds.iter().map(|b| b.id).collect()
+}
+
+fn status(context: &str) -> OutboxStatus {
+    OutboxStatus {
+        id: 0,
+        repository: RepoName::parse("o/a").unwrap(),
+        commit: CommitSha::parse(&"b".repeat(40)).unwrap(),
+        state: CommitState::Failure,
+        context: context.into(),
+        description: "script exited 1".into(),
+        target_url: "http://autobuilder.test/build/1".into(),
+        attempts: 0,
+        next_attempt: 0,
+    }
+}
+
+async fn history_survives_reopening_and_filters(database: Database) {
+    let store = database.open().await;
+    let a = store.insert(&new_build("o/a", "master", "build.sh"), Some("{\"x\":1}")).await.unwrap().id;
+    let b = store.insert(&new_build("o/b", "dev", "build.sh"), None).await.unwrap().id;
+    store.mark_running(a).await.unwrap();
+    store.finish(a, &Outcome::failed(BuildStatus::Failure, "script exited 1"), None).await.unwrap();
+    drop(store);
+
+    let store = database.open().await;
+    let all = store.history(&HistoryFilter::default()).await.unwrap();
+    assert_eq!(ids(&all), vec![b, a]);
+    assert_eq!(all[1].new.baseimage.as_deref(), Some("busybox:latest"));
+    assert_eq!(all[1].new.commit.as_ref().unwrap().as_str(), "a".repeat(40));
+    let failed =
+        store.history(&HistoryFilter { status: Some(BuildStatus::Failure), ..Default::default() }).await.unwrap();
+    assert_eq!(ids(&failed), vec![a]);
+    assert_eq!(failed[0].outcome.error.as_deref(), Some("script exited 1"));
+    assert!(failed[0].started.is_some() && failed[0].ended.is_some());
+    let dev = store
+        .history(&HistoryFilter { branch: Some("dev".into()), limit: Some(5), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(ids(&dev), vec![b]);
+    let repo = HistoryFilter { repository: Some("o/a".into()), ..Default::default() };
+    assert_eq!(ids(&store.history(&repo).await.unwrap()), vec![a]);
+    assert_eq!(store.settings(a).await.unwrap().as_deref(), Some("{\"x\":1}"));
+    assert_eq!(store.settings(b).await.unwrap(), None);
+
+    assert_eq!(ids(&store.active().await.unwrap()), vec![b]);
+    let mut counts = store.count_by_status().await.unwrap();
+    counts.sort_by_key(|(status, _)| status.as_str());
+    assert_eq!(counts, vec![(BuildStatus::Failure, 1), (BuildStatus::Queued, 1)]);
+    let pruned = store.prune(None, Some(1)).await.unwrap();
+    assert_eq!(pruned, vec![a], "only finished entries beyond the newest one go");
+    assert!(store.get(a).await.unwrap().is_none());
+    assert!(store.get(b).await.unwrap().is_some());
+    store.ping().await.unwrap();
+}
+
+async fn history_pages_with_a_cursor_and_keeps_its_filters(database: Database) {
+    let store = database.open().await;
+    let mut built = Vec::new();
+    for n in 0..7 {
+        let script = if n % 2 == 0 { "build.sh" } else { "docs.sh" };
+        built.push(store.insert(&new_build("o/a", "master", script), None).await.unwrap().id);
+    }
+    store.finish(built[1], &Outcome::failed(BuildStatus::Failure, "exit 1"), None).await.unwrap();
+    let page = |before: Option<BuildId>| HistoryFilter { limit: Some(3), before, ..Default::default() };
+    assert_eq!(ids(&store.history(&page(None)).await.unwrap()), vec![built[6], built[5], built[4]]);
+    assert_eq!(ids(&store.history(&page(Some(built[4]))).await.unwrap()), vec![built[3], built[2], built[1]]);
+    assert_eq!(ids(&store.history(&page(Some(built[1]))).await.unwrap()), vec![built[0]]);
+
+    let docs = HistoryFilter { script: Some("docs.sh".into()), before: Some(built[5]), ..Default::default() };
+    assert_eq!(ids(&store.history(&docs).await.unwrap()), vec![built[3], built[1]]);
+    let finished = HistoryFilter { finished: true, ..Default::default() };
+    assert_eq!(ids(&store.history(&finished).await.unwrap()), vec![built[1]]);
+    let reloads = HistoryFilter { kind: Some(BuildKind::Reload), ..Default::default() };
+    assert!(store.history(&reloads).await.unwrap().is_empty());
+}
+
+async fn a_finished_build_and_its_status_are_stored_together(database: Database) {
+    let store = database.open().await;
+    let id = store.insert(&new_build("o/a", "master", "build.sh"), None).await.unwrap().id;
+    let mut outcome = Outcome::failed(BuildStatus::Failure, "script exited 1");
+    outcome.artifact = Some("a.tar.gz".into());
+    let build = store.finish(id, &outcome, Some(&status("autobuilder/build.sh"))).await.unwrap();
+    assert_eq!((build.outcome.status, build.outcome.artifact.as_deref()), (BuildStatus::Failure, Some("a.tar.gz")));
+    assert!(build.started.is_some(), "a build that never ran still gets a start time");
+    let queued = store.next_status().await.unwrap().expect("the final status is in the outbox");
+    assert_eq!((queued.state, queued.context.as_str()), (CommitState::Failure, "autobuilder/build.sh"));
+
+    // A build that is not there: neither the row nor its status is written.
+    store.status_done(queued.id, None).await.unwrap();
+    assert!(store.finish(BuildId(999_999), &outcome, Some(&status("autobuilder/other.sh"))).await.is_err());
+    assert!(store.next_status().await.unwrap().is_none(), "the status went back with the failed update");
+}
+
+async fn the_status_outbox_goes_out_in_order_and_retries(database: Database) {
+    let store = database.open().await;
+    for context in ["first", "second"] {
+        store.queue_status(&status(context)).await.unwrap();
+    }
+    let first = store.next_status().await.unwrap().unwrap();
+    assert_eq!(first.context, "first");
+    store.status_retry(first.id, 60_000, "GitHub answered 502").await.unwrap();
+    let again = store.next_status().await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempts), (first.id, 1), "the oldest stays first until delivered");
+    assert!(again.next_attempt > autobuilder::store::now_ms() + 50_000);
+    store.status_done(first.id, None).await.unwrap();
+    let second = store.next_status().await.unwrap().unwrap();
+    assert_eq!(second.context, "second");
+    store.status_done(second.id, Some("gave up: 422")).await.unwrap();
+    assert!(store.next_status().await.unwrap().is_none());
+}
+
+async fn concurrent_copies_of_a_delivery_store_it_once(database: Database) {
+    let store = database.open().await;
+    let copies: Vec<_> = (0..50)
+        .map(|i| {
+            let store = store.clone();
+            let id = if i % 2 == 0 { "same".to_string() } else { format!("other-{i}") };
+            tokio::spawn(async move {
+                (id.clone(), store.record_delivery(&id, "p", "push", "{}", b"x", None).await.unwrap())
+            })
+        })
+        .collect();
+    let mut stored_same = 0;
+    for copy in copies {
+        let (id, new) = copy.await.unwrap();
+        if id == "same" {
+            stored_same += usize::from(new);
+        } else {
+            assert!(new, "{id} is new");
+        }
+    }
+    assert_eq!(stored_same, 1, "exactly one copy is new");
+    assert_eq!(store.deliveries(100).await.unwrap().len(), 26);
+}
+
+async fn deliveries_are_stored_once(database: Database) {
+    let store = database.open().await;
+    assert!(store.record_delivery("d1", "p", "push", "{}", b"payload", None).await.unwrap());
+    assert!(!store.record_delivery("d1", "p", "push", "{}", b"other", None).await.unwrap());
+    assert_eq!(store.unprocessed_deliveries().await.unwrap(), vec![("p".to_string(), "d1".to_string())]);
+    store.set_delivery_outcome("p", "d1", &serde_json::json!({"message": "done"})).await.unwrap();
+    assert!(store.unprocessed_deliveries().await.unwrap().is_empty());
+    let (delivery, payload) = store.delivery("p", "d1").await.unwrap().unwrap();
+    assert_eq!(
+        (delivery.outcome.unwrap()["message"].as_str(), payload.as_slice()),
+        (Some("done"), b"payload".as_slice())
+    );
+    // Bytes that are not UTF-8 come back as they were sent.
+    let binary = [0u8, 159, 146, 150, 255];
+    assert!(store.record_delivery("d2", "p", "push", "{}", &binary, None).await.unwrap());
+    assert_eq!(store.delivery("p", "d2").await.unwrap().unwrap().1, binary);
+}
+
+async fn a_delivery_id_is_unique_per_project_only(database: Database) {
+    let store = database.open().await;
+    // Another project's delivery (say, one an attacker with that project's secret sent first)
+    // does not make this project's delivery with the same id a redelivery.
+    assert!(store.record_delivery("d1", "evil", "push", "{}", b"evil", None).await.unwrap());
+    assert!(store.record_delivery("d1", "p", "push", "{}", b"real", None).await.unwrap());
+    assert!(!store.record_delivery("d1", "p", "push", "{}", b"again", None).await.unwrap());
+    store.set_delivery_outcome("p", "d1", &serde_json::json!({"message": "built"})).await.unwrap();
+    let (evil, payload) = store.delivery("evil", "d1").await.unwrap().unwrap();
+    assert_eq!((evil.outcome, payload.as_slice()), (None, b"evil".as_slice()));
+    assert_eq!(store.delivery("p", "d1").await.unwrap().unwrap().1, b"real");
+    assert_eq!(store.projects_of_delivery("d1").await.unwrap(), vec!["evil", "p"]);
+}
+
+async fn stored_deliveries_follow_retention(database: Database) {
+    let store = database.open().await;
+    let done = serde_json::json!({"status": 200});
+    for i in 0..5 {
+        store.record_delivery(&format!("d{i}"), "p", "push", "{}", b"body", Some(&done)).await.unwrap();
+    }
+    store.record_delivery("waiting", "p", "push", "{}", b"body", None).await.unwrap();
+    store.prune(None, Some(2)).await.unwrap();
+    let kept: Vec<String> = store.deliveries(100).await.unwrap().into_iter().map(|d| d.id).collect();
+    // The two newest are kept, and the one never acted on (it is acted on at the next start).
+    assert_eq!(kept, vec!["waiting", "d4", "d3"]);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store.prune(Some(1), None).await.unwrap();
+    let kept: Vec<String> = store.deliveries(100).await.unwrap().into_iter().map(|d| d.id).collect();
+    assert_eq!(kept, vec!["waiting"]);
+}
+
+async fn reopening_migrates_nothing_again(database: Database) {
+    let first = database.open().await;
+    let id = first.insert(&new_build("o/a", "master", "build.sh"), None).await.unwrap().id;
+    // A second process opening the same database at the same time (PostgreSQL: behind sqlx's
+    // migration lock) finds the schema made and the rows there.
+    let (second, third) = tokio::join!(database.open(), database.open());
+    assert_eq!(second.get(id).await.unwrap().unwrap().id, id);
+    assert_eq!(third.history(&HistoryFilter::default()).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn one_serve_at_a_time_claims_a_postgres_history() {
+    let database = Database::postgres();
+    let first = database.open().await;
+    assert_eq!(first.backend(), Backend::Postgres);
+    first.claim_sole_use().await.unwrap();
+    let second = database.open().await;
+    let refused = second.claim_sole_use().await.unwrap_err();
+    assert!(format!("{refused:#}").contains("another autobuilder serve uses this history database"), "{refused:#}");
+    drop(first);
+    // The claim ends with the process that held it (here: its store and its connection).
+    common::wait_until("the first claim to end", async || second.claim_sole_use().await.ok()).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let error = Store::open_postgres(&format!("postgres://autobuilder:hunter2@127.0.0.1:{port}/history"))
+        .await
+        .err()
+        .expect("nothing listens there");
+    let message = format!("{error:#}");
+    assert!(message.contains("is PostgreSQL running there?"), "{message}");
+    assert!(!message.contains("hunter2"), "the password stays out of messages: {message}");
+}
