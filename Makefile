@@ -17,7 +17,7 @@ test: ## every test (real Docker, git, Redis, Chromium); TEST=<file> for one fil
 	cargo test --no-fail-fast $(if $(TEST),--test $(TEST)) $(ARGS)
 
 # The test files that use the history most, run again with every test server on PostgreSQL.
-POSTGRES_TESTS ?= e2e intake reliability load chains pulls monitor_overview
+POSTGRES_TESTS ?= e2e intake reliability chains pulls
 
 test-postgres: ## those test files again on PostgreSQL (a throwaway cluster the tests make)
 	TEST_DATABASE=postgres cargo test --no-fail-fast $(foreach t,$(POSTGRES_TESTS),--test $(t)) $(ARGS)
