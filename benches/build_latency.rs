@@ -1,6 +1,7 @@
 //! `cargo bench`: how long builds take from webhook to `success` in the history, beside plain
 //! `docker run` of the same image and script, plus intake rate and memory. Prints figures; asserts
-//! nothing about speed. Record the output in docs/benchmarks.md.
+//! nothing about speed. Record the output in docs/benchmarks.md. `TEST_DATABASE=postgres` with
+//! `TEST_POSTGRES_URL=<a durable server>` measures the history on PostgreSQL (see the harness).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
