@@ -11,9 +11,14 @@ use sqlx::error::BoxDynError;
 use time::OffsetDateTime;
 
 /// A type stored as text, through sqlx's `Any` (the one query layer over SQLite and PostgreSQL):
-/// written as its `as_str()`, read back through `$parse`, so a value the database holds is checked
-/// as any other input.
+/// written as its `as_str()`, read back through its `parse`, so a value the database holds is
+/// checked as any other input. `enum`: a `parse` that answers `None` for an unknown word.
 macro_rules! stored_as_text {
+    (enum $name:ident) => {
+        stored_as_text!($name, |text| {
+            $name::parse(text).ok_or_else(|| format!("unknown {} {text:?}", stringify!($name)).into())
+        });
+    };
     ($name:ident, $parse:expr) => {
         impl sqlx::Type<Any> for $name {
             fn type_info() -> AnyTypeInfo {
@@ -227,7 +232,7 @@ impl BuildStatus {
     }
 }
 
-stored_as_text!(BuildStatus, |text| BuildStatus::parse(text).ok_or_else(|| format!("unknown status {text:?}").into()));
+stored_as_text!(enum BuildStatus);
 
 impl fmt::Display for BuildStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -250,13 +255,13 @@ impl BuildKind {
             BuildKind::Reload => "reload",
         }
     }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [BuildKind::Build, BuildKind::Reload].into_iter().find(|k| k.as_str() == text)
+    }
 }
 
-stored_as_text!(BuildKind, |text| match text {
-    "build" => Ok(BuildKind::Build),
-    "reload" => Ok(BuildKind::Reload),
-    _ => Err(format!("unknown kind {text:?}").into()),
-});
+stored_as_text!(enum BuildKind);
 
 /// The state of a commit status, as GitHub names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,8 +285,11 @@ impl From<BuildStatus> for CommitState {
 }
 
 impl CommitState {
-    pub const ALL: [CommitState; 4] =
-        [CommitState::Pending, CommitState::Success, CommitState::Failure, CommitState::Error];
+    pub fn parse(text: &str) -> Option<Self> {
+        [CommitState::Pending, CommitState::Success, CommitState::Failure, CommitState::Error]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -299,12 +307,7 @@ impl fmt::Display for CommitState {
     }
 }
 
-stored_as_text!(CommitState, |text| {
-    CommitState::ALL
-        .into_iter()
-        .find(|s| s.as_str() == text)
-        .ok_or_else(|| format!("unknown commit state {text:?}").into())
-});
+stored_as_text!(enum CommitState);
 
 /// What is known of a history entry when it is queued; it does not change afterwards.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -59,11 +59,9 @@ pub async fn history(
     };
     let kind = match query.kind.as_deref() {
         None | Some("") => None,
-        Some("build") => Some(BuildKind::Build),
-        Some("reload") => Some(BuildKind::Reload),
-        Some(text) => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("unknown kind {text:?}: use build or reload")));
-        }
+        Some(text) => Some(BuildKind::parse(text).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("unknown kind {text:?}: use build or reload"))
+        })?),
     };
     let filter = HistoryFilter {
         limit: query.limit,
