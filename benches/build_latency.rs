@@ -1,7 +1,8 @@
 //! `cargo bench`: how long builds take from webhook to `success` in the history, beside plain
-//! `docker run` of the same image and script, plus intake rate and memory. Prints figures; asserts
-//! nothing about speed. Record the output in docs/benchmarks.md. `TEST_DATABASE=postgres` with
-//! `TEST_POSTGRES_URL=<a durable server>` measures the history on PostgreSQL (see the harness).
+//! `docker run` of the same image and script, plus memory (intake: `--bench intake`). Prints
+//! figures; asserts nothing about speed. Record the output in docs/benchmarks.md. `TEST_DATABASE=postgres` with
+//! `TEST_POSTGRES_URL=<a durable server>` measures the history on PostgreSQL (see the harness);
+//! `BENCH_REDIS=1` sends the log lines over a real Redis.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -44,10 +45,21 @@ async fn run() {
     }
     let files: Vec<(&str, &str)> = recipes.iter().map(|(p, c)| (p.as_str(), *c)).collect();
     git.commit("org/recipes", "master", &files);
-    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.builds.concurrency = 20));
+    // BENCH_REDIS=1: log lines go over a real Redis, as with a separate `autobuilder live`.
+    let redis = std::env::var_os("BENCH_REDIS").map(|_| RedisServer::start());
+    let server = Server::start(|dir| {
+        test_config(dir, &git, None).with(|c| {
+            c.builds.concurrency = 20;
+            c.redis.url = redis_url(&redis);
+        })
+    });
     let idle_rss = server.rss_kib();
 
-    println!("autobuilder benchmark, {} cores, median of {RUNS} runs", std::thread::available_parallelism().unwrap());
+    let bus = if redis.is_some() { "Redis" } else { "embedded bus" };
+    println!(
+        "autobuilder benchmark, {} cores, {bus}, median of {RUNS} runs",
+        std::thread::available_parallelism().unwrap()
+    );
     println!("{:<44} {:>12} {:>12} {:>8}", "figure", "autobuilder", "docker run", "ratio");
     for (name, body) in scripts {
         let sha = git.commit(&format!("bench/{name}"), "master", &[]);
@@ -76,6 +88,8 @@ async fn run() {
         );
     }
 
+    print_trivial_timeline(&server, &git).await;
+
     let start = Instant::now();
     let pushes = parallel.iter().map(|(repo, sha)| server.push_builds(repo, "master", sha));
     let ids: Vec<i64> = futures_util::future::join_all(pushes).await.into_iter().flatten().collect();
@@ -84,8 +98,6 @@ async fn run() {
     }
     println!("{:<44} {:>10.3} s", "20 simultaneous trivial pushes (20 repos), last done", secs(start.elapsed()));
 
-    let (rate, p99) = intake(&server).await;
-    println!("{:<44} {:>8.0} /s   p99 {:.2} ms", "webhook intake, untracked repo, 8 clients", rate, p99 * 1e3);
     println!("{:<44} {:>8.1} MB", "server RSS idle (after start-up)", idle_rss as f64 / 1024.0);
     println!("{:<44} {:>8.1} MB", "server RSS after the builds above", server.rss_kib() as f64 / 1024.0);
 }
@@ -101,35 +113,23 @@ async fn wait_success(server: &Server, id: i64) {
     }
 }
 
-/// Signed pushes of an untracked repository from 8 concurrent clients for 2 s.
-async fn intake(server: &Server) -> (f64, f64) {
-    let body = push_payload("nobody/untracked", "refs/heads/master", &"1".repeat(40)).to_string();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let clients = (0..8).map(|_| {
-        let (body, url, http) = (body.clone(), server.url.clone(), server.http.clone());
-        let signature = autobuilder::github::events::sign(SECRET.as_bytes(), body.as_bytes());
-        async move {
-            let mut latencies = Vec::new();
-            while Instant::now() < deadline {
-                let start = Instant::now();
-                let response = http
-                    .post(format!("{url}/build/demo/hook"))
-                    .header("x-github-event", "push")
-                    .header("x-hub-signature-256", &signature)
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(response.status().is_success());
-                response.bytes().await.unwrap();
-                latencies.push(start.elapsed());
-            }
-            latencies
-        }
-    });
-    let mut all: Vec<Duration> = futures_util::future::join_all(clients).await.into_iter().flatten().collect();
-    all.sort();
-    (all.len() as f64 / 2.0, secs(all[all.len() * 99 / 100]))
+/// Where one more trivial build's time went: each log line with the time it arrived, and the
+/// answer to the webhook and the `success` the client saw, in ms from the webhook's send.
+async fn print_trivial_timeline(server: &Server, git: &GitHost) {
+    let since_epoch =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() * 1e3;
+    let sha = git.commit("bench/trivial", "master", &[]);
+    let sent = since_epoch();
+    let id = server.push_builds("bench/trivial", "master", &sha).await[0];
+    let answered = since_epoch();
+    wait_success(server, id).await;
+    let done = since_epoch();
+    println!("    where a trivial build's time went (ms from the webhook's send):");
+    println!("    {:>8.1}  (the webhook answered)", answered - sent);
+    for (time, line) in server.log_timeline(id, 50).await {
+        println!("    {:>8.1}  {line}", time - sent);
+    }
+    println!("    {:>8.1}  (success seen by the client)", done - sent);
 }
 
 async fn median<F: std::future::Future<Output = Duration>>(runs: usize, mut f: impl FnMut() -> F) -> Duration {

@@ -1,9 +1,9 @@
 //! The `deliveries` table: every verified webhook delivery, stored before it is acted on, written
 //! in batches by one task.
 
-use sqlx::AnyPool;
 use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{Acquire, AnyConnection, AnyPool};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -52,65 +52,18 @@ async fn write_deliveries(pool: AnyPool, mut writes: mpsc::Receiver<QueuedWrite>
         }
         let mut results = vec![false; batch.len()];
         let committed = async {
-            let mut tx = pool.begin().await?;
-            // Records go in one statement (the common case: many deliveries at once), then
-            // outcomes one by one. A record whose id is stored already inserts nothing.
-            let records: Vec<usize> =
-                (0..batch.len()).filter(|&i| matches!(batch[i].0, DeliveryWrite::Record { .. })).collect();
-            if !records.is_empty() {
-                // `$N` placeholders written here: sqlx's QueryBuilder writes `?` for `Any`, which
-                // PostgreSQL does not take.
-                const COLUMNS: usize = 7;
-                let rows = (0..records.len())
-                    .map(|row| {
-                        let first = row * COLUMNS + 1;
-                        let places = (first..first + COLUMNS).map(|n| format!("${n}")).collect::<Vec<_>>();
-                        format!("({})", places.join(", "))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = format!(
-                    "INSERT INTO deliveries (id, project, event, received, headers, payload, outcome) VALUES {rows}
-                     ON CONFLICT (project, id) DO NOTHING RETURNING project, id"
-                );
-                let mut insert = sqlx::query_as(sqlx::AssertSqlSafe(sql));
-                for &i in &records {
-                    let DeliveryWrite::Record { id, project, event, headers, payload, outcome } = &batch[i].0 else {
-                        unreachable!("records only")
-                    };
-                    insert = insert
-                        .bind(id.as_str())
-                        .bind(project.as_str())
-                        .bind(event.as_str())
-                        .bind(now_ms())
-                        .bind(headers.as_str())
-                        .bind(payload.as_slice())
-                        .bind(outcome.as_deref());
-                }
-                let inserted: Vec<(String, String)> = insert.fetch_all(&mut *tx).await?;
-                for &i in &records {
-                    let DeliveryWrite::Record { id, project, .. } = &batch[i].0 else { unreachable!("records only") };
-                    // The first record of a (project, id) in the batch is the one that was inserted.
-                    let first = records.iter().find(|&&j| {
-                        matches!(&batch[j].0, DeliveryWrite::Record { id: other, project: its, .. }
-                            if other == id && its == project)
-                    });
-                    results[i] = inserted.iter().any(|(p, d)| p == project && d == id) && first == Some(&i);
-                }
+            let mut connection = pool.acquire().await?;
+            // One statement commits by itself (the common case: a batch of new deliveries);
+            // several are one transaction.
+            let outcomes = batch.iter().filter(|(write, _)| matches!(write, DeliveryWrite::Outcome { .. })).count();
+            let statements = outcomes + usize::from(outcomes < batch.len());
+            if statements == 1 {
+                apply(&batch, &mut results, &mut connection).await
+            } else {
+                let mut tx = connection.begin().await?;
+                apply(&batch, &mut results, &mut tx).await?;
+                tx.commit().await
             }
-            for (i, (write, _)) in batch.iter().enumerate() {
-                if let DeliveryWrite::Outcome { project, id, outcome } = write {
-                    let updated = sqlx::query("UPDATE deliveries SET outcome = $1 WHERE project = $2 AND id = $3")
-                        .bind(outcome)
-                        .bind(project)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    results[i] = updated.rows_affected() == 1;
-                }
-            }
-            tx.commit().await?;
-            Ok::<(), sqlx::Error>(())
         }
         .await;
         for (index, (_, done)) in batch.into_iter().enumerate() {
@@ -121,6 +74,68 @@ async fn write_deliveries(pool: AnyPool, mut writes: mpsc::Receiver<QueuedWrite>
             let _ = done.send(result);
         }
     }
+}
+
+/// Runs the statements of a batch of delivery writes on `connection`, noting in `results` which
+/// changed a row.
+async fn apply(batch: &[QueuedWrite], results: &mut [bool], connection: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    // Records go in one statement (the common case: many deliveries at once), then
+    // outcomes one by one. A record whose id is stored already inserts nothing.
+    let records: Vec<usize> =
+        (0..batch.len()).filter(|&i| matches!(batch[i].0, DeliveryWrite::Record { .. })).collect();
+    if !records.is_empty() {
+        // `$N` placeholders written here: sqlx's QueryBuilder writes `?` for `Any`, which
+        // PostgreSQL does not take.
+        const COLUMNS: usize = 7;
+        let rows = (0..records.len())
+            .map(|row| {
+                let first = row * COLUMNS + 1;
+                let places = (first..first + COLUMNS).map(|n| format!("${n}")).collect::<Vec<_>>();
+                format!("({})", places.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO deliveries (id, project, event, received, headers, payload, outcome) VALUES {rows}
+                 ON CONFLICT (project, id) DO NOTHING RETURNING project, id"
+        );
+        let mut insert = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        for &i in &records {
+            let DeliveryWrite::Record { id, project, event, headers, payload, outcome } = &batch[i].0 else {
+                unreachable!("records only")
+            };
+            insert = insert
+                .bind(id.as_str())
+                .bind(project.as_str())
+                .bind(event.as_str())
+                .bind(now_ms())
+                .bind(headers.as_str())
+                .bind(payload.as_slice())
+                .bind(outcome.as_deref());
+        }
+        let inserted: Vec<(String, String)> = insert.fetch_all(&mut *connection).await?;
+        for &i in &records {
+            let DeliveryWrite::Record { id, project, .. } = &batch[i].0 else { unreachable!("records only") };
+            // The first record of a (project, id) in the batch is the one that was inserted.
+            let first = records.iter().find(|&&j| {
+                matches!(&batch[j].0, DeliveryWrite::Record { id: other, project: its, .. }
+                        if other == id && its == project)
+            });
+            results[i] = inserted.iter().any(|(p, d)| p == project && d == id) && first == Some(&i);
+        }
+    }
+    for (i, (write, _)) in batch.iter().enumerate() {
+        if let DeliveryWrite::Outcome { project, id, outcome } = write {
+            let updated = sqlx::query("UPDATE deliveries SET outcome = $1 WHERE project = $2 AND id = $3")
+                .bind(outcome)
+                .bind(project)
+                .bind(id)
+                .execute(&mut *connection)
+                .await?;
+            results[i] = updated.rows_affected() == 1;
+        }
+    }
+    Ok(())
 }
 
 impl Store {

@@ -69,6 +69,9 @@ impl Store {
         let url = options.to_url_lossy();
         let pool = AnyPoolOptions::new()
             .max_connections(4)
+            // A file on this host needs no ping before each use: a round trip to the connection's
+            // thread per query saved (docs/benchmarks.md, "Intake").
+            .test_before_acquire(false)
             .after_connect(|connection, _| {
                 Box::pin(async move {
                     // With WAL, NORMAL survives a crash of the process (what a stored delivery
@@ -90,6 +93,9 @@ impl Store {
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new()
             .max_connections(8)
+            // Each use pings first (a round trip): after PostgreSQL restarts, a connection of the
+            // pool is found dead before a query is lost on it. Intake pays for it (about 9,000
+            // deliveries/s without the ping, 7,300 with: docs/benchmarks.md, "Intake").
             // A query waits this long for a connection while PostgreSQL restarts, then fails
             // (a webhook is then refused in time for GitHub to deliver it again).
             .acquire_timeout(Duration::from_secs(5))
