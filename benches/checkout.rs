@@ -114,13 +114,12 @@ async fn to_container_start(server: &Server, before: &str, sha: &str) -> (Durati
 /// Where the time of build `id` went: its log lines up to the script's first, with the time each
 /// arrived (the server's line index), from its first line.
 async fn print_timeline(server: &Server, id: i64) {
-    let (_, window) = server.get_json(&format!("/build/{id}/log/lines?from=1&count=20")).await;
-    let (lines, times) = (window["lines"].as_array().unwrap(), window["times"].as_array().unwrap());
-    let first = times[0].as_f64().unwrap_or_default();
+    let timeline = server.log_timeline(id, 20).await;
+    let first = timeline[0].0;
     println!("    where the last next push's time went (ms from its first log line):");
-    for (line, time) in lines.iter().zip(times) {
-        println!("    {:>8.0}  {}", time.as_f64().unwrap_or_default() - first, line.as_str().unwrap_or_default());
-        if line.as_str().unwrap_or_default().contains("container started") {
+    for (time, line) in timeline {
+        println!("    {:>8.0}  {line}", time - first);
+        if line.contains("container started") {
             break;
         }
     }

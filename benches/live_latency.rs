@@ -1,6 +1,7 @@
 //! `cargo bench --bench live_latency`: how long a line takes from a build container's stdout to a
-//! websocket client of `/live` (embedded, no Redis), and a 1,000,000-line build watched by a client:
-//! its time beside `docker run` and the server's peak memory. Prints figures; asserts no speed.
+//! websocket client of `/live` (embedded; with `BENCH_REDIS=1`, over a real Redis to a separate
+//! `autobuilder live`), and a 1,000,000-line build watched by a client: its time beside `docker run`
+//! and the server's peak memory. Prints figures; asserts no speed.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -51,14 +52,28 @@ async fn run() {
     let recipe = "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz}\n";
     let files: Vec<(&str, &str)> = recipes.iter().map(|p| (p.as_str(), recipe)).collect();
     git.commit("org/recipes", "master", &files);
-    let server = Server::start(|dir| test_config(dir, &git, None));
-    let ws = format!("{}/live", server.url.replace("http://", "ws://"));
-    println!("autobuilder live benchmark, {} cores, embedded bus", std::thread::available_parallelism().unwrap());
+    // BENCH_REDIS=1: lines go over a real Redis to a separate `autobuilder live`.
+    let redis = std::env::var_os("BENCH_REDIS").map(|_| RedisServer::start());
+    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.redis.url = redis_url(&redis)));
+    let live = redis.as_ref().map(|_| LiveServer::start(&server));
+    let ws = match &live {
+        Some(live) => live.url.clone(),
+        None => format!("{}/live", server.url.replace("http://", "ws://")),
+    };
+    let bus = if redis.is_some() { "Redis and `autobuilder live`" } else { "embedded bus" };
+    println!("autobuilder live benchmark, {} cores, {bus}", std::thread::available_parallelism().unwrap());
 
-    for name in ["slow", "fast"] {
+    for (name, script) in &cases[..2] {
         let (rate, p50, p99, count) = latency(&server, &ws, &git, name).await;
         println!(
             "line latency, container stdout -> websocket, {rate:>5.0} lines/s: p50 {:.2} ms, p99 {:.2} ms ({count} stamped lines)",
+            p50 * 1e3,
+            p99 * 1e3
+        );
+        let script = script.clone();
+        let (p50, p99) = tokio::task::spawn_blocking(move || floor_latency(&script)).await.unwrap();
+        println!(
+            "  the floor, the stdout of `docker run` of the same script:  p50 {:.2} ms, p99 {:.2} ms",
             p50 * 1e3,
             p99 * 1e3
         );
@@ -98,6 +113,39 @@ async fn run() {
     );
 }
 
+/// The same latency read straight from the stdout of `docker run` of `script`: (p50 s, p99 s).
+fn floor_latency(script: &str) -> (f64, f64) {
+    use std::io::BufRead;
+    ensure_test_image();
+    let mut child = std::process::Command::new("docker")
+        .args(["run", "--rm", "--network", "none", TEST_IMAGE, "sh", "-c"])
+        .arg(format!("mkdir -p /tmp/archives; {script}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut latencies = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        if let Some(stamp) = stamp_of(&line) {
+            latencies.push(now - stamp);
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.99))
+}
+
+/// The time a `stamp <sec> <usec>` line was printed, in seconds since the epoch.
+fn stamp_of(line: &str) -> Option<f64> {
+    let mut parts = line.split_whitespace();
+    (parts.next()? == "stamp").then_some(())?;
+    let sec: f64 = parts.next()?.parse().ok()?;
+    let usec: f64 = parts.next()?.parse().ok()?;
+    Some(sec + usec / 1e6)
+}
+
 /// Runs the `name` script once, watching it over the websocket; returns (lines/s, p50 s, p99 s, n).
 async fn latency(server: &Server, ws: &str, git: &GitHost, name: &str) -> (f64, f64, f64, usize) {
     let sha = git.commit(&format!("bench/{name}"), "master", &[]);
@@ -115,11 +163,8 @@ async fn latency(server: &Server, ws: &str, git: &GitHost, name: &str) -> (f64, 
                 lines += 1;
                 first.get_or_insert_with(Instant::now);
                 last = Instant::now();
-                let mut parts = line.split_whitespace();
-                if parts.next() == Some("stamp") {
-                    let sec: f64 = parts.next().unwrap().parse().unwrap();
-                    let usec: f64 = parts.next().unwrap().parse().unwrap();
-                    latencies.push(now - (sec + usec / 1e6));
+                if let Some(stamp) = stamp_of(line) {
+                    latencies.push(now - stamp);
                 }
             }
         }

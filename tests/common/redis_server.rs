@@ -4,6 +4,11 @@ use std::process::{Child, Command, Stdio};
 
 use super::wait_until_blocking;
 
+/// `[redis] url` for a server that uses `redis` when there is one (empty: the embedded bus).
+pub fn redis_url(redis: &Option<RedisServer>) -> String {
+    redis.as_ref().map(RedisServer::url).unwrap_or_default()
+}
+
 /// A real `redis-server` on a free loopback port; can be stopped and started again on that port.
 pub struct RedisServer {
     pub port: u16,

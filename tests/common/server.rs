@@ -346,6 +346,15 @@ impl Server {
         ids
     }
 
+    /// The first `count` lines of build `id`'s log, each with the time it arrived (milliseconds
+    /// since the epoch, from the server's line index): where a build's time went.
+    pub async fn log_timeline(&self, id: i64, count: usize) -> Vec<(f64, String)> {
+        let (_, window) = self.get_json(&format!("/build/{id}/log/lines?from=1&count={count}")).await;
+        let (lines, times) = (window["lines"].as_array().unwrap(), window["times"].as_array().unwrap());
+        let text = |line: &Value| line.as_str().unwrap_or_default().to_string();
+        times.iter().zip(lines).map(|(time, line)| (time.as_f64().unwrap_or_default(), text(line))).collect()
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let response = self.http.get(format!("{}{path}", self.url)).send().await.unwrap();
         let code = response.status().as_u16();
