@@ -91,13 +91,17 @@ pub fn now_ms() -> u64 {
 /// Appends lines to one build's log file. Lines are buffered in memory and written out by
 /// [`BuildLog::write_pending`], which runs after every chunk of output (the container's output
 /// comes in through [`OutputSink`]); once written, they are published on the bus, numbered from 1.
+///
+/// The three files are written in place, not through `tokio::fs` (which hands each write to a
+/// blocking thread and back): a batch is a write to the page cache, and a line is in the file
+/// before it is published (docs/benchmarks.md, "Line latency").
 pub struct BuildLog {
     id: BuildId,
-    file: tokio::fs::File,
+    file: std::fs::File,
     /// The line index: a [`Mark`] per batch written.
-    index: tokio::fs::File,
+    index: std::fs::File,
     /// The section markers: `<line number> <line>` per marker line written.
-    sections: tokio::fs::File,
+    sections: std::fs::File,
     bus: Bus,
     pending: Vec<u8>,
     /// Entries of `sections` for the lines in `pending`.
@@ -142,14 +146,14 @@ const MIN_MASKED_PART: usize = 6;
 impl BuildLog {
     pub async fn create(logs_dir: &Path, id: BuildId, bus: Bus) -> std::io::Result<Self> {
         tokio::fs::create_dir_all(logs_dir).await?;
-        let file = tokio::fs::File::create(log_path(logs_dir, id)).await?;
-        let index = tokio::fs::File::create(index_path(logs_dir, id)).await?;
-        let sections = tokio::fs::File::create(sections_path(logs_dir, id)).await?;
+        let file = tokio::fs::File::create(log_path(logs_dir, id)).await?.into_std().await;
+        let index = tokio::fs::File::create(index_path(logs_dir, id)).await?.into_std().await;
+        let sections = tokio::fs::File::create(sections_path(logs_dir, id)).await?.into_std().await;
         Ok(Self::new(id, [file, index, sections], bus, 0, 0))
     }
 
     /// `files`: the log, its index, its sections.
-    fn new(id: BuildId, files: [tokio::fs::File; 3], bus: Bus, lines: u64, size: u64) -> Self {
+    fn new(id: BuildId, files: [std::fs::File; 3], bus: Bus, lines: u64, size: u64) -> Self {
         let [file, index, sections] = files;
         Self {
             id,
@@ -198,9 +202,10 @@ impl BuildLog {
         }
         let mut append = tokio::fs::OpenOptions::new();
         append.create(true).append(true);
-        let index = append.open(index_path(logs_dir, id)).await?;
-        let sections = append.open(sections_path(logs_dir, id)).await?;
-        let sections_bytes = sections.metadata().await?.len();
+        let index = append.open(index_path(logs_dir, id)).await?.into_std().await;
+        let sections = append.open(sections_path(logs_dir, id)).await?.into_std().await;
+        let sections_bytes = sections.metadata()?.len();
+        let file = file.into_std().await;
         Ok(Self { sections_bytes, ..Self::new(id, [file, index, sections], bus, lines, size) })
     }
 
@@ -341,10 +346,10 @@ impl BuildLog {
             return Ok(());
         }
         let mark = Mark { line: self.published + 1, offset: self.size - self.pending.len() as u64, time_ms: now_ms() };
-        self.file.write_all(&self.pending).await?;
-        self.index.write_all(&mark.to_bytes()).await?;
+        std::io::Write::write_all(&mut self.file, &self.pending)?;
+        std::io::Write::write_all(&mut self.index, &mark.to_bytes())?;
         if !self.pending_sections.is_empty() {
-            self.sections.write_all(&std::mem::take(&mut self.pending_sections)).await?;
+            std::io::Write::write_all(&mut self.sections, &std::mem::take(&mut self.pending_sections))?;
         }
         let text = String::from_utf8(std::mem::take(&mut self.pending)).expect("lines are decoded lossily");
         self.bus.publish(Event::Lines { id: self.id, seq: mark.line, text, time: mark.time_ms });
@@ -354,10 +359,7 @@ impl BuildLog {
 
     pub async fn close(mut self) -> std::io::Result<()> {
         self.end_output();
-        self.write_pending().await?;
-        self.index.flush().await?;
-        self.sections.flush().await?;
-        self.file.flush().await
+        self.write_pending().await
     }
 }
 
