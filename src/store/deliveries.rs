@@ -1,9 +1,11 @@
 //! The `deliveries` table: every verified webhook delivery, stored before it is acted on, written
 //! in batches by one task.
 
-use sqlx::Row;
+use std::time::Instant;
+
 use sqlx::any::AnyRow;
-use sqlx::{Acquire, AnyConnection, AnyPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Acquire, Any, AnyConnection, AnyPool, Connection, Row};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,6 +36,11 @@ pub(super) fn start_writer(pool: AnyPool) -> mpsc::Sender<QueuedWrite> {
 
 /// Most delivery writes committed in one transaction.
 const MAX_BATCH: usize = 256;
+/// The writer keeps its connection between batches; one idle for longer is pinged before its next
+/// batch, so that a connection lost meanwhile (PostgreSQL restarted) is replaced before a delivery
+/// is refused on it. Back-to-back batches skip the ping: a round trip each (docs/benchmarks.md,
+/// "Intake").
+const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) enum DeliveryWrite {
     Record { id: String, project: String, event: String, headers: String, payload: Vec<u8>, outcome: Option<String> },
@@ -42,6 +49,8 @@ pub(super) enum DeliveryWrite {
 
 /// Commits delivery writes in batches: whatever queued up while the previous batch committed.
 async fn write_deliveries(pool: AnyPool, mut writes: mpsc::Receiver<QueuedWrite>) {
+    let mut held: Option<PoolConnection<Any>> = None;
+    let mut last_used = Instant::now();
     while let Some(first) = writes.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -52,13 +61,21 @@ async fn write_deliveries(pool: AnyPool, mut writes: mpsc::Receiver<QueuedWrite>
         }
         let mut results = vec![false; batch.len()];
         let committed = async {
-            let mut connection = pool.acquire().await?;
+            if let Some(connection) = held.as_mut().filter(|_| last_used.elapsed() > PING_AFTER_IDLE)
+                && connection.ping().await.is_err()
+            {
+                held = None;
+            }
+            let connection = match &mut held {
+                Some(connection) => connection,
+                None => held.insert(pool.acquire().await?),
+            };
             // One statement commits by itself (the common case: a batch of new deliveries);
             // several are one transaction.
             let outcomes = batch.iter().filter(|(write, _)| matches!(write, DeliveryWrite::Outcome { .. })).count();
             let statements = outcomes + usize::from(outcomes < batch.len());
             if statements == 1 {
-                apply(&batch, &mut results, &mut connection).await
+                apply(&batch, &mut results, connection).await
             } else {
                 let mut tx = connection.begin().await?;
                 apply(&batch, &mut results, &mut tx).await?;
@@ -66,6 +83,11 @@ async fn write_deliveries(pool: AnyPool, mut writes: mpsc::Receiver<QueuedWrite>
             }
         }
         .await;
+        last_used = Instant::now();
+        if committed.is_err() {
+            // Back to the pool, which checks it before it is used again.
+            held = None;
+        }
         for (index, (_, done)) in batch.into_iter().enumerate() {
             let result = match &committed {
                 Ok(()) => Ok(results[index]),

@@ -94,8 +94,8 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             // Each use pings first (a round trip): after PostgreSQL restarts, a connection of the
-            // pool is found dead before a query is lost on it. Intake pays for it (about 9,000
-            // deliveries/s without the ping, 7,300 with: docs/benchmarks.md, "Intake").
+            // pool is found dead before a query is lost on it. The delivery writer keeps its own
+            // connection between batches instead (`deliveries::PING_AFTER_IDLE`).
             // A query waits this long for a connection while PostgreSQL restarts, then fails
             // (a webhook is then refused in time for GitHub to deliver it again).
             .acquire_timeout(Duration::from_secs(5))
