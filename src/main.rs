@@ -109,6 +109,9 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// How often `serve` checks that it still holds its claim on a PostgreSQL history.
+const SOLE_USE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn serve(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path.as_deref())?;
     init_logging(config.log_format);
@@ -132,9 +135,14 @@ fn serve(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow:
         tokio::spawn(retention(app.clone()));
         tracing::info!("listening on http://{}", listener.local_addr()?);
         write_address(address_file.as_deref(), listener.local_addr()?)?;
+        let store = app.store.clone();
         let router = autobuilder::server::router(app)?;
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
+        let serving = axum::serve(listener, service).with_graceful_shutdown(shutdown_signal());
+        tokio::select! {
+            served = serving.into_future() => served?,
+            lost = store.hold_sole_use(SOLE_USE_CHECK) => return Err(lost),
+        }
         tracing::info!(
             "stopped taking webhooks; running builds are handed over to the next start, which re-attaches them"
         );

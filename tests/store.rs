@@ -303,3 +303,49 @@ async fn an_unreachable_postgres_is_a_clear_error() {
     assert!(message.contains("is PostgreSQL running there?"), "{message}");
     assert!(!message.contains("hunter2"), "the password stays out of messages: {message}");
 }
+
+/// Whether some session holds an advisory lock on the database at `url` (the sole-use claim).
+async fn claimed(url: &str) -> bool {
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted)")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_serve_claims_its_postgres_history_again_after_a_restart() {
+    let postgres = Postgres::own();
+    let url = postgres.fresh_database();
+    let first = Store::open_postgres(&url).await.unwrap();
+    first.claim_sole_use().await.unwrap();
+    let holding = tokio::spawn({
+        let first = first.clone();
+        async move { first.hold_sole_use(Duration::from_millis(100)).await }
+    });
+    postgres.stop(); // the session that held the lock is gone, and the lock with it
+    postgres.start();
+    common::wait_until("the serve to claim its history again", async || claimed(&url).await.then_some(())).await;
+    let second = Store::open_postgres(&url).await.unwrap();
+    let refused = second.claim_sole_use().await.unwrap_err();
+    assert!(format!("{refused:#}").contains("another autobuilder serve uses this history database"), "{refused:#}");
+    assert!(!holding.is_finished(), "the first serve goes on");
+    holding.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_serve_whose_claim_was_taken_during_a_restart_stops() {
+    let postgres = Postgres::own();
+    let url = postgres.fresh_database();
+    let first = Store::open_postgres(&url).await.unwrap();
+    first.claim_sole_use().await.unwrap();
+    postgres.stop();
+    postgres.start();
+    // A second serve starts while the first has not noticed yet.
+    let second = Store::open_postgres(&url).await.unwrap();
+    second.claim_sole_use().await.unwrap();
+    let lost = tokio::time::timeout(Duration::from_secs(30), first.hold_sole_use(Duration::from_millis(100)))
+        .await
+        .expect("the first serve notices within seconds");
+    assert!(format!("{lost:#}").contains("another autobuilder serve claimed this history database"), "{lost:#}");
+}

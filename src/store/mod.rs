@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use sqlx::any::AnyPoolOptions;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor};
+use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
 use tokio::sync::mpsc;
 
 pub use builds::HistoryFilter;
@@ -126,20 +126,73 @@ impl Store {
         if self.backend != Backend::Postgres {
             return Ok(());
         }
+        let Some(connection) = self.take_sole_use_lock().await? else {
+            bail!(
+                "another autobuilder serve uses this history database: stop it first, or give this one a \
+                 database of its own ([database] url)"
+            );
+        };
+        // The lock lives as long as this session: the connection is kept, never returned, and
+        // kept alive by [`Store::hold_sole_use`].
+        *self.sole_use.lock().expect("sole_use lock") = Some(connection);
+        Ok(())
+    }
+
+    /// Keeps the claim of [`Store::claim_sole_use`] while this serve runs: every `every`, the
+    /// connection holding the lock is pinged, and when it was lost (PostgreSQL restarted, or the
+    /// network between), the lock is taken again on a new connection. Returns only when another
+    /// serve took the lock meanwhile: this one must then stop, since both would take over the
+    /// same builds. Never returns on SQLite, or before a claim.
+    pub async fn hold_sole_use(&self, every: Duration) -> anyhow::Error {
+        if self.backend != Backend::Postgres || self.sole_use.lock().expect("sole_use lock").is_none() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(every).await;
+            let held = self.sole_use.lock().expect("sole_use lock").take();
+            let alive = match held {
+                Some(mut connection) => match connection.ping().await {
+                    Ok(()) => Some(connection),
+                    Err(e) => {
+                        tracing::warn!("lost the connection that holds this serve's claim on the history: {e}");
+                        None
+                    }
+                },
+                None => None,
+            };
+            let connection = match alive {
+                Some(connection) => connection,
+                None => match self.take_sole_use_lock().await {
+                    Ok(Some(connection)) => {
+                        tracing::info!("claimed the history database again after its connection was lost");
+                        connection
+                    }
+                    Ok(None) => {
+                        return anyhow::anyhow!(
+                            "another autobuilder serve claimed this history database while this one's connection                              to it was lost: stopping, so that the two do not run the same builds"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot claim the history database again yet (trying again in {every:?}): {e:#}"
+                        );
+                        continue;
+                    }
+                },
+            };
+            *self.sole_use.lock().expect("sole_use lock") = Some(connection);
+        }
+    }
+
+    /// The advisory lock of [`Store::claim_sole_use`] on a connection of its own (taken out of
+    /// the pool), or None when another session holds it.
+    async fn take_sole_use_lock(&self) -> anyhow::Result<Option<AnyConnection>> {
         let mut connection = self.pool.acquire().await?.detach();
         let claimed: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(SOLE_USE_LOCK)
             .fetch_one(&mut connection)
             .await?;
-        if !claimed {
-            bail!(
-                "another autobuilder serve uses this history database: stop it first, or give this one a \
-                 database of its own ([database] url)"
-            );
-        }
-        // The lock lives as long as this session: the connection is kept, never returned.
-        *self.sole_use.lock().expect("sole_use lock") = Some(connection);
-        Ok(())
+        Ok(claimed.then_some(connection))
     }
 
     /// Answers whether the database responds, within 2 s (a readiness probe must not wait for
