@@ -1,7 +1,10 @@
 //! Headless Chromium over WebDriver, for the tests of the monitor page.
 
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -21,6 +24,8 @@ impl Browser {
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
+            // A group of its own, with the browser it starts: ended together (see Drop).
+            .process_group(0)
             .spawn()
             .expect("chromedriver not found: apt-get install chromium chromium-driver");
         let base = format!("http://127.0.0.1:{port}");
@@ -93,8 +98,26 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the session (chromedriver then quits the browser, with its crash handlers, which are
+    /// in sessions of their own), then kills chromedriver's process group: killing chromedriver
+    /// alone would leave a headless Chromium running after every test.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let _ = self.end_session();
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.driver.id())]).status();
         let _ = self.driver.wait();
+    }
+}
+
+impl Browser {
+    /// `DELETE /session/<id>`, blocking (Drop cannot await), within a few seconds.
+    fn end_session(&self) -> std::io::Result<()> {
+        let address = self.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let request =
+            format!("DELETE /session/{} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n", self.session);
+        stream.write_all(request.as_bytes())?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).map(drop)
     }
 }
