@@ -2,7 +2,7 @@
 //! `docker run` of the same image and script, plus memory (intake: `--bench intake`). Prints
 //! figures; asserts nothing about speed. Record the output in docs/benchmarks.md. `TEST_DATABASE=postgres` with
 //! `TEST_POSTGRES_URL=<a durable server>` measures the history on PostgreSQL (see the harness);
-//! `BENCH_REDIS=1` sends the log lines over a real Redis.
+//! `BENCH_REDIS=1` sends the log lines over a real Redis (`BENCH_REDIS=unix`: through its unix socket).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
