@@ -349,3 +349,19 @@ async fn a_serve_whose_claim_was_taken_during_a_restart_stops() {
         .expect("the first serve notices within seconds");
     assert!(format!("{lost:#}").contains("another autobuilder serve claimed this history database"), "{lost:#}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_history_over_tls() {
+    let postgres = Postgres::own_with_tls();
+    let url = postgres.fresh_database();
+    let plain = Store::open_postgres(&format!("{url}?sslmode=disable")).await.err().expect("refused without TLS");
+    assert!(format!("{plain:#}").contains("is PostgreSQL running there?"), "{plain:#}");
+    // The server's certificate verified, for the address connected to.
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={}", postgres.certificate().display());
+    let store = Store::open_postgres(&verified).await.unwrap();
+    let id = store.insert(&new_build("o/a", "master", "build.sh"), None).await.unwrap().id;
+    assert_eq!(store.get(id).await.unwrap().unwrap().id, id);
+    // A certificate that nothing vouches for is refused.
+    let unverified = Store::open_postgres(&format!("{url}?sslmode=verify-full")).await.err().expect("unknown CA");
+    assert!(format!("{unverified:#}").to_lowercase().contains("certificate"), "{unverified:#}");
+}

@@ -52,6 +52,24 @@ impl Postgres {
     pub fn own() -> Postgres {
         let cluster = Cluster::create();
         cluster.start();
+        Self::of(cluster)
+    }
+
+    /// A cluster of the test's own that takes TLS connections only, with a self-signed certificate
+    /// for 127.0.0.1 ([`Postgres::certificate`]).
+    pub fn own_with_tls() -> Postgres {
+        let cluster = Cluster::create();
+        cluster.require_tls();
+        cluster.start();
+        Self::of(cluster)
+    }
+
+    /// The certificate of a cluster made by [`Postgres::own_with_tls`].
+    pub fn certificate(&self) -> PathBuf {
+        self.cluster.as_ref().expect("a cluster of the test's own").dir.join("ca.crt")
+    }
+
+    fn of(cluster: Cluster) -> Postgres {
         Postgres {
             server: format!("postgres://postgres@127.0.0.1:{}", cluster.port),
             psql: cluster.bin.join("psql"),
@@ -119,6 +137,67 @@ impl Cluster {
         std::fs::write(&conf, text).unwrap();
         watchdog(&cluster.dir);
         cluster
+    }
+
+    /// A certificate for 127.0.0.1 from a CA of the test's own (`ca.crt`), `ssl = on`, and TCP
+    /// connections without TLS refused.
+    fn require_tls(&self) {
+        let data = self.dir.join("data");
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(&self.dir)
+                .output()
+                .expect("openssl: apt-get install openssl");
+            assert!(output.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        };
+        let one_day = ["-days", "1"];
+        openssl(
+            &[
+                &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=autobuilder test CA"][..],
+                &one_day,
+                &["-keyout", "ca.key", "-out", "ca.crt"],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(self.dir.join("server.ext"), "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\n")
+            .unwrap();
+        openssl(
+            &[
+                &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"][..],
+                &one_day,
+                &["-extfile", "server.ext", "-out", "server.crt"],
+            ]
+            .concat(),
+        );
+        for file in ["server.key", "server.crt"] {
+            std::fs::rename(self.dir.join(file), data.join(file)).unwrap();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = self.owner {
+            for file in ["server.key", "server.crt"] {
+                std::os::unix::fs::chown(data.join(file), Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let conf = data.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("ssl = on\n");
+        std::fs::write(&conf, text).unwrap();
+        let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n";
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
     }
 
     /// A program of the server's, run as the cluster's owner.
