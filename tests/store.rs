@@ -313,12 +313,19 @@ async fn claimed(url: &str) -> bool {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_serve_claims_its_postgres_history_again_after_a_restart() {
+/// A PostgreSQL cluster of the test's own, a database on it, and a store that claimed it as a
+/// serve does.
+async fn claimed_by_a_serve() -> (Postgres, String, Store) {
     let postgres = Postgres::own();
     let url = postgres.fresh_database();
-    let first = Store::open_postgres(&url).await.unwrap();
-    first.claim_sole_use().await.unwrap();
+    let store = Store::open_postgres(&url).await.unwrap();
+    store.claim_sole_use().await.unwrap();
+    (postgres, url, store)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_serve_claims_its_postgres_history_again_after_a_restart() {
+    let (postgres, url, first) = claimed_by_a_serve().await;
     let holding = tokio::spawn({
         let first = first.clone();
         async move { first.hold_sole_use(Duration::from_millis(100)).await }
@@ -335,10 +342,7 @@ async fn a_serve_claims_its_postgres_history_again_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_serve_whose_claim_was_taken_during_a_restart_stops() {
-    let postgres = Postgres::own();
-    let url = postgres.fresh_database();
-    let first = Store::open_postgres(&url).await.unwrap();
-    first.claim_sole_use().await.unwrap();
+    let (postgres, url, first) = claimed_by_a_serve().await;
     postgres.stop();
     postgres.start();
     // A second serve starts while the first has not noticed yet.

@@ -96,6 +96,7 @@ impl Store {
             // Each use pings first (a round trip): after PostgreSQL restarts, a connection of the
             // pool is found dead before a query is lost on it. The delivery writer keeps its own
             // connection between batches instead (`deliveries::PING_AFTER_IDLE`).
+            .test_before_acquire(true)
             // A query waits this long for a connection while PostgreSQL restarts, then fails
             // (a webhook is then refused in time for GitHub to deliver it again).
             .acquire_timeout(Duration::from_secs(5))
@@ -149,18 +150,14 @@ impl Store {
         }
         loop {
             tokio::time::sleep(every).await;
-            let held = self.sole_use.lock().expect("sole_use lock").take();
-            let alive = match held {
-                Some(mut connection) => match connection.ping().await {
-                    Ok(()) => Some(connection),
-                    Err(e) => {
-                        tracing::warn!("lost the connection that holds this serve's claim on the history: {e}");
-                        None
-                    }
-                },
-                None => None,
-            };
-            let connection = match alive {
+            let mut held = self.sole_use.lock().expect("sole_use lock").take();
+            if let Some(connection) = held.as_mut()
+                && let Err(e) = connection.ping().await
+            {
+                tracing::warn!("lost the connection that holds this serve's claim on the history: {e}");
+                held = None;
+            }
+            let connection = match held {
                 Some(connection) => connection,
                 None => match self.take_sole_use_lock().await {
                     Ok(Some(connection)) => {
@@ -169,7 +166,8 @@ impl Store {
                     }
                     Ok(None) => {
                         return anyhow::anyhow!(
-                            "another autobuilder serve claimed this history database while this one's connection                              to it was lost: stopping, so that the two do not run the same builds"
+                            "another autobuilder serve claimed this history database while this one's connection \
+                             to it was lost: stopping, so that the two do not run the same builds"
                         );
                     }
                     Err(e) => {
