@@ -19,7 +19,7 @@ use crate::github::api::GithubApi;
 use crate::github::status::StatusReporter;
 use crate::metrics::Metrics;
 use crate::model::{Build, BuildId};
-use crate::store::Store;
+use crate::store::{Claim, Store};
 
 pub struct App {
     pub config: Config,
@@ -43,22 +43,45 @@ pub struct App {
     pub kept: KeptCheckouts,
     /// Names this instance's containers and temp dirs, so that cleanup never touches another's.
     pub instance: String,
+    /// What this process is, and the name its builds run under (`[worker] name`).
+    pub role: Role,
+    pub worker: String,
+}
+
+/// What a process does: `serve` (webhooks, pages, and builds unless `[worker] enabled = false`)
+/// or `autobuilder worker` (builds only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Serve,
+    Worker,
 }
 
 impl App {
     /// Opens the history and connects to Docker and the bus. What a previous process left
     /// unfinished is taken over by [`crate::build::resume`], once the recipes are loaded.
-    pub async fn build(config: Config) -> anyhow::Result<Arc<App>> {
+    pub async fn build(config: Config, role: Role) -> anyhow::Result<Arc<App>> {
         std::fs::create_dir_all(&config.tmp_directory)
             .with_context(|| format!("cannot create tmp_directory {}", config.tmp_directory.display()))?;
         std::fs::create_dir_all(config.logs_dir())
             .with_context(|| format!("cannot create {}", config.logs_dir().display()))?;
         let store = Store::connect(config.database.url.expose(), &config.data_dir).await?;
-        store.claim_sole_use().await?;
+        let worker = config.worker.name_for(if role == Role::Serve { "serve" } else { "worker" });
+        let mut claims = Vec::new();
+        if role == Role::Serve {
+            claims.push(Claim::Serve);
+        }
+        if role == Role::Worker || config.worker.enabled {
+            claims.push(Claim::Worker(worker.clone()));
+        }
+        store.take_claims(claims).await?;
         let data_dir = config.data_dir.canonicalize()?;
-        let instance = hex::encode(Sha256::digest(data_dir.to_string_lossy().as_bytes()))[..12].to_string();
+        let mut named = data_dir.to_string_lossy().into_owned();
+        if role == Role::Worker {
+            named.push_str("\0worker");
+        }
+        let instance = hex::encode(Sha256::digest(named.as_bytes()))[..12].to_string();
         let docker = DockerEngine::connect(instance.clone(), config.docker.clone()).await?;
-        let statuses = StatusReporter::start(&config.github, store.clone())?;
+        let statuses = StatusReporter::start(&config.github, store.clone(), role == Role::Serve)?;
         let github = GithubApi::new(&config.github)?;
         let artifacts = ArtifactStore::from_config(&config)?;
         let project_limits = config
@@ -90,6 +113,8 @@ impl App {
             metrics: Metrics::default(),
             kept,
             instance,
+            role,
+            worker,
         }))
     }
 
@@ -115,6 +140,11 @@ impl App {
     /// The page of a build, as linked from commit statuses.
     pub fn build_url(&self, id: BuildId) -> String {
         format!("{}/monitor/build/{id}", self.config.public_url)
+    }
+
+    /// Whether this process runs builds.
+    pub fn builds_here(&self) -> bool {
+        self.role == Role::Worker || self.config.worker.enabled
     }
 
     /// Prefix of this instance's temp directories under `tmp_directory`.

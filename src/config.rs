@@ -43,6 +43,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub hooks: HooksConfig,
     pub monitor: MonitorConfig,
+    pub worker: WorkerConfig,
     /// One table per `/build/<name>/hook`.
     pub projects: BTreeMap<String, ProjectConfig>,
 }
@@ -226,6 +227,51 @@ pub struct DatabaseConfig {
     pub url: Secret,
 }
 
+/// How this process runs builds: `serve` itself (`enabled`), or `autobuilder worker` on a host
+/// of its own, both taking them from the PostgreSQL history's queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// The name builds are run under, unique per history database. Empty: `<hostname>/serve` for
+    /// `serve`, `<hostname>/worker` for `autobuilder worker`.
+    pub name: String,
+    /// Whether `serve` runs builds itself. False: it takes webhooks and serves pages, and
+    /// `autobuilder worker` processes run the builds (needs a PostgreSQL `[database] url`).
+    pub enabled: bool,
+    /// Builds `autobuilder worker` runs at once. 0: `[builds] concurrency`.
+    pub concurrency: usize,
+    /// A running build is held by its worker under a lease it renews every third of this. When a
+    /// worker stops renewing (killed, frozen, its host or network lost), the build is taken over
+    /// after this long.
+    pub lease_seconds: u64,
+    /// How many times a build whose worker was lost is queued again before it ends `error:
+    /// worker <name> lost`.
+    pub requeues: i64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { name: String::new(), enabled: true, concurrency: 0, lease_seconds: 30, requeues: 1 }
+    }
+}
+
+impl WorkerConfig {
+    /// The name builds run under in a process of `role` (`serve` or `worker`).
+    pub fn name_for(&self, role: &str) -> String {
+        if !self.name.is_empty() {
+            return self.name.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = host.trim();
+        format!("{}/{role}", if host.is_empty() { "localhost" } else { host })
+    }
+
+    /// How long a lease lasts unless renewed.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lease_seconds)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
@@ -341,6 +387,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             hooks: HooksConfig::default(),
             monitor: MonitorConfig::default(),
+            worker: WorkerConfig::default(),
             projects: BTreeMap::new(),
         }
     }
@@ -469,6 +516,21 @@ impl Config {
             bail!(
                 "[database] url must be empty (SQLite under data_dir) or a PostgreSQL URL like \
                  postgres://autobuilder:password@127.0.0.1:5432/autobuilder"
+            );
+        }
+        if self.worker.lease_seconds < 2 {
+            bail!(
+                "[worker] lease_seconds = {} is too short: at least 2 (30 is the default)",
+                self.worker.lease_seconds
+            );
+        }
+        if self.worker.requeues < 0 {
+            bail!("[worker] requeues = {} must be 0 or more", self.worker.requeues);
+        }
+        if !self.worker.enabled && database.is_empty() {
+            bail!(
+                "[worker] enabled = false needs a PostgreSQL [database] url: with the SQLite history no other \
+                 process can run the builds"
             );
         }
         if !self.redis.url.is_empty() {

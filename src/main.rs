@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use std::sync::Arc;
 
-use autobuilder::app::App;
+use autobuilder::app::{App, Role};
 use autobuilder::build::reload::{apply_rules, hooked_repositories, set_up_hooks};
 use autobuilder::bus::Bus;
 use autobuilder::config::{Config, LogFormat};
@@ -46,6 +46,13 @@ enum Command {
         /// and tests that listen on port 0.
         #[arg(long)]
         address_file: Option<PathBuf>,
+    },
+    /// Run builds on this host's Docker engine, taken from the queue of the PostgreSQL history that
+    /// `serve` uses (same configuration file; `[worker]` names this worker and its concurrency).
+    Worker {
+        /// The configuration file of the service; this host's own `[worker] name` and `data_dir`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Manage the GitHub webhooks of the recipes and tracked repositories.
     Hooks {
@@ -88,6 +95,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, address_file } => serve(config, address_file),
         Command::Live { config, address_file } => live(config, address_file),
+        Command::Worker { config } => worker(config),
         Command::Hooks { action: HooksAction::Sync { config, dry_run } } => hooks_sync(config, dry_run),
         Command::Check { dir, config, project } => check(&dir, config, project),
     };
@@ -109,8 +117,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// How often `serve` checks that it still holds its claim on a PostgreSQL history.
-const SOLE_USE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often `serve` and `worker` check that they still hold their claims on a PostgreSQL history.
+const CLAIMS_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn serve(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path.as_deref())?;
@@ -127,9 +135,10 @@ fn serve(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow:
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let app = App::build(config).await?;
+        let app = App::build(config, Role::Serve).await?;
         app.load_recipes().await;
         autobuilder::build::resume(&app).await.context("cannot take over the builds of the previous run")?;
+        tokio::spawn(autobuilder::build::sweep_lost(app.clone()));
         autobuilder::server::intake::act_on_unprocessed(&app).await?;
         prune(&app).await;
         tokio::spawn(retention(app.clone()));
@@ -141,7 +150,7 @@ fn serve(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow:
         let serving = axum::serve(listener, service).with_graceful_shutdown(shutdown_signal());
         tokio::select! {
             served = serving.into_future() => served?,
-            lost = store.hold_sole_use(SOLE_USE_CHECK) => return Err(lost),
+            lost = store.hold_claims(CLAIMS_CHECK) => return Err(lost),
         }
         tracing::info!(
             "stopped taking webhooks; running builds are handed over to the next start, which re-attaches them"
@@ -210,6 +219,38 @@ fn live(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow::
         write_address(address_file.as_deref(), listener.local_addr()?)?;
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, service).with_graceful_shutdown(shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn worker(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path.as_deref())?;
+    init_logging(config.log_format);
+    if config.database.url.expose().is_empty() {
+        anyhow::bail!(
+            "autobuilder worker needs the PostgreSQL history that serve uses: set [database] url \
+             (AUTOBUILDER_DATABASE_URL) in both"
+        );
+    }
+    if config.redis.url.is_empty() {
+        tracing::warn!("[redis] url is empty: the monitor pages will not show this worker's builds live");
+    }
+    rustls::crypto::ring::default_provider().install_default().ok();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let app = App::build(config, Role::Worker).await?;
+        autobuilder::build::resume(&app).await.context("cannot take over the builds of this worker's previous run")?;
+        tokio::spawn(autobuilder::build::sweep_lost(app.clone()));
+        let store = app.store.clone();
+        tokio::select! {
+            fault = autobuilder::build::worker::work(app) => return Err(fault),
+            lost = store.hold_claims(CLAIMS_CHECK) => return Err(lost),
+            () = shutdown_signal() => {}
+        }
+        tracing::info!(
+            "stopped taking builds; running builds are re-attached when this worker starts again within \
+             [worker] lease_seconds, and taken over by another worker after that"
+        );
         Ok(ExitCode::SUCCESS)
     })
 }

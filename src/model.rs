@@ -379,6 +379,9 @@ pub struct Build {
     pub started: Option<OffsetDateTime>,
     #[serde(with = "millis::option")]
     pub ended: Option<OffsetDateTime>,
+    /// The worker that runs or ran it (`[worker] name`); none while queued.
+    #[serde(default)]
+    pub worker: Option<String>,
 }
 
 /// Times as RFC 3339 in UTC with exactly three fraction digits, so that they sort as text too.
@@ -509,6 +512,7 @@ mod tests {
             created: millis::from_ms(1_700_000_000_100),
             started: None,
             ended: Some(millis::from_ms(1_700_000_000_000)),
+            worker: None,
         };
         let served = serde_json::to_value(&build).unwrap();
         assert_eq!(
@@ -518,7 +522,7 @@ mod tests {
                 "commit": "", "script": "recipes", "baseimage": null, "status": "error", "message": null,
                 "author": null, "created": "2023-11-14T22:13:20.100Z", "started": null,
                 "ended": "2023-11-14T22:13:20.000Z", "error": "cannot fetch", "artifact": null,
-                "artifact_url": null, "artifact_sha256": null, "outputs": null
+                "artifact_url": null, "artifact_sha256": null, "outputs": null, "worker": null
             })
         );
         let back: Build = serde_json::from_value(served.clone()).unwrap();

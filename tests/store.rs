@@ -8,7 +8,7 @@ use std::time::Duration;
 use autobuilder::model::{
     Branch, BuildId, BuildKind, BuildStatus, CommitSha, CommitState, NewBuild, Outcome, RepoName,
 };
-use autobuilder::store::{Backend, HistoryFilter, OutboxStatus, Store};
+use autobuilder::store::{Backend, HistoryFilter, Holder, OutboxStatus, Renewal, Store};
 use common::Postgres;
 
 /// A database of one backend, opened as often as a scenario likes.
@@ -66,6 +66,9 @@ on_both_backends!(
     a_delivery_id_is_unique_per_project_only,
     stored_deliveries_follow_retention,
     reopening_migrates_nothing_again,
+    a_build_taken_over_after_its_lease_ran_out_refuses_the_old_holders_writes,
+    claims_of_queued_builds_keep_to_project_limits,
+    concurrent_claims_take_each_build_once,
 );
 
 fn new_build(repo: &str, branch: &str, script: &str) -> NewBuild {
@@ -104,8 +107,9 @@ async fn history_survives_reopening_and_filters(database: Database) {
     let store = database.open().await;
     let a = store.insert(&new_build("o/a", "master", "build.sh"), Some("{\"x\":1}")).await.unwrap().id;
     let b = store.insert(&new_build("o/b", "dev", "build.sh"), None).await.unwrap().id;
-    store.mark_running(a).await.unwrap();
-    store.finish(a, &Outcome::failed(BuildStatus::Failure, "script exited 1"), None).await.unwrap();
+    let (_, lease) = store.claim(a, "w1", Duration::from_secs(30)).await.unwrap().unwrap();
+    let failed = Outcome::failed(BuildStatus::Failure, "script exited 1");
+    store.finish(a, &failed, None, Holder::Lease(lease)).await.unwrap().unwrap();
     drop(store);
 
     let store = database.open().await;
@@ -146,7 +150,11 @@ async fn history_pages_with_a_cursor_and_keeps_its_filters(database: Database) {
         let script = if n % 2 == 0 { "build.sh" } else { "docs.sh" };
         built.push(store.insert(&new_build("o/a", "master", script), None).await.unwrap().id);
     }
-    store.finish(built[1], &Outcome::failed(BuildStatus::Failure, "exit 1"), None).await.unwrap();
+    store
+        .finish(built[1], &Outcome::failed(BuildStatus::Failure, "exit 1"), None, Holder::Queue)
+        .await
+        .unwrap()
+        .unwrap();
     let page = |before: Option<BuildId>| HistoryFilter { limit: Some(3), before, ..Default::default() };
     assert_eq!(ids(&store.history(&page(None)).await.unwrap()), vec![built[6], built[5], built[4]]);
     assert_eq!(ids(&store.history(&page(Some(built[4]))).await.unwrap()), vec![built[3], built[2], built[1]]);
@@ -165,7 +173,8 @@ async fn a_finished_build_and_its_status_are_stored_together(database: Database)
     let id = store.insert(&new_build("o/a", "master", "build.sh"), None).await.unwrap().id;
     let mut outcome = Outcome::failed(BuildStatus::Failure, "script exited 1");
     outcome.artifact = Some("a.tar.gz".into());
-    let build = store.finish(id, &outcome, Some(&status("autobuilder/build.sh"))).await.unwrap();
+    let build =
+        store.finish(id, &outcome, Some(&status("autobuilder/build.sh")), Holder::Queue).await.unwrap().unwrap();
     assert_eq!((build.outcome.status, build.outcome.artifact.as_deref()), (BuildStatus::Failure, Some("a.tar.gz")));
     assert!(build.started.is_some(), "a build that never ran still gets a start time");
     let queued = store.next_status().await.unwrap().expect("the final status is in the outbox");
@@ -173,8 +182,100 @@ async fn a_finished_build_and_its_status_are_stored_together(database: Database)
 
     // A build that is not there: neither the row nor its status is written.
     store.status_done(queued.id, None).await.unwrap();
-    assert!(store.finish(BuildId(999_999), &outcome, Some(&status("autobuilder/other.sh"))).await.is_err());
+    let other = status("autobuilder/other.sh");
+    let missing = store.finish(BuildId(999_999), &outcome, Some(&other), Holder::Anyone);
+    assert!(missing.await.unwrap().is_none());
     assert!(store.next_status().await.unwrap().is_none(), "the status went back with the failed update");
+}
+
+async fn a_build_taken_over_after_its_lease_ran_out_refuses_the_old_holders_writes(database: Database) {
+    let store = database.open().await;
+    let id = store.insert(&new_build("o/a", "master", "build.sh"), Some("{}")).await.unwrap().id;
+    let short = Duration::from_millis(300);
+    let (running, first) = store.claim(id, "w1", short).await.unwrap().expect("a queued build is claimed");
+    assert_eq!((running.outcome.status, running.worker.as_deref()), (BuildStatus::Running, Some("w1")));
+    assert!(store.claim(id, "w2", short).await.unwrap().is_none(), "a running build is claimed once");
+    assert_eq!(store.renew(first, short).await.unwrap(), Renewal::Held { cancel: None });
+    assert!(store.request_cancel(id, "cancelled by admin").await.unwrap());
+    let asked = Renewal::Held { cancel: Some("cancelled by admin".into()) };
+    assert_eq!(store.renew(first, short).await.unwrap(), asked, "the holder hears of the cancel when it renews");
+
+    // w1 stops renewing (frozen): once its lease ran out, the build goes back to the queue.
+    common::wait_until("the lease to run out", async || {
+        store.expired_leases().await.unwrap().into_iter().find(|(build, _)| build.id == id)
+    })
+    .await;
+    let expired = store.expired_leases().await.unwrap();
+    assert_eq!(expired.iter().map(|(_, lease)| *lease).collect::<Vec<_>>(), vec![first]);
+    let queued = store.requeue(first).await.unwrap().expect("queued again");
+    assert_eq!((queued.outcome.status, queued.worker), (BuildStatus::Queued, None));
+    assert!(store.requeue(first).await.unwrap().is_none(), "queued again once");
+    let (_, second) = store.claim_next("w2", Duration::from_secs(30), &Default::default()).await.unwrap().unwrap();
+    assert_eq!((second.build, second.generation), (id, first.generation + 1));
+    assert_eq!(store.get(id).await.unwrap().unwrap().worker.as_deref(), Some("w2"));
+
+    // w1 wakes up: whatever it writes with its stale lease is refused, its status too.
+    assert_eq!(store.renew(first, short).await.unwrap(), Renewal::Lost);
+    let late = Outcome::plain(BuildStatus::Success);
+    let final_status = status("autobuilder/build.sh");
+    let stale = store.finish(id, &late, Some(&final_status), Holder::Lease(first));
+    assert!(stale.await.unwrap().is_none(), "a stale lease writes nothing");
+    let unclaimed = store.finish(id, &late, None, Holder::Queue);
+    assert!(unclaimed.await.unwrap().is_none(), "a running build does not end as if it were queued");
+    assert!(store.next_status().await.unwrap().is_none(), "no status of the stale holder was stored");
+    assert_eq!(store.get(id).await.unwrap().unwrap().outcome.status, BuildStatus::Running);
+
+    let failed = Outcome::failed(BuildStatus::Failure, "script exited 1");
+    let ended = store.finish(id, &failed, Some(&final_status), Holder::Lease(second));
+    let ended = ended.await.unwrap().expect("the current holder records the end");
+    assert_eq!((ended.outcome.status, ended.worker.as_deref()), (BuildStatus::Failure, Some("w2")));
+    assert_eq!(store.next_status().await.unwrap().unwrap().state, CommitState::Failure);
+    assert_eq!(store.renew(second, short).await.unwrap(), Renewal::Lost, "an ended build holds no lease");
+    assert!(store.expired_leases().await.unwrap().is_empty());
+}
+
+async fn claims_of_queued_builds_keep_to_project_limits(database: Database) {
+    let store = database.open().await;
+    let lease = Duration::from_secs(30);
+    let limits = std::collections::HashMap::from([("p".to_string(), 1)]);
+    assert!(store.claim_next("w1", lease, &limits).await.unwrap().is_none(), "nothing queued");
+    let reload = NewBuild { kind: BuildKind::Reload, ..new_build("o/recipes", "master", "recipes") };
+    store.insert(&reload, None).await.unwrap();
+    let first = store.insert(&new_build("o/a", "master", "build.sh"), Some("{}")).await.unwrap().id;
+    let second = store.insert(&new_build("o/b", "master", "build.sh"), Some("{}")).await.unwrap().id;
+    let (claimed, _) = store.claim_next("w1", lease, &limits).await.unwrap().expect("the oldest build");
+    assert_eq!(claimed.id, first, "reloads are not builds to claim");
+    assert!(store.claim_next("w2", lease, &limits).await.unwrap().is_none(), "project p runs its limit");
+    let (claimed, _) = store.claim_next("w2", lease, &Default::default()).await.unwrap().unwrap();
+    assert_eq!(claimed.id, second, "without a limit the next one is claimed");
+}
+
+async fn concurrent_claims_take_each_build_once(database: Database) {
+    let store = database.open().await;
+    let mut queued = Vec::new();
+    for n in 0..30 {
+        queued.push(store.insert(&new_build(&format!("o/r{n}"), "master", "build.sh"), Some("{}")).await.unwrap().id);
+    }
+    let workers = (0..6).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut claimed = Vec::new();
+            let worker = format!("w{n}");
+            while let Some((build, _)) =
+                store.claim_next(&worker, Duration::from_secs(30), &Default::default()).await.unwrap()
+            {
+                assert_eq!(build.worker.as_deref(), Some(worker.as_str()));
+                claimed.push(build.id);
+            }
+            claimed
+        })
+    });
+    let mut claimed: Vec<BuildId> = Vec::new();
+    for worker in workers {
+        claimed.extend(worker.await.unwrap());
+    }
+    claimed.sort();
+    assert_eq!(claimed, queued, "every build claimed, and by one worker");
 }
 
 async fn the_status_outbox_goes_out_in_order_and_retries(database: Database) {
@@ -328,7 +429,7 @@ async fn a_serve_claims_its_postgres_history_again_after_a_restart() {
     let (postgres, url, first) = claimed_by_a_serve().await;
     let holding = tokio::spawn({
         let first = first.clone();
-        async move { first.hold_sole_use(Duration::from_millis(100)).await }
+        async move { first.hold_claims(Duration::from_millis(100)).await }
     });
     postgres.stop(); // the session that held the lock is gone, and the lock with it
     postgres.start();
@@ -348,7 +449,7 @@ async fn a_serve_whose_claim_was_taken_during_a_restart_stops() {
     // A second serve starts while the first has not noticed yet.
     let second = Store::open_postgres(&url).await.unwrap();
     second.claim_sole_use().await.unwrap();
-    let lost = tokio::time::timeout(Duration::from_secs(30), first.hold_sole_use(Duration::from_millis(100)))
+    let lost = tokio::time::timeout(Duration::from_secs(30), first.hold_claims(Duration::from_millis(100)))
         .await
         .expect("the first serve notices within seconds");
     assert!(format!("{lost:#}").contains("another autobuilder serve claimed this history database"), "{lost:#}");

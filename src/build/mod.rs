@@ -3,6 +3,7 @@
 //! Builds can be cancelled (by an admin, or superseded by a newer push) and survive a restart.
 
 pub mod kept;
+mod lease;
 pub mod limits;
 pub mod log;
 pub mod order;
@@ -11,14 +12,16 @@ mod recover;
 pub mod reload;
 mod run;
 pub mod trigger;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+pub use lease::sweep_lost;
 pub use recover::resume;
 
 use crate::app::App;
@@ -26,6 +29,7 @@ use crate::github::status::CommitStatus;
 use crate::model::{Branch, Build, BuildId, BuildKind, BuildStatus, CommitSha, NewBuild, RepoName};
 use crate::recipes::chains::{ImageSource, dependents};
 use crate::recipes::{BuildScript, Recipe};
+use crate::store::{Backend, Holder, Lease};
 
 /// Why a build did not succeed. `status()` tells the commit's fault (`failure`) from the
 /// infrastructure's (`error`); `Display` is the one-line reason users see.
@@ -191,6 +195,8 @@ pub struct ActiveBuild {
     pub job: Job,
     pub cancel: Cancel,
     running: AtomicBool,
+    /// The lease it runs under, once claimed.
+    lease: OnceLock<Lease>,
 }
 
 /// The builds this process is responsible for, to cancel or supersede them.
@@ -201,13 +207,23 @@ pub struct ActiveBuilds {
 
 impl ActiveBuilds {
     fn insert(&self, id: BuildId, job: Job) -> Arc<ActiveBuild> {
-        let active = Arc::new(ActiveBuild { job, cancel: Cancel::default(), running: AtomicBool::new(false) });
+        let active = Arc::new(ActiveBuild {
+            job,
+            cancel: Cancel::default(),
+            running: AtomicBool::new(false),
+            lease: OnceLock::new(),
+        });
         self.builds.lock().expect("not poisoned").insert(id, active.clone());
         active
     }
 
-    fn remove(&self, id: BuildId) {
-        self.builds.lock().expect("not poisoned").remove(&id);
+    /// Forgets `active`, unless build `id` was registered again since (queued again after its
+    /// lease ran out while this process was frozen).
+    fn remove(&self, id: BuildId, active: &Arc<ActiveBuild>) {
+        let mut builds = self.builds.lock().expect("not poisoned");
+        if builds.get(&id).is_some_and(|registered| Arc::ptr_eq(registered, active)) {
+            builds.remove(&id);
+        }
     }
 
     /// Asks build `id` to stop; false when it is not queued or running here.
@@ -223,16 +239,6 @@ impl ActiveBuilds {
         (active.running.load(Ordering::Relaxed) && active.cancel.is_cancelled()).then(|| active.cancel.reason())
     }
 
-    /// Asks every queued or running build of `repository` at `branch` to stop; how many.
-    pub fn cancel_branch(&self, project: &str, repository: &RepoName, branch: &Branch, reason: &str) -> usize {
-        let builds = self.builds.lock().expect("not poisoned");
-        let matching = builds.values().filter(|b| {
-            let s = &b.job.source;
-            s.project == project && &s.repository == repository && &s.branch == branch
-        });
-        matching.map(|b| b.cancel.cancel(reason)).count()
-    }
-
     /// Whether a build that commits the image of `producer` is queued or running.
     pub fn producing(&self, producer: &ImageSource) -> bool {
         self.builds.lock().expect("not poisoned").values().any(|b| {
@@ -241,13 +247,17 @@ impl ActiveBuilds {
         })
     }
 
-    fn of_branch(&self, source: &Source) -> Vec<(BuildId, Arc<ActiveBuild>)> {
+    fn contains(&self, id: BuildId) -> bool {
+        self.builds.lock().expect("not poisoned").contains_key(&id)
+    }
+
+    fn of_branch(&self, project: &str, repository: &RepoName, branch: &Branch) -> Vec<(BuildId, Arc<ActiveBuild>)> {
         let builds = self.builds.lock().expect("not poisoned");
         builds
             .iter()
             .filter(|(_, b)| {
                 let s = &b.job.source;
-                s.project == source.project && s.repository == source.repository && s.branch == source.branch
+                s.project == project && &s.repository == repository && &s.branch == branch
             })
             .map(|(id, b)| (*id, b.clone()))
             .collect()
@@ -273,7 +283,7 @@ pub async fn enqueue(
     source: Source,
     restart: Option<&str>,
 ) -> anyhow::Result<Enqueued> {
-    let building = app.active.of_branch(&source);
+    let building = app.active.of_branch(&source.project, &source.repository, &source.branch);
     let running_too = app.config.projects.get(&source.project).is_none_or(|p| p.supersede_running);
     for (id, active) in &building {
         let running = active.running.load(Ordering::Relaxed);
@@ -287,6 +297,24 @@ pub async fn enqueue(
             active.cancel.cancel(reason);
         }
     }
+    // The branch's builds that other processes (workers) hold, which this one cannot see in
+    // `app.active`: superseded alike, through the database.
+    let mut elsewhere = Vec::new();
+    for build in elsewhere_of_branch(app, &source.project, &source.repository, &source.branch).await? {
+        let running = build.outcome.status == BuildStatus::Running;
+        let reason = if build.new.commit.as_ref() != Some(&source.commit) {
+            (running_too || !running).then(|| format!("superseded by {}", source.commit.short()))
+        } else {
+            restart.filter(|_| running).map(str::to_string)
+        };
+        match reason {
+            Some(reason) => {
+                tracing::info!(build = %build.id, worker = ?build.worker, "{reason}");
+                cancel(app, build.id, &reason).await?;
+            }
+            None => elsewhere.push(build),
+        }
+    }
     let mut enqueued = Enqueued::default();
     for script in &recipe.scripts {
         let same = building.iter().find(|(_, active)| {
@@ -294,12 +322,83 @@ pub async fn enqueue(
                 && active.job.script.script == script.script
                 && !active.cancel.is_cancelled()
         });
+        let same = same.map(|(id, _)| *id).or_else(|| {
+            let same_elsewhere = elsewhere
+                .iter()
+                .find(|build| build.new.commit.as_ref() == Some(&source.commit) && build.new.script == script.script);
+            same_elsewhere.map(|build| build.id)
+        });
         match same {
-            Some((id, _)) => enqueued.already.push(*id),
+            Some(id) => enqueued.already.push(id),
             None => enqueued.queued.push(queue(app, Job { source: source.clone(), script: script.clone() }).await?),
         }
     }
     Ok(enqueued)
+}
+
+/// The queued and running builds of `source`'s branch that this process does not hold: only in
+/// a PostgreSQL history, where workers take builds too.
+async fn elsewhere_of_branch(
+    app: &App,
+    project: &str,
+    repository: &RepoName,
+    branch: &Branch,
+) -> anyhow::Result<Vec<Build>> {
+    if app.store.backend() != Backend::Postgres {
+        return Ok(Vec::new());
+    }
+    let builds = app.store.active_of_branch(project, repository, branch).await?;
+    Ok(builds.into_iter().filter(|build| !app.active.contains(build.id)).collect())
+}
+
+/// Asks build `id` to stop, wherever it is: in this process; queued and held by none, where it
+/// ends `cancelled` at once; or running on a worker, which sees the request when it next renews
+/// its lease. False when it is neither queued nor running.
+pub async fn cancel(app: &Arc<App>, id: BuildId, reason: &str) -> anyhow::Result<bool> {
+    if app.active.cancel(id, reason) {
+        return Ok(true);
+    }
+    if end_queued(app, id, reason).await? {
+        return Ok(true);
+    }
+    app.store.request_cancel(id, reason).await
+}
+
+/// Ends queued build `id` as `cancelled: <reason>` when no worker has claimed it; false when one
+/// has (or it ended).
+async fn end_queued(app: &Arc<App>, id: BuildId, reason: &str) -> anyhow::Result<bool> {
+    let Some(build) = app.store.get(id).await? else { return Ok(false) };
+    let job = match app.store.settings(id).await? {
+        Some(settings) => Job::of(&build, &settings).ok(),
+        None => None,
+    };
+    let status = job
+        .and_then(|job| app.statuses.outbox_row(status_of(app, &job, id, BuildStatus::Cancelled, reason.to_string())));
+    let outcome = crate::model::Outcome::failed(BuildStatus::Cancelled, reason);
+    let Some(ended) = app.store.finish(id, &outcome, status.as_ref(), Holder::Queue).await? else { return Ok(false) };
+    app.statuses.wake();
+    app.announce(&ended);
+    Ok(true)
+}
+
+/// Asks every queued or running build of `repository` at `branch` to stop, wherever it runs;
+/// how many.
+pub async fn cancel_branch(
+    app: &Arc<App>,
+    project: &str,
+    repository: &RepoName,
+    branch: &Branch,
+    reason: &str,
+) -> anyhow::Result<usize> {
+    let mut cancelled = 0;
+    for (_, active) in app.active.of_branch(project, repository, branch) {
+        active.cancel.cancel(reason);
+        cancelled += 1;
+    }
+    for build in elsewhere_of_branch(app, project, repository, branch).await? {
+        cancelled += usize::from(cancel(app, build.id, reason).await?);
+    }
+    Ok(cancelled)
 }
 
 /// After a producer built a new image: queues the recipes that start `from` it, at their
@@ -370,7 +469,9 @@ async fn queue(app: &Arc<App>, job: Job) -> anyhow::Result<BuildId> {
     let id = build.id;
     app.statuses.report(status_of(app, &job, id, BuildStatus::Queued, "queued".into())).await;
     app.announce(&build);
-    start(app, id, job);
+    if app.builds_here() {
+        start(app, id, job);
+    }
     Ok(id)
 }
 

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use super::run::reattach;
 use super::{Job, start};
-use crate::app::App;
+use crate::app::{App, Role};
 use crate::model::{BuildId, BuildKind, BuildStatus, Outcome};
+use crate::store::Holder;
 
 /// Reason recorded for builds a previous process left and that cannot go on.
 pub const INTERRUPTED: &str = "interrupted by restart";
@@ -39,9 +40,18 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
         }
     }
 
-    let unfinished = app.store.active().await?;
-    // Running builds first, so that they take the slots before the queued ones.
+    let unfinished = if app.builds_here() { app.store.active().await? } else { Vec::new() };
+    // Running builds first, so that they take the slots before the queued ones. Only this
+    // worker's own: another's are held under its lease (and taken over when that runs out).
+    let lease_for = app.config.worker.lease();
     for build in unfinished.iter().filter(|b| b.outcome.status == BuildStatus::Running) {
+        // Builds without a worker are the serve's: recipes reloads, and builds run before
+        // workers were recorded.
+        let ours = build.worker.as_ref().map_or(app.role == Role::Serve, |worker| *worker == app.worker);
+        if !ours {
+            continue;
+        }
+        let Some(lease) = app.store.reclaim(build.id, &app.worker, lease_for).await? else { continue };
         let job = job_of(app, build).await;
         match (job, containers.remove(&build.id), workspaces.remove(&build.id)) {
             (Some(job), Some((container, running)), Some(workspace)) => {
@@ -49,11 +59,11 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
                 let slot = app.queue.slot_now(&job.source.project);
                 let active = app.active.insert(build.id, job);
                 let (app, id) = (app.clone(), build.id);
-                tokio::spawn(async move { reattach(&app, id, active, slot, container, workspace).await });
+                tokio::spawn(async move { reattach(&app, id, active, slot, container, workspace, lease).await });
             }
             (job, container, workspace) => {
                 tracing::warn!(build = %build.id, "build was {INTERRUPTED}: its container is gone");
-                interrupt(app, build, job).await;
+                interrupt(app, build, job, Holder::Lease(lease)).await;
                 if let Some((container, _)) = container {
                     app.docker.remove_later(container);
                 }
@@ -63,10 +73,12 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
             }
         }
     }
-    for build in unfinished.iter().filter(|b| b.outcome.status == BuildStatus::Queued) {
+    // A worker claims queued builds from the database as its slots free up.
+    let queued = unfinished.iter().filter(|b| b.outcome.status == BuildStatus::Queued);
+    for build in queued.filter(|_| app.role == Role::Serve) {
         match job_of(app, build).await {
             Some(job) => start(app, build.id, job),
-            None => interrupt(app, build, None).await,
+            None => interrupt(app, build, None, Holder::Queue).await,
         }
     }
     for (_, (container, _)) in containers {
@@ -94,15 +106,16 @@ async fn job_of(app: &App, build: &crate::model::Build) -> Option<Job> {
 }
 
 /// Ends a build as `error: interrupted by restart` and posts that status.
-async fn interrupt(app: &Arc<App>, build: &crate::model::Build, job: Option<Job>) {
+async fn interrupt(app: &Arc<App>, build: &crate::model::Build, job: Option<Job>, holder: Holder) {
     let status = job.and_then(|job| {
         app.statuses.outbox_row(super::status_of(app, &job, build.id, BuildStatus::Error, INTERRUPTED.into()))
     });
-    match app.store.finish(build.id, &Outcome::failed(BuildStatus::Error, INTERRUPTED), status.as_ref()).await {
-        Ok(ended) => {
+    match app.store.finish(build.id, &Outcome::failed(BuildStatus::Error, INTERRUPTED), status.as_ref(), holder).await {
+        Ok(Some(ended)) => {
             app.statuses.wake();
             app.announce(&ended);
         }
+        Ok(None) => tracing::info!(build = %build.id, "claimed by another worker meanwhile"),
         Err(e) => tracing::error!(build = %build.id, "cannot record the end of the build: {e:#}"),
     }
 }

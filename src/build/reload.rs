@@ -15,6 +15,7 @@ use crate::github::hook_setup::Change;
 use crate::github::status::CommitStatus;
 use crate::model::{Branch, BuildId, BuildKind, BuildStatus, CommitSha, NewBuild, Outcome, RepoName};
 use crate::recipes::{MAX_RECIPE_BYTES, RecipeSet, is_recipe_path};
+use crate::store::Holder;
 
 /// Script name of reload entries in the history, and the suffix of their status context.
 pub const RELOAD_SCRIPT: &str = "recipes";
@@ -240,7 +241,9 @@ pub async fn reload(
         }
     });
     let status = status.and_then(|status| app.statuses.outbox_row(status));
-    app.announce(&app.store.finish(id, &outcome, status.as_ref()).await?);
+    if let Some(ended) = app.store.finish(id, &outcome, status.as_ref(), Holder::Anyone).await? {
+        app.announce(&ended);
+    }
     app.statuses.wake();
     tracing::info!(project, status = %outcome.status, "recipes reloaded: {}", outcome.error.as_deref().unwrap_or("all files loaded"));
     Ok(Some(id))

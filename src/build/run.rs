@@ -19,8 +19,10 @@ use crate::docker::{
 use crate::model::{BuildId, BuildStatus, Outcome, Output};
 use crate::recipes::ArtifactFormat;
 use crate::recipes::chains::{ImageSource, branch_tag, commit_tag, project_image, pulled_from};
+use crate::store::{Holder, Lease};
 
-/// Runs a queued build to its end: waits for its turn (leaving the queue when cancelled first).
+/// Runs a queued build to its end: waits for its turn (leaving the queue when cancelled first),
+/// claims it, runs it.
 pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, place: Place) {
     let slot = tokio::select! {
         slot = app.queue.slot(place) => Some(slot),
@@ -30,16 +32,28 @@ pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, p
         let outcome = Outcome::failed(BuildStatus::Cancelled, active.cancel.reason());
         return finish(app, id, &active, outcome, None, None).await;
     };
-    match app.store.mark_running(id).await {
-        Ok(build) => {
+    let lease = match app.store.claim(id, &app.worker, app.config.worker.lease()).await {
+        Ok(Some((build, lease))) => {
             app.announce(&build);
             app.metrics.observe_start(&build);
+            lease
+        }
+        Ok(None) => {
+            tracing::info!(build = %id, "claimed by another worker, or ended, before its turn here");
+            return app.active.remove(id, &active);
         }
         Err(e) => {
             let outcome = Outcome::failed(BuildStatus::Error, format!("history database failed: {e}"));
             return finish(app, id, &active, outcome, None, None).await;
         }
-    }
+    };
+    run_claimed(app, id, active, lease).await;
+}
+
+/// Runs a build this process claimed under `lease`, to its end.
+pub(super) async fn run_claimed(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, lease: Lease) {
+    active.lease.set(lease).expect("a build is claimed once per process");
+    let holding = super::lease::hold(app, &active, lease);
     active.running.store(true, Ordering::Relaxed);
     let stopping = announce_stop(app, id, &active);
 
@@ -47,6 +61,8 @@ pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, p
         Ok(log) => log.masking(secrets_of(app, &active.job)).capped(app.config.builds.max_log_bytes),
         Err(e) => {
             let outcome = Outcome::failed(BuildStatus::Error, format!("cannot create the build log: {e}"));
+            stopping.abort();
+            holding.abort();
             return finish(app, id, &active, outcome, None, None).await;
         }
     };
@@ -58,6 +74,7 @@ pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, p
     };
     let outcome = conclude(app, id, &active, result, log).await;
     stopping.abort();
+    holding.abort();
     finish(app, id, &active, outcome, container, workspace.ok()).await;
 }
 
@@ -79,8 +96,11 @@ pub(super) async fn reattach(
     slot: Slot,
     container: String,
     workspace: PathBuf,
+    lease: Lease,
 ) {
     let _slot = slot;
+    active.lease.set(lease).expect("a build is claimed once per process");
+    let holding = super::lease::hold(app, &active, lease);
     active.running.store(true, Ordering::Relaxed);
     let result = async {
         let mut log = BuildLog::reopen(&app.config.logs_dir(), id, app.bus.clone())
@@ -97,6 +117,7 @@ pub(super) async fn reattach(
         Ok((result, log)) => conclude(app, id, &active, result, log).await,
         Err(e) => Outcome::failed(e.status(), public(app, &e.to_string())),
     };
+    holding.abort();
     finish(app, id, &active, outcome, Some(container), Some(workspace)).await;
 }
 
@@ -301,6 +322,8 @@ async fn after_script(
     if active.cancel.is_cancelled() {
         return Err(BuildError::Cancelled(active.cancel.reason()));
     }
+    // Nothing is committed or published for a build another worker took over.
+    super::lease::still_held(app, active).await?;
     log.phase("publish");
     if let Some(image) = &job.script.commit {
         commit_image(app, job, container, image, log).await?;
@@ -569,7 +592,7 @@ async fn conclude(
 async fn finish(
     app: &Arc<App>,
     id: BuildId,
-    active: &ActiveBuild,
+    active: &Arc<ActiveBuild>,
     outcome: Outcome,
     container: Option<String>,
     workspace: Option<PathBuf>,
@@ -590,16 +613,19 @@ async fn finish(
     }
     // No longer active before its end is seen: a push of the same commit from then on builds
     // it again rather than answering "already building" with a build that has ended.
-    app.active.remove(id);
+    app.active.remove(id, active);
     // The end and its commit status are recorded together: a crash keeps both or neither.
     let status = app.statuses.outbox_row(status_of(app, job, id, outcome.status, description));
+    // Written under the build's lease; a build never claimed only while it is still queued.
+    let holder = active.lease.get().map_or(Holder::Queue, |lease| Holder::Lease(*lease));
     // Retried until the database takes it (a database restarting or unreachable for a while):
     // a build whose end is not recorded would stay `running` for good. Its container is kept
     // meanwhile, so that a restart of autobuilder re-attaches to it and records the end then.
     let mut delay = Duration::from_secs(1);
     let build = loop {
-        match app.store.finish(id, &outcome, status.as_ref()).await {
-            Ok(build) => break build,
+        match app.store.finish(id, &outcome, status.as_ref(), holder).await {
+            Ok(Some(build)) => break Some(build),
+            Ok(None) => break None,
             Err(e) => {
                 tracing::error!(build = %id, "cannot record the end of the build (trying again in {delay:?}): {e:#}");
                 tokio::time::sleep(delay).await;
@@ -607,10 +633,20 @@ async fn finish(
             }
         }
     };
-    app.statuses.wake();
-    app.announce(&build);
-    app.metrics.observe_end(&build);
-    if outcome.status == BuildStatus::Success && job.script.commit.is_some() && job.script.rebuild_dependents {
+    let recorded = build.is_some();
+    match build {
+        Some(build) => {
+            app.statuses.wake();
+            app.announce(&build);
+            app.metrics.observe_end(&build);
+        }
+        None => refused(app, id, &outcome, holder).await,
+    }
+    if recorded
+        && outcome.status == BuildStatus::Success
+        && job.script.commit.is_some()
+        && job.script.rebuild_dependents
+    {
         let (app, job) = (app.clone(), job.clone());
         tokio::spawn(async move { super::rebuild_dependents(&app, &job).await });
     }
@@ -624,6 +660,26 @@ async fn finish(
                 remove_workspace(&app, dir).await;
             }
         });
+    }
+}
+
+/// After the database refused a build's end: its lease is another worker's now (nothing of this
+/// run is recorded), or it was claimed by a worker while this process was cancelling it in its
+/// queue (the cancel is passed on to that worker).
+async fn refused(app: &App, id: BuildId, outcome: &Outcome, holder: Holder) {
+    match holder {
+        Holder::Lease(_) => {
+            tracing::warn!(build = %id, status = %outcome.status, "{}: this end is not recorded", super::lease::TAKEN_OVER)
+        }
+        _ if outcome.status == BuildStatus::Cancelled => {
+            let reason = outcome.error.as_deref().unwrap_or("cancelled");
+            match app.store.request_cancel(id, reason).await {
+                Ok(true) => tracing::info!(build = %id, "claimed by another worker meanwhile: asked it to stop"),
+                Ok(false) => tracing::info!(build = %id, "ended elsewhere meanwhile"),
+                Err(e) => tracing::warn!(build = %id, "cannot pass the cancel on to the worker of the build: {e:#}"),
+            }
+        }
+        _ => tracing::info!(build = %id, "claimed by another worker meanwhile: this end is not recorded"),
     }
 }
 

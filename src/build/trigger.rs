@@ -192,8 +192,10 @@ pub async fn carry_out(app: &Arc<App>, project: &str, decision: Decision) -> Ans
         }
         Decision::Command(command) => run_command(app, project, command).await,
         Decision::Cancel { repository, branch, reason } => {
-            let cancelled = app.active.cancel_branch(project, &repository, &branch, &reason);
-            Answer::said(Verdict::Done, format!("{reason}: {cancelled} builds cancelled"))
+            match super::cancel_branch(app, project, &repository, &branch, &reason).await {
+                Ok(cancelled) => Answer::said(Verdict::Done, format!("{reason}: {cancelled} builds cancelled")),
+                Err(e) => Answer::failed(e),
+            }
         }
         Decision::Build { recipe, source, lineage } => {
             queue_builds(app, &recipe, source, &lineage).await.unwrap_or_else(Answer::failed)

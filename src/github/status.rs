@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use crate::config::GithubConfig;
 use crate::model::{BuildStatus, CommitSha, RepoName};
-use crate::store::{OutboxStatus, Store, now_ms};
+use crate::store::{Backend, OutboxStatus, Store, now_ms};
 
 /// GitHub refuses descriptions longer than this.
 const MAX_DESCRIPTION: usize = 140;
@@ -19,6 +19,9 @@ const MAX_DESCRIPTION: usize = 140;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest wait between two attempts at one status.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
+/// How often an empty outbox of a PostgreSQL history is looked at again for statuses other
+/// processes stored.
+const OUTBOX_POLL: Duration = Duration::from_secs(1);
 /// A status GitHub refuses outright (not an outage, not a rate limit) is tried this many times.
 const REFUSALS_BEFORE_GIVING_UP: i64 = 3;
 
@@ -42,15 +45,18 @@ pub struct StatusReporter {
 
 impl StatusReporter {
     /// Starts the poster task (which first delivers what a previous run left in the outbox), or a
-    /// disabled reporter when `[github] token` is empty.
-    pub fn start(config: &GithubConfig, store: Store) -> anyhow::Result<Self> {
+    /// disabled reporter when `[github] token` is empty. Without `post` (an `autobuilder worker`),
+    /// statuses are only stored: the `serve` of the same history posts them.
+    pub fn start(config: &GithubConfig, store: Store, post: bool) -> anyhow::Result<Self> {
         // The outbox retries, with its own backoff: octocrab does not.
         let Some(client) = super::client(config, false)? else {
             tracing::info!("[github] token is empty and no app is configured: no commit statuses will be posted");
             return Ok(Self { outbox: None });
         };
         let wake = Arc::new(Notify::new());
-        tokio::spawn(deliver(client, store.clone(), wake.clone()));
+        if post {
+            tokio::spawn(deliver(client, store.clone(), wake.clone()));
+        }
         Ok(Self { outbox: Some((store, wake)) })
     }
 
@@ -110,7 +116,11 @@ async fn deliver(client: Octocrab, store: Store, wake: Arc<Notify>) {
             }
         };
         let Some(status) = next else {
-            wake.notified().await;
+            match store.backend() {
+                Backend::Sqlite => wake.notified().await,
+                // Workers on other hosts store statuses too, without a way to wake this task.
+                Backend::Postgres => drop(tokio::time::timeout(OUTBOX_POLL, wake.notified()).await),
+            }
             continue;
         };
         let wait = status.next_attempt - now_ms();

@@ -116,8 +116,11 @@ pub async fn cancel(
         let status = build.outcome.status;
         return Err(ApiError::new(StatusCode::CONFLICT, format!("build {} already ended: {status}", build.id)));
     }
-    if !app.active.cancel(build.id, &format!("cancelled by {}", actor.name())) {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("build {} is not run by this process", build.id)));
+    let asked = crate::build::cancel(&app, build.id, &format!("cancelled by {}", actor.name())).await.map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot cancel build {}: {e:#}", build.id))
+    })?;
+    if !asked {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("build {} already ended", build.id)));
     }
     Ok(Json(json!({ "message": format!("cancelling build {}", build.id), "build": build.id })))
 }

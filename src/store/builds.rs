@@ -3,9 +3,8 @@
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
-use super::statuses::{OutboxStatus, insert_status};
 use super::{MAX_HISTORY, Store, now_ms};
-use crate::model::{Build, BuildId, BuildKind, BuildStatus, CommitSha, NewBuild, Outcome, millis};
+use crate::model::{Branch, Build, BuildId, BuildKind, BuildStatus, CommitSha, NewBuild, Outcome, RepoName, millis};
 
 /// Filters of `GET /build/history`.
 #[derive(Debug, Clone, Default)]
@@ -50,45 +49,6 @@ impl Store {
         Ok(Build::from_row(&row)?)
     }
 
-    /// Marks a build running; returns its record.
-    pub async fn mark_running(&self, id: BuildId) -> anyhow::Result<Build> {
-        let row = sqlx::query("UPDATE builds SET status = $1, started = $2 WHERE id = $3 RETURNING *")
-            .bind(BuildStatus::Running)
-            .bind(now_ms())
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(Build::from_row(&row)?)
-    }
-
-    /// Records how a build ended and, in the same transaction, queues its final commit status (so
-    /// a crash cannot keep the one without the other); returns its record.
-    pub async fn finish(&self, id: BuildId, outcome: &Outcome, status: Option<&OutboxStatus>) -> anyhow::Result<Build> {
-        let outputs = outcome.outputs.as_ref().map(serde_json::to_string).transpose()?;
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "UPDATE builds SET status = $1, ended = $2, error = $3, artifact = $4, artifact_url = $5, artifact_sha256 = $6, outputs = $7,
-                               started = COALESCE(started, $8)
-             WHERE id = $9 RETURNING *",
-        )
-        .bind(outcome.status)
-        .bind(now_ms())
-        .bind(&outcome.error)
-        .bind(&outcome.artifact)
-        .bind(&outcome.artifact_url)
-        .bind(&outcome.artifact_sha256)
-        .bind(outputs)
-        .bind(now_ms())
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if let Some(status) = status {
-            insert_status(&mut tx, status).await?;
-        }
-        tx.commit().await?;
-        Ok(Build::from_row(&row)?)
-    }
-
     pub async fn get(&self, id: BuildId) -> anyhow::Result<Option<Build>> {
         Ok(sqlx::query_as("SELECT * FROM builds WHERE id = $1").bind(id).fetch_optional(&self.pool).await?)
     }
@@ -100,6 +60,27 @@ impl Store {
             .bind(BuildStatus::Running)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// The queued and running builds (not reloads) of one branch, oldest first.
+    pub async fn active_of_branch(
+        &self,
+        project: &str,
+        repository: &RepoName,
+        branch: &Branch,
+    ) -> anyhow::Result<Vec<Build>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM builds WHERE status IN ($1, $2) AND kind = $3 AND project = $4 AND repository = $5
+               AND branch = $6 ORDER BY id",
+        )
+        .bind(BuildStatus::Queued)
+        .bind(BuildStatus::Running)
+        .bind(BuildKind::Build)
+        .bind(project)
+        .bind(repository)
+        .bind(branch)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// History entries, newest first.
@@ -207,6 +188,7 @@ impl FromRow<'_, AnyRow> for Build {
             created: millis::from_ms(row.try_get("created")?),
             started: row.try_get::<Option<i64>, _>("started")?.map(millis::from_ms),
             ended: row.try_get::<Option<i64>, _>("ended")?.map(millis::from_ms),
+            worker: row.try_get("worker")?,
         })
     }
 }

@@ -4,7 +4,9 @@
 //! both). One file per table; this one opens the database and holds what they share.
 
 mod builds;
+mod claims;
 mod deliveries;
+mod leases;
 mod migrate;
 mod statuses;
 
@@ -12,20 +14,19 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use sqlx::any::AnyPoolOptions;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor};
+use sqlx::{AnyPool, ConnectOptions, Executor};
 use tokio::sync::mpsc;
 
 pub use builds::HistoryFilter;
+pub use claims::Claim;
 pub use deliveries::Delivery;
+pub use leases::{Holder, Lease, Renewal};
 pub use statuses::OutboxStatus;
 
 use crate::model::BuildId;
-
-/// The key of the PostgreSQL advisory lock one `serve` holds ("autobuil" in ASCII).
-const SOLE_USE_LOCK: i64 = 0x6175_746f_6275_696c;
 
 /// Most entries one history request returns.
 pub const MAX_HISTORY: i64 = 1000;
@@ -41,8 +42,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// The connection holding the advisory lock of [`Store::claim_sole_use`].
-    sole_use: Arc<Mutex<Option<AnyConnection>>>,
+    /// What this process claimed ([`Store::claim`]) and the connection holding those locks.
+    claims: Arc<Mutex<claims::Held>>,
     /// Delivery writes, committed in batches by one task (group commit): webhook intake waits
     /// for its own commit, and many concurrent deliveries share one.
     delivery_writes: mpsc::Sender<deliveries::QueuedWrite>,
@@ -111,86 +112,12 @@ impl Store {
     async fn start(pool: AnyPool, backend: Backend) -> anyhow::Result<Self> {
         migrate::migrate(&pool, backend).await?;
         let delivery_writes = deliveries::start_writer(pool.clone());
-        Ok(Self { pool, backend, sole_use: Arc::default(), delivery_writes })
+        Ok(Self { pool, backend, claims: Arc::default(), delivery_writes })
     }
 
     /// Which database holds the history.
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    /// Makes this process the one `serve` of a PostgreSQL history, for as long as it runs: at
-    /// start-up a `serve` takes over every queued and running build it finds, so a second one on
-    /// the same database would take over the first one's. Refused when another holds it. (A
-    /// SQLite history is a file of this machine's `data_dir`: nothing to claim.)
-    pub async fn claim_sole_use(&self) -> anyhow::Result<()> {
-        if self.backend != Backend::Postgres {
-            return Ok(());
-        }
-        let Some(connection) = self.take_sole_use_lock().await? else {
-            bail!(
-                "another autobuilder serve uses this history database: stop it first, or give this one a \
-                 database of its own ([database] url)"
-            );
-        };
-        // The lock lives as long as this session: the connection is kept, never returned, and
-        // kept alive by [`Store::hold_sole_use`].
-        *self.sole_use.lock().expect("sole_use lock") = Some(connection);
-        Ok(())
-    }
-
-    /// Keeps the claim of [`Store::claim_sole_use`] while this serve runs: every `every`, the
-    /// connection holding the lock is pinged, and when it was lost (PostgreSQL restarted, or the
-    /// network between), the lock is taken again on a new connection. Returns only when another
-    /// serve took the lock meanwhile: this one must then stop, since both would take over the
-    /// same builds. Never returns on SQLite, or before a claim.
-    pub async fn hold_sole_use(&self, every: Duration) -> anyhow::Error {
-        if self.backend != Backend::Postgres || self.sole_use.lock().expect("sole_use lock").is_none() {
-            return std::future::pending().await;
-        }
-        loop {
-            tokio::time::sleep(every).await;
-            let mut held = self.sole_use.lock().expect("sole_use lock").take();
-            if let Some(connection) = held.as_mut()
-                && let Err(e) = connection.ping().await
-            {
-                tracing::warn!("lost the connection that holds this serve's claim on the history: {e}");
-                held = None;
-            }
-            let connection = match held {
-                Some(connection) => connection,
-                None => match self.take_sole_use_lock().await {
-                    Ok(Some(connection)) => {
-                        tracing::info!("claimed the history database again after its connection was lost");
-                        connection
-                    }
-                    Ok(None) => {
-                        return anyhow::anyhow!(
-                            "another autobuilder serve claimed this history database while this one's connection \
-                             to it was lost: stopping, so that the two do not run the same builds"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "cannot claim the history database again yet (trying again in {every:?}): {e:#}"
-                        );
-                        continue;
-                    }
-                },
-            };
-            *self.sole_use.lock().expect("sole_use lock") = Some(connection);
-        }
-    }
-
-    /// The advisory lock of [`Store::claim_sole_use`] on a connection of its own (taken out of
-    /// the pool), or None when another session holds it.
-    async fn take_sole_use_lock(&self) -> anyhow::Result<Option<AnyConnection>> {
-        let mut connection = self.pool.acquire().await?.detach();
-        let claimed: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(SOLE_USE_LOCK)
-            .fetch_one(&mut connection)
-            .await?;
-        Ok(claimed.then_some(connection))
     }
 
     /// Answers whether the database responds, within 2 s (a readiness probe must not wait for

@@ -1,0 +1,110 @@
+//! `autobuilder worker`: runs builds on this host's Docker engine, claiming them from the
+//! PostgreSQL history's queue as its slots free up. It is woken by `LISTEN autobuilder_queue` (a
+//! trigger notifies when a build is queued), and looks every few seconds besides, for a
+//! notification lost while its connection was down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::Semaphore;
+
+use super::{Job, run};
+use crate::app::App;
+use crate::model::{BuildStatus, Outcome};
+use crate::store::Holder;
+
+/// The channel the `builds_queued` trigger (migrations/postgres/0002_leases.sql) notifies.
+const QUEUE_CHANNEL: &str = "autobuilder_queue";
+
+/// The longest an idle worker waits before it looks at the queue again without a notification.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Claims and runs builds, `[worker] concurrency` at once, for as long as this process runs.
+/// Returns only on a fault that stops the worker.
+pub async fn work(app: Arc<App>) -> anyhow::Error {
+    let concurrency = match app.config.worker.concurrency {
+        0 => app.config.builds.concurrency,
+        n => n,
+    };
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let project_limits: HashMap<String, usize> = app
+        .config
+        .projects
+        .iter()
+        .filter(|(_, p)| p.concurrency > 0)
+        .map(|(name, p)| (name.clone(), p.concurrency))
+        .collect();
+    let mut listener = None;
+    tracing::info!(worker = %app.worker, concurrency, "taking builds from the queue");
+    loop {
+        let slot = match slots.clone().acquire_owned().await {
+            Ok(slot) => slot,
+            Err(e) => return e.into(),
+        };
+        match app.store.claim_next(&app.worker, app.config.worker.lease(), &project_limits).await {
+            Ok(Some((build, lease))) => {
+                app.announce(&build);
+                app.metrics.observe_start(&build);
+                let job = match app.store.settings(build.id).await {
+                    Ok(Some(settings)) => Job::of(&build, &settings).map_err(|e| format!("{e:#}")),
+                    Ok(None) => Err("it has no recipe settings".into()),
+                    Err(e) => Err(format!("cannot read its recipe settings: {e:#}")),
+                };
+                match job {
+                    Ok(job) => {
+                        let active = app.active.insert(build.id, job);
+                        let app = app.clone();
+                        tokio::spawn(async move {
+                            run::run_claimed(&app, build.id, active, lease).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(reason) => {
+                        tracing::error!(build = %build.id, "cannot run the build: {reason}");
+                        let outcome = Outcome::failed(BuildStatus::Error, format!("cannot run the build: {reason}"));
+                        if let Ok(Some(ended)) = app.store.finish(build.id, &outcome, None, Holder::Lease(lease)).await
+                        {
+                            app.announce(&ended);
+                        }
+                    }
+                }
+            }
+            Ok(None) => {
+                drop(slot);
+                wait_for_queued(&app, &mut listener).await;
+            }
+            Err(e) => {
+                drop(slot);
+                tracing::warn!("cannot claim a build from the queue (trying again in 1 s): {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Waits until a build is queued (or [`POLL`] passed), listening on a connection of its own,
+/// (re)connected when needed.
+async fn wait_for_queued(app: &App, listener: &mut Option<PgListener>) {
+    if listener.is_none() {
+        match PgListener::connect(app.config.database.url.expose()).await {
+            Ok(mut connected) => match connected.listen(QUEUE_CHANNEL).await {
+                Ok(()) => *listener = Some(connected),
+                Err(e) => tracing::warn!("cannot listen for queued builds (looking every {POLL:?}): {e}"),
+            },
+            Err(e) => tracing::warn!("cannot listen for queued builds (looking every {POLL:?}): {e}"),
+        }
+    }
+    let Some(connected) = listener.as_mut() else {
+        return tokio::time::sleep(POLL).await;
+    };
+    match tokio::time::timeout(POLL, connected.recv()).await {
+        Ok(Ok(_)) | Err(_) => {}
+        // Reconnected by the next recv; a notification sent meanwhile is lost, hence the POLL.
+        Ok(Err(e)) => {
+            tracing::warn!("lost the connection that listens for queued builds: {e}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
