@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ActiveBuild, BuildError, Job, status_of};
-use crate::app::App;
+use crate::app::{App, Role};
 use crate::model::{Build, BuildStatus, Outcome};
 use crate::store::{Holder, Lease, Renewal};
 
@@ -96,7 +96,8 @@ async fn take_over(app: &Arc<App>, build: &Build, lease: Lease) -> anyhow::Resul
             app.statuses.report(status_of(app, job, build.id, BuildStatus::Queued, said)).await;
         }
         app.announce(&queued);
-        if let (Some(job), true) = (job, app.builds_here()) {
+        // A serve that builds queues it in its own queue too; workers claim it from the database.
+        if let (Some(job), true) = (job, app.role == Role::Serve && app.builds_here()) {
             super::start(app, build.id, job);
         }
         return Ok(());

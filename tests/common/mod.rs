@@ -12,10 +12,12 @@ mod live;
 mod postgres;
 mod redis_server;
 mod server;
+mod worker;
 
 // Each test file uses some of it.
 #[allow(unused_imports)]
-pub use {browser::*, docker::*, git::*, github::*, hub::*, live::*, postgres::*, redis_server::*, server::*};
+pub use {browser::*, docker::*, git::*, github::*, hub::*, live::*, postgres::*, redis_server::*, server::*,
+    worker::*};
 
 use std::time::{Duration, Instant};
 

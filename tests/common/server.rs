@@ -172,6 +172,16 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// The server's configuration, as in its file.
+    pub fn config(&self) -> Config {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let mut config: Config = toml::from_str(&text).expect("the test configuration parses");
+        if config.artifacts.directory.is_relative() {
+            config.artifacts.directory = self.dir.path().join(&config.artifacts.directory);
+        }
+        config
+    }
+
     /// Changes the configuration file; the server reads it at its next start.
     pub fn change_config(&self, change: impl FnOnce(&mut Config)) {
         let text = std::fs::read_to_string(&self.config_path).unwrap();

@@ -1,0 +1,102 @@
+//! The real `autobuilder worker` beside a test [`Server`]: the server's configuration (its
+//! PostgreSQL history, projects and artifact directory), with data and temp directories of its own
+//! and its own `[worker] name`, on the same Docker engine.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use autobuilder::config::Config;
+
+use super::{Server, echo_lines, wait_until_blocking, write_config};
+
+pub struct Worker {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Every line the worker printed (its own log).
+    pub output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Worker {
+    /// Starts a worker named `name` for `server` (whose history must be PostgreSQL), with the
+    /// changes `change` makes to its configuration, and waits until it takes builds.
+    pub fn start(server: &Server, name: &str, change: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = server.config();
+        assert!(!config.database.url.expose().is_empty(), "a worker needs the server's PostgreSQL history");
+        config.data_dir = dir.path().join("data");
+        config.tmp_directory = dir.path().join("tmp");
+        config.artifacts.directory = server.artifacts_dir();
+        config.worker.name = name.into();
+        change(&mut config);
+        let config_path = dir.path().join("config.toml");
+        write_config(&config_path, &config);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_autobuilder"))
+            .args(["worker", "--config"])
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        let lines = output.clone();
+        echo_lines(child.stdout.take().unwrap(), "[worker]", move |line| lines.lock().unwrap().push(line));
+        let mut worker = Self { name: name.into(), dir, child: Some(child), output };
+        wait_until_blocking(&format!("worker {name} to take builds"), || {
+            if let Some(status) = worker.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("worker {name} exited before taking builds ({status}): see its log above");
+            }
+            worker.printed("taking builds from the queue").then_some(())
+        });
+        worker
+    }
+
+    /// Whether the worker printed a line containing `text`.
+    pub fn printed(&self, text: &str) -> bool {
+        self.output.lock().unwrap().iter().any(|line| line.contains(text))
+    }
+
+    /// Waits until the worker printed a line containing `text`.
+    pub fn wait_printed(&self, text: &str) {
+        wait_until_blocking(&format!("worker {} to print {text:?}", self.name), || self.printed(text).then_some(()));
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`) to the worker process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
+    }
+
+    /// SIGKILL: the worker ends at once, its containers left running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The `autobuilder.instance` label of this worker's containers.
+    pub fn instance(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let data_dir = self.dir.path().join("data").canonicalize().unwrap();
+        let named = format!("{}\0worker", data_dir.to_string_lossy());
+        hex::encode(Sha256::digest(named.as_bytes()))[..12].to_string()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+        let filter = format!("label=autobuilder.instance={}", self.instance());
+        if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
+            let ids = String::from_utf8_lossy(&out.stdout);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+            }
+        }
+    }
+}

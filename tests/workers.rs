@@ -1,0 +1,149 @@
+//! Builds on `autobuilder worker` processes beside a `serve` that only queues them, all on one
+//! real PostgreSQL history: spread over the workers, superseded across them, and taken over when a
+//! worker is killed or frozen past its lease, the lost worker's late result refused.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use autobuilder::config::{Config, Secret};
+use common::*;
+use serde_json::Value;
+
+/// Builds for a few seconds, then makes its artifact.
+const SLOW: &str = "#!/bin/sh\nset -e\necho started\nsleep 4\necho done\ntar -czf /tmp/archives/out.tar.gz build.sh\n";
+
+/// A serve that leaves every build to workers, on a new database of the shared PostgreSQL, with
+/// leases of 2 s so that a lost worker is noticed quickly.
+fn serve_without_builds(git: &GitHost, github: &FakeGithub, change: impl FnOnce(&mut Config)) -> Server {
+    let database = Postgres::shared().fresh_database();
+    Server::start(|dir| {
+        test_config(dir, git, Some(&github.url)).with(|c| {
+            c.database.url = Secret::new(database.as_str());
+            c.worker.enabled = false;
+            c.worker.lease_seconds = 2;
+            change(c);
+        })
+    })
+}
+
+/// Waits until build `id` runs on `worker` with its container started there.
+async fn running_on(server: &Server, id: i64, worker: &Worker) {
+    wait_until(&format!("build {id} to run on {}", worker.name), async || {
+        let (_, build) = server.get_json(&format!("/build/{id}")).await;
+        assert!(matches!(build["status"].as_str(), Some("queued" | "running")), "the build ended: {build}");
+        (build["status"] == "running" && build["worker"] == worker.name.as_str()).then_some(())
+    })
+    .await;
+    let filters = [format!("label=autobuilder.build={id}"), format!("label=autobuilder.instance={}", worker.instance())];
+    wait_until_blocking("the build's container to start", || {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-q", "--filter", &filters[0], "--filter", &filters[1]])
+            .output()
+            .unwrap();
+        (!out.stdout.is_empty()).then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn builds_are_spread_over_the_workers_and_serve_only_queues_them() {
+    let git = GitHost::new();
+    let repos = ["org/a", "org/b", "org/c", "org/d"];
+    let recipes: Vec<(String, &str)> = repos.iter().map(|r| (format!("{r}/master.yaml"), ONE_SCRIPT)).collect();
+    let recipes: Vec<(&str, &str)> = recipes.iter().map(|(path, text)| (path.as_str(), *text)).collect();
+    git.commit("org/recipes", "master", &recipes);
+    let quick = SLOW.replace("sleep 4", "sleep 1");
+    let shas: Vec<String> = repos.iter().map(|repo| git.commit(repo, "master", &[("build.sh", &quick)])).collect();
+    let github = FakeGithub::start().await;
+    let server = serve_without_builds(&git, &github, |_| {});
+    let workers = [Worker::start(&server, "w1", |c| c.worker.concurrency = 1), Worker::start(&server, "w2", |c| {
+        c.worker.concurrency = 1
+    })];
+
+    let mut ids = Vec::new();
+    for (repo, sha) in repos.iter().zip(&shas) {
+        ids.push(server.push_builds(repo, "master", sha).await[0]);
+    }
+    let mut ran_on = BTreeSet::new();
+    for (id, sha) in ids.iter().zip(&shas) {
+        let build = server.wait_build(*id).await;
+        assert_eq!(build["status"], "success", "{build}");
+        ran_on.insert(build["worker"].as_str().expect("the worker is recorded").to_string());
+        let artifact = server.artifacts_dir().join(build["artifact"].as_str().unwrap());
+        assert!(artifact.is_file(), "the worker published into the shared artifact directory: {}", artifact.display());
+        // Posted by serve, from the statuses the workers stored.
+        github.wait_for(sha, "autobuilder/build.sh", "success").await;
+        assert!(server.containers_of(*id).is_empty(), "serve ran no container");
+    }
+    let names: BTreeSet<String> = workers.iter().map(|w| w.name.clone()).collect();
+    assert_eq!(ran_on, names, "both workers built");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_frozen_past_its_lease_cannot_record_the_build_taken_over() {
+    let (git, sha) = one_script_app(SLOW);
+    let github = FakeGithub::start().await;
+    let server = serve_without_builds(&git, &github, |_| {});
+    let first = Worker::start(&server, "w1", |_| {});
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    running_on(&server, id, &first).await;
+
+    // w1 freezes mid-build (SIGSTOP): its lease runs out, the build is queued again, and w2 runs it.
+    first.signal("STOP");
+    let second = Worker::start(&server, "w2", |_| {});
+    let build = server.wait_build(id).await;
+    assert_eq!((build["status"].as_str(), build["worker"].as_str()), (Some("success"), Some("w2")), "{build}");
+    let statuses = github.wait_for(&sha, "autobuilder/build.sh", "success").await;
+    assert!(
+        statuses.iter().any(|s| s.state == "pending" && s.description == "queued again: worker w1 lost"),
+        "{statuses:?}"
+    );
+
+    // w1 wakes: its container ended meanwhile, and what it would record is refused.
+    first.signal("CONT");
+    first.wait_printed("this end is not recorded");
+    let log = std::fs::read_to_string(first.dir.path().join(format!("data/logs/{id}.log"))).unwrap();
+    assert!(log.contains("taken over"), "w1's log says why it stopped: {log}");
+    assert!(!log.contains("published"), "w1 published nothing: {log}");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await; // an outbox poll
+    let (_, after) = server.get_json(&format!("/build/{id}")).await;
+    assert_eq!((after["status"].as_str(), after["worker"].as_str()), (Some("success"), Some("w2")), "{after}");
+    let statuses = github.statuses_for(&sha);
+    assert_eq!(statuses.last().map(|s| s.state.as_str()), Some("success"), "nothing posted after: {statuses:?}");
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_build_ends_as_lost_once_its_requeues_are_spent() {
+    let (git, sha) = one_script_app(&SLOW.replace("sleep 4", "sleep 60"));
+    let github = FakeGithub::start().await;
+    let server = serve_without_builds(&git, &github, |c| c.worker.requeues = 0);
+    let mut worker = Worker::start(&server, "w1", |_| {});
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    running_on(&server, id, &worker).await;
+    worker.kill();
+
+    let build = server.wait_build(id).await;
+    assert_eq!((build["status"].as_str(), build["error"].as_str()), (Some("error"), Some("worker w1 lost")), "{build}");
+    let statuses = github.wait_for(&sha, "autobuilder/build.sh", "error").await;
+    assert_eq!(statuses.last().unwrap().description, "worker w1 lost");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_supersedes_the_branchs_build_on_a_worker() {
+    let (git, first_sha) = one_script_app(&SLOW.replace("sleep 4", "sleep 60"));
+    let github = FakeGithub::start().await;
+    let server = serve_without_builds(&git, &github, |_| {});
+    let worker = Worker::start(&server, "w1", |c| c.worker.concurrency = 2);
+    let first = server.push_builds("org/app", "master", &first_sha).await[0];
+    running_on(&server, first, &worker).await;
+
+    let second_sha = git.commit("org/app", "master", &[("build.sh", SLOW)]);
+    let second = server.push_builds_after("org/app", "master", &first_sha, &second_sha).await[0];
+    let superseded: Value = server.wait_build(first).await;
+    assert_eq!(superseded["status"], "cancelled", "{superseded}");
+    let reason = format!("superseded by {}", &second_sha[..10]);
+    assert_eq!(superseded["error"].as_str(), Some(reason.as_str()), "{superseded}");
+    assert_eq!(server.wait_build(second).await["status"], "success");
+    github.wait_for(&first_sha, "autobuilder/build.sh", "error").await;
+}
