@@ -12,6 +12,7 @@ use crate::build::kept::KeptCheckouts;
 use crate::build::order::BranchHeads;
 use crate::build::queue::Queue;
 use crate::build::reload::Recipes;
+use crate::build::shipped_log::RemoteLogs;
 use crate::bus::{Bus, Event};
 use crate::config::Config;
 use crate::docker::DockerEngine;
@@ -43,6 +44,8 @@ pub struct App {
     pub kept: KeptCheckouts,
     /// Names this instance's containers and temp dirs, so that cleanup never touches another's.
     pub instance: String,
+    /// The logs of builds other hosts ran, copied from the history when asked for.
+    pub remote_logs: Arc<RemoteLogs>,
     /// What this process is, and the name its builds run under (`[worker] name`).
     pub role: Role,
     pub worker: String,
@@ -98,6 +101,7 @@ impl App {
         let recipes = Recipes::default();
         let kept_dir = config.tmp_directory.join(format!("build-{instance}-kept"));
         let kept = KeptCheckouts::new(kept_dir, config.git.keep_checkouts);
+        let remote_logs = Arc::new(RemoteLogs::new(Some(store.clone()), config.logs_dir()));
         Ok(Arc::new(App {
             config,
             store,
@@ -113,6 +117,7 @@ impl App {
             metrics: Metrics::default(),
             kept,
             instance,
+            remote_logs,
             role,
             worker,
         }))

@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use autobuilder::app::{App, Role};
 use autobuilder::build::reload::{apply_rules, hooked_repositories, set_up_hooks};
+use autobuilder::build::shipped_log::RemoteLogs;
 use autobuilder::bus::Bus;
 use autobuilder::config::{Config, LogFormat};
 use autobuilder::github::api::GithubApi;
 use autobuilder::github::hook_setup::Change;
 use autobuilder::live::Live;
 use autobuilder::recipes::RecipeSet;
+use autobuilder::store::Store;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -211,7 +213,14 @@ fn live(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow::
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let bus = Bus::redis_subscriber(&config.redis.url)?;
-        let router = autobuilder::live::dedicated_router(Arc::new(Live::new(bus, config.logs_dir(), &config.live)));
+        // With a PostgreSQL history, the logs of builds on other hosts are copied from it.
+        let store = match config.database.url.expose() {
+            "" => None,
+            url => Some(Store::connect(url, &config.data_dir).await?),
+        };
+        let remote_logs = Arc::new(RemoteLogs::new(store, config.logs_dir()));
+        let live = Live::new(bus, config.logs_dir(), &config.live, Some(remote_logs));
+        let router = autobuilder::live::dedicated_router(Arc::new(live));
         let listener = tokio::net::TcpListener::bind(&config.live.listen)
             .await
             .with_context(|| format!("cannot listen on [live] listen = {}", config.live.listen))?;

@@ -35,7 +35,8 @@ async fn running_on(server: &Server, id: i64, worker: &Worker) {
         (build["status"] == "running" && build["worker"] == worker.name.as_str()).then_some(())
     })
     .await;
-    let filters = [format!("label=autobuilder.build={id}"), format!("label=autobuilder.instance={}", worker.instance())];
+    let filters =
+        [format!("label=autobuilder.build={id}"), format!("label=autobuilder.instance={}", worker.instance())];
     wait_until_blocking("the build's container to start", || {
         let out = std::process::Command::new("docker")
             .args(["ps", "-q", "--filter", &filters[0], "--filter", &filters[1]])
@@ -56,9 +57,10 @@ async fn builds_are_spread_over_the_workers_and_serve_only_queues_them() {
     let shas: Vec<String> = repos.iter().map(|repo| git.commit(repo, "master", &[("build.sh", &quick)])).collect();
     let github = FakeGithub::start().await;
     let server = serve_without_builds(&git, &github, |_| {});
-    let workers = [Worker::start(&server, "w1", |c| c.worker.concurrency = 1), Worker::start(&server, "w2", |c| {
-        c.worker.concurrency = 1
-    })];
+    let workers = [
+        Worker::start(&server, "w1", |c| c.worker.concurrency = 1),
+        Worker::start(&server, "w2", |c| c.worker.concurrency = 1),
+    ];
 
     let mut ids = Vec::new();
     for (repo, sha) in repos.iter().zip(&shas) {
@@ -74,6 +76,19 @@ async fn builds_are_spread_over_the_workers_and_serve_only_queues_them() {
         // Posted by serve, from the statuses the workers stored.
         github.wait_for(sha, "autobuilder/build.sh", "success").await;
         assert!(server.containers_of(*id).is_empty(), "serve ran no container");
+        // The log, written on the worker's disk, is read through serve (from the history).
+        let (code, log) = server.get_text(&format!("/build/{id}/log")).await;
+        assert_eq!(code, 200, "{log}");
+        for line in ["started", "done", "published"] {
+            assert!(log.contains(line), "{line:?} is missing from the log of build {id}: {log}");
+        }
+        let (code, window) = server.get_json(&format!("/build/{id}/log/lines?tail=3")).await;
+        assert_eq!(code, 200, "{window}");
+        let lines = window["lines"].as_array().expect("a window of lines");
+        assert_eq!(lines.len(), 3, "{window}");
+        assert!(lines.last().unwrap().to_string().contains("published"), "{window}");
+        let (_, found) = server.get_json(&format!("/build/{id}/log/search?q=DONE")).await;
+        assert_eq!(found["total"], 1, "{found}");
     }
     let names: BTreeSet<String> = workers.iter().map(|w| w.name.clone()).collect();
     assert_eq!(ran_on, names, "both workers built");
@@ -108,6 +123,8 @@ async fn a_worker_frozen_past_its_lease_cannot_record_the_build_taken_over() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await; // an outbox poll
     let (_, after) = server.get_json(&format!("/build/{id}")).await;
     assert_eq!((after["status"].as_str(), after["worker"].as_str()), (Some("success"), Some("w2")), "{after}");
+    let (_, served) = server.get_text(&format!("/build/{id}/log")).await;
+    assert!(served.contains("published") && !served.contains("taken over"), "serve shows w2's run: {served}");
     let statuses = github.statuses_for(&sha);
     assert_eq!(statuses.last().map(|s| s.state.as_str()), Some("success"), "nothing posted after: {statuses:?}");
     drop(second);
@@ -146,4 +163,33 @@ async fn a_push_supersedes_the_branchs_build_on_a_worker() {
     assert_eq!(superseded["error"].as_str(), Some(reason.as_str()), "{superseded}");
     assert_eq!(server.wait_build(second).await["status"], "success");
     github.wait_for(&first_sha, "autobuilder/build.sh", "error").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workers_build_is_live_through_redis_and_its_log_complete_on_a_live_server() {
+    let (git, sha) = one_script_app(
+        "#!/bin/sh\nfor i in $(seq 1 400); do echo line $i; sleep 0.005; done\ntar -czf /tmp/archives/out.tar.gz build.sh\n",
+    );
+    let github = FakeGithub::start().await;
+    let redis = RedisServer::start();
+    let server = serve_without_builds(&git, &github, |c| {
+        c.redis.url = redis.url();
+        c.live.listen = "127.0.0.1:0".into();
+    });
+    let live = LiveServer::start(&server);
+    let _worker = Worker::start(&server, "w1", |_| {});
+    let mut client = LiveClient::connect(&live.url).await;
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    client.subscribe(id).await;
+    let build = client.until_finished(id).await;
+    assert_eq!(build["status"], "success", "{build}");
+    let (_, log) = server.get_text(&format!("/build/{id}/log")).await;
+    client.until_lines(id, log.lines().count() as u64).await;
+    assert_eq!(client.text(id), log, "every line once and in order, as in the log serve has");
+
+    // A client that comes after the end gets the whole log from the live server's copy.
+    let mut late = LiveClient::connect(&live.url).await;
+    late.subscribe(id).await;
+    late.until_lines(id, log.lines().count() as u64).await;
+    assert_eq!(late.text(id), log);
 }

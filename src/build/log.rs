@@ -50,11 +50,25 @@ pub fn sections_path(logs_dir: &Path, id: BuildId) -> PathBuf {
     logs_dir.join(format!("{}.sections", id.0))
 }
 
-/// Removes the log of build `id`, its index and its list of sections.
+/// Where the copies of logs written on other hosts are kept (see `build::shipped_log`).
+pub fn copies_dir(logs_dir: &Path) -> PathBuf {
+    logs_dir.join("copies")
+}
+
+/// Path of the note saying which run of build `id` the copy of its log in `copies` is of.
+pub fn copy_path(copies: &Path, id: BuildId) -> PathBuf {
+    copies.join(format!("{}.copy", id.0))
+}
+
+/// Removes the log of build `id`, its index and its list of sections, and any copy of them.
 pub async fn remove_log(logs_dir: &Path, id: BuildId) {
-    let _ = tokio::fs::remove_file(log_path(logs_dir, id)).await;
-    let _ = tokio::fs::remove_file(index_path(logs_dir, id)).await;
-    let _ = tokio::fs::remove_file(sections_path(logs_dir, id)).await;
+    let copies = copies_dir(logs_dir);
+    for dir in [logs_dir, copies.as_path()] {
+        let _ = tokio::fs::remove_file(log_path(dir, id)).await;
+        let _ = tokio::fs::remove_file(index_path(dir, id)).await;
+        let _ = tokio::fs::remove_file(sections_path(dir, id)).await;
+    }
+    let _ = tokio::fs::remove_file(copy_path(&copies, id)).await;
 }
 
 /// One entry of a line index: lines from number `line` on start at byte `offset` of the log and

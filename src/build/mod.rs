@@ -11,6 +11,7 @@ pub mod queue;
 mod recover;
 pub mod reload;
 mod run;
+pub mod shipped_log;
 pub mod trigger;
 pub mod worker;
 

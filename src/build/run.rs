@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::log::BuildLog;
 use super::queue::{Place, Slot};
+use super::shipped_log::LogShipper;
 use super::{ActiveBuild, BuildError, Cancel, Job, status_of};
 use crate::app::App;
 use crate::artifacts::{ArtifactNames, Published};
@@ -19,7 +20,7 @@ use crate::docker::{
 use crate::model::{BuildId, BuildStatus, Outcome, Output};
 use crate::recipes::ArtifactFormat;
 use crate::recipes::chains::{ImageSource, branch_tag, commit_tag, project_image, pulled_from};
-use crate::store::{Holder, Lease};
+use crate::store::{Backend, Holder, Lease};
 
 /// Runs a queued build to its end: waits for its turn (leaving the queue when cancelled first),
 /// claims it, runs it.
@@ -66,6 +67,7 @@ pub(super) async fn run_claimed(app: &Arc<App>, id: BuildId, active: Arc<ActiveB
             return finish(app, id, &active, outcome, None, None).await;
         }
     };
+    let shipper = ship_log(app, lease);
     let mut container = None;
     let workspace = new_workspace(app, id);
     let result = match &workspace {
@@ -75,7 +77,16 @@ pub(super) async fn run_claimed(app: &Arc<App>, id: BuildId, active: Arc<ActiveB
     let outcome = conclude(app, id, &active, result, log).await;
     stopping.abort();
     holding.abort();
+    if let Some(shipper) = shipper {
+        shipper.finish().await;
+    }
     finish(app, id, &active, outcome, container, workspace.ok()).await;
+}
+
+/// Ships the build log to a PostgreSQL history as it grows, for the other hosts.
+fn ship_log(app: &App, lease: Lease) -> Option<LogShipper> {
+    (app.store.backend() == Backend::Postgres)
+        .then(|| LogShipper::start(app.store.clone(), app.config.logs_dir(), lease))
 }
 
 /// Tells the live pages when the running build `id` is asked to stop, so that they say
@@ -102,6 +113,7 @@ pub(super) async fn reattach(
     active.lease.set(lease).expect("a build is claimed once per process");
     let holding = super::lease::hold(app, &active, lease);
     active.running.store(true, Ordering::Relaxed);
+    let shipper = ship_log(app, lease);
     let result = async {
         let mut log = BuildLog::reopen(&app.config.logs_dir(), id, app.bus.clone())
             .await
@@ -118,6 +130,9 @@ pub(super) async fn reattach(
         Err(e) => Outcome::failed(e.status(), public(app, &e.to_string())),
     };
     holding.abort();
+    if let Some(shipper) = shipper {
+        shipper.finish().await;
+    }
     finish(app, id, &active, outcome, Some(container), Some(workspace)).await;
 }
 

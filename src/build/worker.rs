@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::model::{BuildStatus, Outcome};
 use crate::store::Holder;
 
-/// The channel the `builds_queued` trigger (migrations/postgres/0002_leases.sql) notifies.
+/// The channel the `builds_queued` trigger (migrations/postgres/0002_workers.sql) notifies.
 const QUEUE_CHANNEL: &str = "autobuilder_queue";
 
 /// The longest an idle worker waits before it looks at the queue again without a notification.

@@ -36,6 +36,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
 use crate::build::log::{lines_before, log_path, tail_offset};
+use crate::build::shipped_log::RemoteLogs;
 use crate::bus::{Bus, Delivery, Event};
 use crate::config::LiveConfig;
 use crate::model::BuildId;
@@ -56,6 +57,8 @@ pub const MAX_CLIENT_MESSAGE: usize = 4096;
 pub struct Live {
     bus: Bus,
     logs_dir: PathBuf,
+    /// Copies the logs of builds other hosts run into `logs_dir` before they are read.
+    remote_logs: Option<Arc<RemoteLogs>>,
     max_clients: usize,
     max_clients_per_address: usize,
     clients: Mutex<Clients>,
@@ -69,10 +72,11 @@ struct Clients {
 }
 
 impl Live {
-    pub fn new(bus: Bus, logs_dir: PathBuf, config: &LiveConfig) -> Self {
+    pub fn new(bus: Bus, logs_dir: PathBuf, config: &LiveConfig, remote_logs: Option<Arc<RemoteLogs>>) -> Self {
         Self {
             bus,
             logs_dir,
+            remote_logs,
             max_clients: config.max_clients,
             max_clients_per_address: config.max_clients_per_address,
             clients: Mutex::default(),
@@ -182,6 +186,7 @@ struct Gone;
 struct Session {
     socket: WebSocket,
     logs_dir: PathBuf,
+    remote_logs: Option<Arc<RemoteLogs>>,
     subscriptions: HashMap<BuildId, Position>,
 }
 
@@ -189,7 +194,12 @@ async fn session(socket: WebSocket, live: Arc<Live>) {
     // Subscribe to the bus before anything is read from a file: a line is written to its file
     // before it is published, so every line is either in the file or in a later event.
     let mut events = live.bus.subscribe();
-    let mut session = Session { socket, logs_dir: live.logs_dir.clone(), subscriptions: HashMap::new() };
+    let mut session = Session {
+        socket,
+        logs_dir: live.logs_dir.clone(),
+        remote_logs: live.remote_logs.clone(),
+        subscriptions: HashMap::new(),
+    };
     let _ = session.run(&mut events).await;
 }
 
@@ -226,7 +236,7 @@ impl Session {
     async fn on_request(&mut self, text: &str) -> Result<(), Gone> {
         match serde_json::from_str::<Request>(text) {
             Ok(Request::Subscribe { id, from, tail }) => {
-                let path = log_path(&self.logs_dir, id);
+                let path = log_path(&self.fetch(id).await, id);
                 let start = match tail {
                     Some(tail) => Start::Tail(tail.min(MAX_TAIL)),
                     None => Start::From(from.unwrap_or(1).max(1)),
@@ -275,6 +285,14 @@ impl Session {
         }
     }
 
+    /// The directory of build `id`'s log files (see [`RemoteLogs::fetch`]).
+    async fn fetch(&mut self, id: BuildId) -> PathBuf {
+        match &self.remote_logs {
+            Some(remote_logs) => remote_logs.fetch(id).await,
+            None => self.logs_dir.clone(),
+        }
+    }
+
     /// After missed events: tell the client, and send every subscribed build's lines it lacks.
     async fn resync(&mut self) -> Result<(), Gone> {
         self.send_text(r#"{"type":"resync"}"#.into()).await?;
@@ -288,7 +306,8 @@ impl Session {
     /// Sends the complete lines of the log file past the client's position.
     async fn catch_up(&mut self, id: BuildId) -> Result<(), Gone> {
         let Some(mut position) = self.subscriptions.get(&id).copied() else { return Ok(()) };
-        let Ok(mut file) = tokio::fs::File::open(log_path(&self.logs_dir, id)).await else { return Ok(()) };
+        let logs_dir = self.fetch(id).await;
+        let Ok(mut file) = tokio::fs::File::open(log_path(&logs_dir, id)).await else { return Ok(()) };
         if file.seek(SeekFrom::Start(position.offset)).await.is_err() {
             return Ok(());
         }

@@ -134,7 +134,7 @@ pub(super) async fn find(app: &App, id: &str) -> Result<Build, ApiError> {
 }
 
 async fn text_log(app: &App, id: BuildId, tail: Option<u64>) -> Result<Response, ApiError> {
-    let mut file = super::logs::open(app, id).await?;
+    let (mut file, _) = super::logs::open(app, id).await?;
     if let Some(lines) = tail {
         let offset = tail_offset(&mut file, lines, 64 * 1024).await.map_err(anyhow::Error::from)?;
         file.seek(SeekFrom::Start(offset)).await.map_err(anyhow::Error::from)?;

@@ -2,6 +2,7 @@
 //! log, the log as plain text (escape sequences removed) or as a download, and why a queued build
 //! waits.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -52,8 +53,7 @@ pub async fn lines(
         return Err(bad(&format!("ask for 1 to {MAX_WINDOW} lines at once")));
     }
     let build = find(&app, &id).await?;
-    let file = open(&app, build.id).await?;
-    let logs_dir = app.config.logs_dir();
+    let (file, logs_dir) = open(&app, build.id).await?;
     let marks = log::read_index(&logs_dir, build.id).await.map_err(anyhow::Error::from)?;
     let mut window = log::window(file, &marks, start, count).await.map_err(anyhow::Error::from)?;
     window.open =
@@ -79,7 +79,7 @@ pub async fn search(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, what));
     }
     let build = find(&app, &id).await?;
-    let file = open(&app, build.id).await?;
+    let (file, _) = open(&app, build.id).await?;
     Ok(Json(log::search(file, &text, MAX_HITS).await.map_err(anyhow::Error::from)?))
 }
 
@@ -96,7 +96,7 @@ pub async fn plain(
     Query(query): Query<PlainQuery>,
 ) -> Result<Response, ApiError> {
     let build = find(&app, &id).await?;
-    let file = open(&app, build.id).await?;
+    let (file, _) = open(&app, build.id).await?;
     let reader = tokio::io::BufReader::with_capacity(PLAIN_BLOCK, file);
     let stream = futures_util::stream::try_unfold(reader, |mut reader| async move {
         let (mut text, mut line) = (String::new(), Vec::new());
@@ -121,7 +121,7 @@ pub async fn plain(
 /// `GET /build/<id>/log/download`: the raw log, escape sequences and all, as a file.
 pub async fn download(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let build = find(&app, &id).await?;
-    let file = open(&app, build.id).await?;
+    let (file, _) = open(&app, build.id).await?;
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .header(header::CONTENT_DISPOSITION, attachment(build.id, "log"))
@@ -141,10 +141,12 @@ fn attachment(id: BuildId, extension: &str) -> String {
     format!("attachment; filename=\"build-{id}.{extension}\"")
 }
 
-/// The log file of build `id`; 404 when it has not started.
-pub(super) async fn open(app: &App, id: BuildId) -> Result<tokio::fs::File, ApiError> {
-    match tokio::fs::File::open(log::log_path(&app.config.logs_dir(), id)).await {
-        Ok(file) => Ok(file),
+/// The log file of build `id` and the directory of its files (a copy from the history when
+/// another host runs or ran it); 404 when it has not started.
+pub(super) async fn open(app: &App, id: BuildId) -> Result<(tokio::fs::File, PathBuf), ApiError> {
+    let logs_dir = app.remote_logs.fetch(id).await;
+    match tokio::fs::File::open(log::log_path(&logs_dir, id)).await {
+        Ok(file) => Ok((file, logs_dir)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Err(ApiError::not_found(format!("build {id} has no log yet: it has not started")))
         }

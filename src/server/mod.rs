@@ -35,7 +35,12 @@ pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
         .layer(overriding(header::CONTENT_SECURITY_POLICY, "sandbox"));
     let fallback_pages = pages.clone();
     let live = match app.config.redis.url.as_str() {
-        "" => crate::live::router(Arc::new(Live::new(app.bus.clone(), app.config.logs_dir(), &app.config.live))),
+        "" => crate::live::router(Arc::new(Live::new(
+            app.bus.clone(),
+            app.config.logs_dir(),
+            &app.config.live,
+            Some(app.remote_logs.clone()),
+        ))),
         _ => Router::new(),
     };
     Ok(Router::new()

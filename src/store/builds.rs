@@ -143,9 +143,11 @@ impl Store {
         .await?;
         for chunk in ids.chunks(500) {
             let list = chunk.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM builds WHERE id IN ({list})")))
-                .execute(&self.pool)
-                .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM log_chunks WHERE build IN ({list}); DELETE FROM builds WHERE id IN ({list})"
+            )))
+            .execute(&self.pool)
+            .await?;
         }
         Ok(ids)
     }

@@ -7,6 +7,7 @@ mod builds;
 mod claims;
 mod deliveries;
 mod leases;
+mod log_chunks;
 mod migrate;
 mod statuses;
 
@@ -24,6 +25,7 @@ pub use builds::HistoryFilter;
 pub use claims::Claim;
 pub use deliveries::Delivery;
 pub use leases::{Holder, Lease, Renewal};
+pub use log_chunks::LogPart;
 pub use statuses::OutboxStatus;
 
 use crate::model::BuildId;

@@ -16,8 +16,9 @@ mod worker;
 
 // Each test file uses some of it.
 #[allow(unused_imports)]
-pub use {browser::*, docker::*, git::*, github::*, hub::*, live::*, postgres::*, redis_server::*, server::*,
-    worker::*};
+pub use {
+    browser::*, docker::*, git::*, github::*, hub::*, live::*, postgres::*, redis_server::*, server::*, worker::*,
+};
 
 use std::time::{Duration, Instant};
 

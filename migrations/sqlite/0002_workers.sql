@@ -1,0 +1,20 @@
+-- Workers on several hosts. Leases (see store/leases.rs): which worker runs a build, until when
+-- its hold lasts unless renewed, and the fencing token of its writes (`lease`, one more at each
+-- claim). `cancel` is a stop asked of a build that runs in another process. The twin of migrations/postgres/0002_workers.sql.
+
+ALTER TABLE builds ADD COLUMN worker TEXT;
+ALTER TABLE builds ADD COLUMN lease BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE builds ADD COLUMN lease_expires BIGINT;
+ALTER TABLE builds ADD COLUMN cancel TEXT;
+
+-- The build logs of workers, for every host to read (see store/log_chunks.rs): each file of a log
+-- (`part`: log, idx, sections) in the chunks its worker shipped, at their byte offsets, per lease
+-- generation (a build run again after its worker was lost starts a new log).
+CREATE TABLE log_chunks (
+    build BIGINT NOT NULL,
+    generation BIGINT NOT NULL,
+    part TEXT NOT NULL,
+    byte_offset BIGINT NOT NULL,
+    bytes BLOB NOT NULL,
+    PRIMARY KEY (build, generation, part, byte_offset)
+);
