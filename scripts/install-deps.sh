@@ -22,7 +22,8 @@ say() { echo "install-deps: $*"; }
 # the demo's and the tests' build containers (imported, no registry needed).
 packages=(pkg-config libssl-dev git curl openssl ca-certificates build-essential busybox-static)
 # postgresql: the tests make throwaway clusters of their own with its initdb (none is started here).
-if $tests; then packages+=(redis-server postgresql chromium chromium-driver); fi
+# iproute2 (ip netns) and util-linux (nsenter): the tests' extra Docker engines, one per build host.
+if $tests; then packages+=(redis-server postgresql chromium chromium-driver iproute2 util-linux); fi
 
 # --- Debian packages -------------------------------------------------------------------------
 if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then

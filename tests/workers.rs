@@ -38,10 +38,8 @@ async fn running_on(server: &Server, id: i64, worker: &Worker) {
     let filters =
         [format!("label=autobuilder.build={id}"), format!("label=autobuilder.instance={}", worker.instance())];
     wait_until_blocking("the build's container to start", || {
-        let out = std::process::Command::new("docker")
-            .args(["ps", "-q", "--filter", &filters[0], "--filter", &filters[1]])
-            .output()
-            .unwrap();
+        let out =
+            worker.docker().args(["ps", "-q", "--filter", &filters[0], "--filter", &filters[1]]).output().unwrap();
         (!out.stdout.is_empty()).then_some(())
     });
 }

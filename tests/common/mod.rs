@@ -5,6 +5,7 @@
 
 mod browser;
 mod docker;
+mod engines;
 mod git;
 mod github;
 mod hub;
@@ -17,7 +18,8 @@ mod worker;
 // Each test file uses some of it.
 #[allow(unused_imports)]
 pub use {
-    browser::*, docker::*, git::*, github::*, hub::*, live::*, postgres::*, redis_server::*, server::*, worker::*,
+    browser::*, docker::*, engines::*, git::*, github::*, hub::*, live::*, postgres::*, redis_server::*, server::*,
+    worker::*,
 };
 
 use std::time::{Duration, Instant};

@@ -7,11 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use autobuilder::config::Config;
 
-use super::{Server, echo_lines, wait_until_blocking, write_config};
+use super::{Engine, Server, echo_lines, wait_until_blocking, write_config};
 
 pub struct Worker {
     pub name: String,
     pub dir: tempfile::TempDir,
+    /// The engine it builds on (`DOCKER_HOST`); None: the machine's own.
+    pub docker_host: Option<String>,
     child: Option<Child>,
     /// Every line the worker printed (its own log).
     pub output: Arc<Mutex<Vec<String>>>,
@@ -21,6 +23,11 @@ impl Worker {
     /// Starts a worker named `name` for `server` (whose history must be PostgreSQL), with the
     /// changes `change` makes to its configuration, and waits until it takes builds.
     pub fn start(server: &Server, name: &str, change: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(server, name, None, change)
+    }
+
+    /// [`Worker::start`] on `engine` (a host of its own) instead of the machine's engine.
+    pub fn start_on(server: &Server, name: &str, engine: Option<&Engine>, change: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = server.config();
         assert!(!config.database.url.expose().is_empty(), "a worker needs the server's PostgreSQL history");
@@ -37,6 +44,7 @@ impl Worker {
             .current_dir(dir.path())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(engine.map(|engine| ("DOCKER_HOST", engine.host.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -44,7 +52,8 @@ impl Worker {
         let output: Arc<Mutex<Vec<String>>> = Arc::default();
         let lines = output.clone();
         echo_lines(child.stdout.take().unwrap(), "[worker]", move |line| lines.lock().unwrap().push(line));
-        let mut worker = Self { name: name.into(), dir, child: Some(child), output };
+        let docker_host = engine.map(|engine| engine.host.clone());
+        let mut worker = Self { name: name.into(), dir, docker_host, child: Some(child), output };
         wait_until_blocking(&format!("worker {name} to take builds"), || {
             if let Some(status) = worker.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("worker {name} exited before taking builds ({status}): see its log above");
@@ -78,6 +87,15 @@ impl Worker {
         }
     }
 
+    /// `docker` aimed at this worker's engine.
+    pub fn docker(&self) -> Command {
+        let mut docker = Command::new("docker");
+        if let Some(host) = &self.docker_host {
+            docker.arg("-H").arg(host);
+        }
+        docker
+    }
+
     /// The `autobuilder.instance` label of this worker's containers.
     pub fn instance(&self) -> String {
         use sha2::{Digest, Sha256};
@@ -91,11 +109,11 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.kill();
         let filter = format!("label=autobuilder.instance={}", self.instance());
-        if let Ok(out) = Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
+        if let Ok(out) = self.docker().args(["ps", "-aq", "--filter", &filter]).output() {
             let ids = String::from_utf8_lossy(&out.stdout);
             let ids: Vec<&str> = ids.split_whitespace().collect();
             if !ids.is_empty() {
-                let _ = Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+                let _ = self.docker().args(["rm", "-f"]).args(&ids).output();
             }
         }
     }

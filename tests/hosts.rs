@@ -1,0 +1,124 @@
+//! Several build hosts: three `autobuilder worker`s, each on a Docker engine of its own (a `dockerd`
+//! in a network namespace of its own, see `common::Engine`), behind a `serve` that only queues, on
+//! one PostgreSQL history. 60 pushes across 20 repositories: each build runs once, on one of them,
+//! within the project's limit.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use autobuilder::config::Secret;
+use common::*;
+
+const REPOS: usize = 20;
+const ROUNDS: usize = 3;
+/// Builds of the project at once, over every host.
+const PROJECT_LIMIT: usize = 4;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sixty_pushes_run_once_each_spread_over_three_engines_within_the_limit() {
+    let git = GitHost::new();
+    let files: Vec<(String, &str)> = (0..REPOS).map(|r| (format!("hosts/r{r}/master.yaml"), ONE_SCRIPT)).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(path, text)| (path.as_str(), *text)).collect();
+    git.commit("org/recipes", "master", &refs);
+    let mut pushes = Vec::new();
+    for round in 0..ROUNDS {
+        for r in 0..REPOS {
+            let script =
+                format!("#!/bin/sh\necho round {round}\nsleep 0.3\ntar -czf /tmp/archives/out.tar.gz build.sh\n");
+            let repo = format!("hosts/r{r}");
+            let sha = git.commit(&repo, "master", &[("build.sh", &script)]);
+            pushes.push((repo, sha));
+        }
+    }
+    let github = FakeGithub::start().await;
+    let database = Postgres::shared().fresh_database();
+    let server = Server::start(|dir| {
+        test_config(dir, &git, Some(&github.url)).with(|c| {
+            c.database.url = Secret::new(database.as_str());
+            c.worker.enabled = false;
+            c.demo().concurrency = PROJECT_LIMIT;
+        })
+    });
+    let engines: Vec<Engine> = ["h1", "h2", "h3"].into_iter().map(Engine::start).collect();
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 1;
+    let workers: Vec<Worker> = engines
+        .iter()
+        .enumerate()
+        .map(|(n, engine)| {
+            Worker::start_on(&server, &format!("w{}", n + 1), Some(engine), |c| c.worker.concurrency = 2)
+        })
+        .collect();
+
+    let mut ids = Vec::new();
+    let mut most_running = 0;
+    for (repo, sha) in &pushes {
+        ids.extend(server.push_builds(repo, "master", sha).await);
+        let (_, active) = server.get_json("/build/status").await;
+        most_running = most_running.max(active.as_array().unwrap().iter().filter(|b| b["status"] == "running").count());
+    }
+    assert_eq!(ids.len(), REPOS * ROUNDS, "one build per push");
+    let mut ran_on: BTreeMap<String, usize> = BTreeMap::new();
+    let mut succeeded = BTreeSet::new();
+    let mut newest: HashMap<String, i64> = HashMap::new();
+    loop {
+        let (_, active) = server.get_json("/build/status").await;
+        let active = active.as_array().unwrap();
+        most_running = most_running.max(active.iter().filter(|b| b["status"] == "running").count());
+        if active.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &ids {
+        let build = server.wait_build(*id).await;
+        match build["status"].as_str().unwrap() {
+            "success" => {
+                succeeded.insert(*id);
+                *ran_on.entry(build["worker"].as_str().unwrap().to_string()).or_default() += 1;
+            }
+            "cancelled" => assert!(build["error"].as_str().unwrap().starts_with("superseded by"), "{build}"),
+            _ => panic!("a build neither built nor superseded: {build}"),
+        }
+        newest.insert(build["repository"].as_str().unwrap().to_string(), *id);
+    }
+    for id in newest.values() {
+        assert!(succeeded.contains(id), "the newest push of each repository is built: build {id}");
+    }
+    assert!(most_running <= PROJECT_LIMIT, "{most_running} builds ran at once, over the limit of {PROJECT_LIMIT}");
+    let names: BTreeSet<String> = workers.iter().map(|w| w.name.clone()).collect();
+    assert_eq!(ran_on.keys().cloned().collect::<BTreeSet<_>>(), names, "every host built: {ran_on:?}");
+
+    // Each build ran in one container, on one engine, and none on the machine's own engine.
+    let until = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 1;
+    let mut containers: HashMap<i64, usize> = HashMap::new();
+    for engine in &engines {
+        let events = engine.docker(&[
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &until.to_string(),
+            "--filter",
+            "type=container",
+            "--filter",
+            "event=create",
+            "--format",
+            "{{index .Actor.Attributes \"autobuilder.build\"}}",
+        ]);
+        for id in String::from_utf8_lossy(&events.stdout).split_whitespace() {
+            *containers.entry(id.parse().unwrap()).or_default() += 1;
+        }
+    }
+    for id in &succeeded {
+        assert_eq!(containers.get(id), Some(&1), "build {id} ran in exactly one container: {containers:?}");
+        assert!(server.containers_of(*id).is_empty());
+    }
+    assert!(containers.values().all(|n| *n == 1), "no build ran twice: {containers:?}");
+    eprintln!(
+        "60 pushes: {} built, {} superseded, per worker {ran_on:?}, at most {most_running} at once",
+        succeeded.len(),
+        ids.len() - succeeded.len()
+    );
+}
