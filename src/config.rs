@@ -240,6 +240,9 @@ pub struct WorkerConfig {
     pub enabled: bool,
     /// Builds `autobuilder worker` runs at once. 0: `[builds] concurrency`.
     pub concurrency: usize,
+    /// What this build host offers (e.g. `["gpu", "arm64"]`): it runs only the builds whose recipe's
+    /// `runs_on` lists none but these.
+    pub labels: Vec<String>,
     /// A running build is held by its worker under a lease it renews every third of this. When a
     /// worker stops renewing (killed, frozen, its host or network lost), the build is taken over
     /// after this long.
@@ -251,7 +254,7 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { name: String::new(), enabled: true, concurrency: 0, lease_seconds: 30, requeues: 1 }
+        Self { name: String::new(), enabled: true, concurrency: 0, labels: Vec::new(), lease_seconds: 30, requeues: 1 }
     }
 }
 
@@ -361,6 +364,16 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
     }
+}
+
+/// A worker label (`[worker] labels`, and `runs_on` in a recipe): letters, digits, '-', '_' and
+/// '.', 1 to 64 of them.
+pub fn check_label(label: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    if label.is_empty() || label.len() > 64 || !label.chars().all(allowed) {
+        return Err(format!("label {label:?} may only hold letters, digits, '-', '_' and '.' (1 to 64)"));
+    }
+    Ok(())
 }
 
 fn default_branch() -> String {
@@ -523,6 +536,9 @@ impl Config {
                 "[worker] lease_seconds = {} is too short: at least 2 (30 is the default)",
                 self.worker.lease_seconds
             );
+        }
+        for label in &self.worker.labels {
+            check_label(label).map_err(|why| anyhow::anyhow!("[worker] labels: {why}"))?;
         }
         if self.worker.requeues < 0 {
             bail!("[worker] requeues = {} must be 0 or more", self.worker.requeues);

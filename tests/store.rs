@@ -210,7 +210,8 @@ async fn a_build_taken_over_after_its_lease_ran_out_refuses_the_old_holders_writ
     let queued = store.requeue(first).await.unwrap().expect("queued again");
     assert_eq!((queued.outcome.status, queued.worker), (BuildStatus::Queued, None));
     assert!(store.requeue(first).await.unwrap().is_none(), "queued again once");
-    let (_, second) = store.claim_next("w2", Duration::from_secs(30), &Default::default()).await.unwrap().unwrap();
+    let (_, second) =
+        store.claim_next("w2", Duration::from_secs(30), &Default::default(), |_| true).await.unwrap().unwrap();
     assert_eq!((second.build, second.generation), (id, first.generation + 1));
     assert_eq!(store.get(id).await.unwrap().unwrap().worker.as_deref(), Some("w2"));
 
@@ -238,16 +239,21 @@ async fn claims_of_queued_builds_keep_to_project_limits(database: Database) {
     let store = database.open().await;
     let lease = Duration::from_secs(30);
     let limits = std::collections::HashMap::from([("p".to_string(), 1)]);
-    assert!(store.claim_next("w1", lease, &limits).await.unwrap().is_none(), "nothing queued");
+    assert!(store.claim_next("w1", lease, &limits, |_| true).await.unwrap().is_none(), "nothing queued");
     let reload = NewBuild { kind: BuildKind::Reload, ..new_build("o/recipes", "master", "recipes") };
     store.insert(&reload, None).await.unwrap();
     let first = store.insert(&new_build("o/a", "master", "build.sh"), Some("{}")).await.unwrap().id;
     let second = store.insert(&new_build("o/b", "master", "build.sh"), Some("{}")).await.unwrap().id;
-    let (claimed, _) = store.claim_next("w1", lease, &limits).await.unwrap().expect("the oldest build");
+    let (claimed, _) = store.claim_next("w1", lease, &limits, |_| true).await.unwrap().expect("the oldest build");
     assert_eq!(claimed.id, first, "reloads are not builds to claim");
-    assert!(store.claim_next("w2", lease, &limits).await.unwrap().is_none(), "project p runs its limit");
-    let (claimed, _) = store.claim_next("w2", lease, &Default::default()).await.unwrap().unwrap();
+    assert!(store.claim_next("w2", lease, &limits, |_| true).await.unwrap().is_none(), "project p runs its limit");
+    let gpu = store.insert(&new_build("o/c", "master", "build.sh"), Some("gpu")).await.unwrap().id;
+    let (claimed, _) = store.claim_next("w2", lease, &Default::default(), |s| s != Some("gpu")).await.unwrap().unwrap();
     assert_eq!(claimed.id, second, "without a limit the next one is claimed");
+    let refused = store.claim_next("w2", lease, &Default::default(), |s| s != Some("gpu")).await.unwrap();
+    assert!(refused.is_none(), "a build the worker may not run is left for another");
+    let (claimed, _) = store.claim_next("w3", lease, &Default::default(), |_| true).await.unwrap().unwrap();
+    assert_eq!(claimed.id, gpu);
 }
 
 async fn concurrent_claims_take_each_build_once(database: Database) {
@@ -262,7 +268,7 @@ async fn concurrent_claims_take_each_build_once(database: Database) {
             let mut claimed = Vec::new();
             let worker = format!("w{n}");
             while let Some((build, _)) =
-                store.claim_next(&worker, Duration::from_secs(30), &Default::default()).await.unwrap()
+                store.claim_next(&worker, Duration::from_secs(30), &Default::default(), |_| true).await.unwrap()
             {
                 assert_eq!(build.worker.as_deref(), Some(worker.as_str()));
                 claimed.push(build.id);

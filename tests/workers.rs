@@ -191,3 +191,41 @@ async fn a_workers_build_is_live_through_redis_and_its_log_complete_on_a_live_se
     late.until_lines(id, log.lines().count() as u64).await;
     assert_eq!(late.text(id), log);
 }
+
+/// A recipe for the build hosts labelled `gpu` only.
+const ON_GPU: &str = "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz, runs_on: [gpu]}\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recipe_runs_only_on_a_worker_with_the_labels_it_asks_for() {
+    let git = GitHost::new();
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", ON_GPU)]);
+    let quick = SLOW.replace("sleep 4", "sleep 1");
+    let sha = git.commit("org/app", "master", &[("build.sh", &quick)]);
+    let github = FakeGithub::start().await;
+    let server = serve_without_builds(&git, &github, |_| {});
+    let _plain = Worker::start(&server, "plain", |_| {});
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let (_, waiting) = server.get_json(&format!("/build/{id}")).await;
+    assert_eq!(waiting["status"], "queued", "no worker with the label gpu yet: {waiting}");
+
+    let _gpu = Worker::start(&server, "gpu-host", |c| c.worker.labels = vec!["gpu".into()]);
+    let build = server.wait_build(id).await;
+    assert_eq!((build["status"].as_str(), build["worker"].as_str()), (Some("success"), Some("gpu-host")), "{build}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_sqlite_history_a_recipe_no_worker_can_run_ends_saying_why() {
+    let git = GitHost::new();
+    git.commit("org/recipes", "master", &[("org/app/master.yaml", ON_GPU)]);
+    let sha = git.commit("org/app", "master", &[("build.sh", SLOW)]);
+    let github = FakeGithub::start().await;
+    let server =
+        Server::start(|dir| test_config(dir, &git, Some(&github.url)).with(|c| c.database.url = Secret::new("")));
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    let build = server.wait_build(id).await;
+    assert_eq!(build["status"], "error", "{build}");
+    let error = build["error"].as_str().unwrap();
+    assert!(error.contains("runs_on gpu: no worker has these labels"), "{error}");
+    github.wait_for(&sha, "autobuilder/build.sh", "error").await;
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ActiveBuild, BuildError, Job, status_of};
-use crate::app::{App, Role};
+use crate::app::App;
 use crate::model::{Build, BuildStatus, Outcome};
 use crate::store::{Holder, Lease, Renewal};
 
@@ -97,7 +97,7 @@ async fn take_over(app: &Arc<App>, build: &Build, lease: Lease) -> anyhow::Resul
         }
         app.announce(&queued);
         // A serve that builds queues it in its own queue too; workers claim it from the database.
-        if let (Some(job), true) = (job, app.role == Role::Serve && app.builds_here()) {
+        if let Some(job) = job.filter(|job| super::runs_here(app, job)) {
             super::start(app, build.id, job);
         }
         return Ok(());

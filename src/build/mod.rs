@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use lease::sweep_lost;
 pub use recover::resume;
 
-use crate::app::App;
+use crate::app::{App, Role};
 use crate::github::status::CommitStatus;
 use crate::model::{Branch, Build, BuildId, BuildKind, BuildStatus, CommitSha, NewBuild, RepoName};
 use crate::recipes::chains::{ImageSource, dependents};
@@ -359,24 +359,23 @@ pub async fn cancel(app: &Arc<App>, id: BuildId, reason: &str) -> anyhow::Result
     if app.active.cancel(id, reason) {
         return Ok(true);
     }
-    if end_queued(app, id, reason).await? {
+    if end_queued(app, id, BuildStatus::Cancelled, reason).await? {
         return Ok(true);
     }
     app.store.request_cancel(id, reason).await
 }
 
-/// Ends queued build `id` as `cancelled: <reason>` when no worker has claimed it; false when one
-/// has (or it ended).
-async fn end_queued(app: &Arc<App>, id: BuildId, reason: &str) -> anyhow::Result<bool> {
+/// Ends queued build `id` as `<status>: <reason>` (posting that status) when no worker has
+/// claimed it; false when one has (or it ended).
+async fn end_queued(app: &Arc<App>, id: BuildId, status: BuildStatus, reason: &str) -> anyhow::Result<bool> {
     let Some(build) = app.store.get(id).await? else { return Ok(false) };
     let job = match app.store.settings(id).await? {
         Some(settings) => Job::of(&build, &settings).ok(),
         None => None,
     };
-    let status = job
-        .and_then(|job| app.statuses.outbox_row(status_of(app, &job, id, BuildStatus::Cancelled, reason.to_string())));
-    let outcome = crate::model::Outcome::failed(BuildStatus::Cancelled, reason);
-    let Some(ended) = app.store.finish(id, &outcome, status.as_ref(), Holder::Queue).await? else { return Ok(false) };
+    let outbox = job.and_then(|job| app.statuses.outbox_row(status_of(app, &job, id, status, reason.to_string())));
+    let outcome = crate::model::Outcome::failed(status, reason);
+    let Some(ended) = app.store.finish(id, &outcome, outbox.as_ref(), Holder::Queue).await? else { return Ok(false) };
     app.statuses.wake();
     app.announce(&ended);
     Ok(true)
@@ -470,10 +469,25 @@ async fn queue(app: &Arc<App>, job: Job) -> anyhow::Result<BuildId> {
     let id = build.id;
     app.statuses.report(status_of(app, &job, id, BuildStatus::Queued, "queued".into())).await;
     app.announce(&build);
-    if app.builds_here() {
+    if runs_here(app, &job) {
         start(app, id, job);
+    } else if app.store.backend() == Backend::Sqlite {
+        // No other process can ever take it: said now rather than queued for good.
+        let reason = format!(
+            "runs_on {}: no worker has these labels (with the SQLite history only serve builds, and its [worker] \
+             labels are [{}])",
+            job.script.runs_on.join(", "),
+            app.config.worker.labels.join(", ")
+        );
+        end_queued(app, id, BuildStatus::Error, &reason).await?;
     }
     Ok(id)
+}
+
+/// Whether this process runs `job` itself: it builds (a `serve` with `[worker] enabled`), and
+/// has the labels the recipe asks for. (An `autobuilder worker` claims builds from the database.)
+fn runs_here(app: &App, job: &Job) -> bool {
+    app.role == Role::Serve && app.builds_here() && job.script.runs_on_labels(&app.config.worker.labels)
 }
 
 /// Registers a queued build, takes its place in the queue, and runs it when its turn comes.

@@ -77,7 +77,8 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
     let queued = unfinished.iter().filter(|b| b.outcome.status == BuildStatus::Queued);
     for build in queued.filter(|_| app.role == Role::Serve) {
         match job_of(app, build).await {
-            Some(job) => start(app, build.id, job),
+            Some(job) if super::runs_here(app, &job) => start(app, build.id, job),
+            Some(_) => {} // for a worker with the labels its recipe asks for
             None => interrupt(app, build, None, Holder::Queue).await,
         }
     }

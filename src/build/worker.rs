@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use super::{Job, run};
 use crate::app::App;
 use crate::model::{BuildStatus, Outcome};
+use crate::recipes::BuildScript;
 use crate::store::Holder;
 
 /// The channel the `builds_queued` trigger (migrations/postgres/0002_workers.sql) notifies.
@@ -37,13 +38,19 @@ pub async fn work(app: Arc<App>) -> anyhow::Error {
         .map(|(name, p)| (name.clone(), p.concurrency))
         .collect();
     let mut listener = None;
-    tracing::info!(worker = %app.worker, concurrency, "taking builds from the queue");
+    tracing::info!(worker = %app.worker, concurrency, labels = ?app.config.worker.labels, "taking builds from the queue");
     loop {
         let slot = match slots.clone().acquire_owned().await {
             Ok(slot) => slot,
             Err(e) => return e.into(),
         };
-        match app.store.claim_next(&app.worker, app.config.worker.lease(), &project_limits).await {
+        let labels = &app.config.worker.labels;
+        // Settings that cannot be read are claimed, and end with that error rather than wait.
+        let runs_here = |settings: Option<&str>| {
+            let script = settings.and_then(|settings| serde_json::from_str::<BuildScript>(settings).ok());
+            script.is_none_or(|script| script.runs_on_labels(labels))
+        };
+        match app.store.claim_next(&app.worker, app.config.worker.lease(), &project_limits, runs_here).await {
             Ok(Some((build, lease))) => {
                 app.announce(&build);
                 app.metrics.observe_start(&build);

@@ -70,6 +70,16 @@ pub struct BuildScript {
     /// The recipes commit this script was loaded from (set at reload).
     #[serde(default)]
     pub recipes_commit: Option<String>,
+    /// Labels a worker must have (`[worker] labels`) to run it: the build host it needs.
+    #[serde(default)]
+    pub runs_on: Vec<String>,
+}
+
+impl BuildScript {
+    /// Whether a worker with `labels` may run this script: it has every label of `runs_on`.
+    pub fn runs_on_labels(&self, labels: &[String]) -> bool {
+        self.runs_on.iter().all(|wanted| labels.contains(wanted))
+    }
 }
 
 /// The recipe of one branch of one repository: its build scripts, in order.
@@ -244,6 +254,7 @@ struct RawScript {
     from: Option<String>,
     rebuild_dependents: Option<bool>,
     outputs: Option<Vec<Output>>,
+    runs_on: Option<Vec<String>>,
 }
 
 /// `commit: true` (autobuilder names the image); `commit: <image name>` is refused with a reason.
@@ -363,6 +374,10 @@ fn validate_script(
     for output in &outputs {
         keep(check_output(output, repository));
     }
+    let runs_on = raw.runs_on.clone().unwrap_or_default();
+    for label in &runs_on {
+        keep(crate::config::check_label(label).map_err(|why| format!("runs_on: {why}")));
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -379,6 +394,7 @@ fn validate_script(
         rebuild_dependents: raw.rebuild_dependents.unwrap_or(false),
         outputs,
         recipes_commit: None,
+        runs_on,
     })
 }
 
@@ -537,6 +553,19 @@ d.sh: {artifact: d.tar.gz}
         for (problem, expected) in problems.iter().zip(expected) {
             assert!(problem.starts_with(expected), "{problem:?} should start with {expected:?}");
         }
+    }
+
+    #[test]
+    fn runs_on_names_labels_a_worker_must_have() {
+        let text = "buildscripts: [a.sh]\na.sh: {artifact: a.tar.gz, runs_on: [gpu, arm64]}\n";
+        let script = &parse("org/app/master.yaml", text).unwrap().scripts[0];
+        assert!(script.runs_on_labels(&["arm64".into(), "gpu".into(), "big".into()]));
+        assert!(!script.runs_on_labels(&["gpu".into()]), "every label is needed");
+        let anywhere = parse("org/app/master.yaml", "buildscripts: [a.sh]\na.sh: {artifact: a.tar.gz}\n").unwrap();
+        assert!(anywhere.scripts[0].runs_on_labels(&[]));
+        let err =
+            parse("org/app/master.yaml", "buildscripts: [a.sh]\na.sh: {artifact: a.tar.gz, runs_on: [\"a b\"]}\n");
+        assert!(err.unwrap_err().contains("runs_on: label \"a b\" may only hold"));
     }
 
     #[test]

@@ -63,26 +63,30 @@ impl Store {
     }
 
     /// Claims the oldest queued build whose project is below its limit (`project_limits`, counted
-    /// over every host) for `worker`. Claims are taken one at a time across every worker, in a
-    /// transaction under an advisory lock; the rows are locked `FOR UPDATE SKIP LOCKED` besides,
-    /// against a `serve` claiming one of them by id meanwhile.
+    /// over every host) and that `runs_here` accepts (given its recipe settings) for `worker`.
+    /// Claims are taken one at a time across every worker, in a transaction under an advisory
+    /// lock; the rows are locked `FOR UPDATE SKIP LOCKED` besides, against a `serve` claiming one
+    /// of them by id meanwhile.
     pub async fn claim_next(
         &self,
         worker: &str,
         lease_for: Duration,
         project_limits: &HashMap<String, usize>,
+        runs_here: impl Fn(Option<&str>) -> bool,
     ) -> anyhow::Result<Option<(Build, Lease)>> {
         let mut tx = self.pool.begin().await?;
         let queued = match self.backend {
             Backend::Postgres => {
                 sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(QUEUE_LOCK).execute(&mut *tx).await?;
-                "SELECT id, project FROM builds WHERE status = $1 AND kind = $2 ORDER BY id LIMIT $3
+                "SELECT id, project, settings FROM builds WHERE status = $1 AND kind = $2 ORDER BY id LIMIT $3
                  FOR UPDATE SKIP LOCKED"
             }
             // One writer at a time already.
-            Backend::Sqlite => "SELECT id, project FROM builds WHERE status = $1 AND kind = $2 ORDER BY id LIMIT $3",
+            Backend::Sqlite => {
+                "SELECT id, project, settings FROM builds WHERE status = $1 AND kind = $2 ORDER BY id LIMIT $3"
+            }
         };
-        let queued: Vec<(BuildId, String)> = sqlx::query_as(queued)
+        let queued: Vec<(BuildId, String, Option<String>)> = sqlx::query_as(queued)
             .bind(BuildStatus::Queued)
             .bind(BuildKind::Build)
             .bind(CLAIM_WINDOW)
@@ -103,7 +107,8 @@ impl Store {
             let limit = project_limits.get(project).copied().unwrap_or(usize::MAX);
             (running.get(project).copied().unwrap_or(0) as usize) < limit
         };
-        let Some((id, _)) = queued.iter().find(|(_, project)| below_limit(project)) else { return Ok(None) };
+        let next = queued.iter().find(|(_, project, settings)| below_limit(project) && runs_here(settings.as_deref()));
+        let Some((id, _, _)) = next else { return Ok(None) };
         let claimed = claim_one(&mut tx, *id, worker, lease_for).await?;
         tx.commit().await?;
         Ok(claimed)
