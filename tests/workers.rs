@@ -229,3 +229,37 @@ async fn with_the_sqlite_history_a_recipe_no_worker_can_run_ends_saying_why() {
     assert!(error.contains("runs_on gpu: no worker has these labels"), "{error}");
     github.wait_for(&sha, "autobuilder/build.sh", "error").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_restart_under_a_workers_build_loses_nothing() {
+    let postgres = Postgres::own();
+    let database = postgres.fresh_database();
+    let (git, sha) = one_script_app(SLOW);
+    let github = FakeGithub::start().await;
+    let server = Server::start(|dir| {
+        test_config(dir, &git, Some(&github.url)).with(|c| {
+            c.database.url = Secret::new(database.as_str());
+            c.worker.enabled = false;
+            c.worker.lease_seconds = 15;
+        })
+    });
+    let worker = Worker::start(&server, "w1", |_| {});
+    let id = server.push_builds("org/app", "master", &sha).await[0];
+    running_on(&server, id, &worker).await;
+
+    // The database goes away while the build runs, past its end.
+    postgres.stop();
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    postgres.start();
+
+    let build = server.wait_build(id).await;
+    assert_eq!((build["status"].as_str(), build["worker"].as_str()), (Some("success"), Some("w1")), "{build}");
+    github.wait_for(&sha, "autobuilder/build.sh", "success").await;
+    let (_, log) = server.get_text(&format!("/build/{id}/log")).await;
+    assert!(log.contains("done") && log.contains("published"), "the whole log reached serve: {log}");
+
+    // The worker listens again: the next push is built as quickly.
+    let next = git.commit("org/app", "master", &[("build.sh", &SLOW.replace("sleep 4", "true"))]);
+    let second = server.push_builds_after("org/app", "master", &sha, &next).await[0];
+    assert_eq!(server.wait_build(second).await["status"], "success");
+}

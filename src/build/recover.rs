@@ -10,7 +10,7 @@ use super::run::reattach;
 use super::{Job, start};
 use crate::app::{App, Role};
 use crate::model::{BuildId, BuildKind, BuildStatus, Outcome};
-use crate::store::Holder;
+use crate::store::{Backend, Holder};
 
 /// Reason recorded for builds a previous process left and that cannot go on.
 pub const INTERRUPTED: &str = "interrupted by restart";
@@ -47,11 +47,15 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
     for build in unfinished.iter().filter(|b| b.outcome.status == BuildStatus::Running) {
         // Builds without a worker are the serve's: recipes reloads, and builds run before
         // workers were recorded.
-        let ours = build.worker.as_ref().map_or(app.role == Role::Serve, |worker| *worker == app.worker);
-        if !ours {
-            continue;
-        }
-        let Some(lease) = app.store.reclaim(build.id, &app.worker, lease_for).await? else { continue };
+        // With the SQLite history every build is this serve's, whatever name it ran under (the
+        // host name, its default, may have changed with the restart).
+        let owner = match (&build.worker, app.store.backend()) {
+            (None, _) if app.role == Role::Serve => app.worker.clone(),
+            (Some(worker), Backend::Sqlite) => worker.clone(),
+            (Some(worker), Backend::Postgres) if *worker == app.worker => app.worker.clone(),
+            _ => continue,
+        };
+        let Some(lease) = app.store.reclaim(build.id, &owner, lease_for).await? else { continue };
         let job = job_of(app, build).await;
         match (job, containers.remove(&build.id), workspaces.remove(&build.id)) {
             (Some(job), Some((container, running)), Some(workspace)) => {
