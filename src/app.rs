@@ -20,7 +20,7 @@ use crate::github::api::GithubApi;
 use crate::github::status::StatusReporter;
 use crate::metrics::Metrics;
 use crate::model::{Build, BuildId};
-use crate::store::{Claim, Store};
+use crate::store::Store;
 
 pub struct App {
     pub config: Config,
@@ -69,14 +69,11 @@ impl App {
             .with_context(|| format!("cannot create {}", config.logs_dir().display()))?;
         let store = Store::connect(config.database.url.expose(), &config.data_dir).await?;
         let worker = config.worker.name_for(if role == Role::Serve { "serve" } else { "worker" });
-        let mut claims = Vec::new();
-        if role == Role::Serve {
-            claims.push(Claim::Serve);
-        }
+        // Several serves may share a PostgreSQL history; each process that builds has a name of
+        // its own, by which it finds its builds after a restart.
         if role == Role::Worker || config.worker.enabled {
-            claims.push(Claim::Worker(worker.clone()));
+            store.claim_worker_name(&worker).await?;
         }
-        store.take_claims(claims).await?;
         let data_dir = config.data_dir.canonicalize()?;
         let mut named = data_dir.to_string_lossy().into_owned();
         if role == Role::Worker {

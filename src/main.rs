@@ -141,6 +141,7 @@ fn serve(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow:
         app.load_recipes().await;
         autobuilder::build::resume(&app).await.context("cannot take over the builds of the previous run")?;
         tokio::spawn(autobuilder::build::sweep_lost(app.clone()));
+        tokio::spawn(autobuilder::build::reload::follow_other_serves(app.clone()));
         autobuilder::server::intake::act_on_unprocessed(&app).await?;
         prune(&app).await;
         tokio::spawn(retention(app.clone()));

@@ -386,17 +386,19 @@ async fn reopening_migrates_nothing_again(database: Database) {
 }
 
 #[tokio::test]
-async fn one_serve_at_a_time_claims_a_postgres_history() {
+async fn one_process_at_a_time_builds_under_a_worker_name() {
     let database = Database::postgres();
     let first = database.open().await;
     assert_eq!(first.backend(), Backend::Postgres);
-    first.claim_sole_use().await.unwrap();
+    first.claim_worker_name("w1").await.unwrap();
     let second = database.open().await;
-    let refused = second.claim_sole_use().await.unwrap_err();
-    assert!(format!("{refused:#}").contains("another autobuilder serve uses this history database"), "{refused:#}");
+    let refused = second.claim_worker_name("w1").await.unwrap_err();
+    assert!(format!("{refused:#}").contains("another autobuilder process runs builds as worker \"w1\""), "{refused:#}");
+    let third = database.open().await;
+    third.claim_worker_name("w2").await.expect("another name is free");
     drop(first);
     // The claim ends with the process that held it (here: its store and its connection).
-    common::wait_until("the first claim to end", async || second.claim_sole_use().await.ok()).await;
+    common::wait_until("the first claim to end", async || second.claim_worker_name("w1").await.ok()).await;
 }
 
 #[tokio::test]
@@ -411,7 +413,7 @@ async fn an_unreachable_postgres_is_a_clear_error() {
     assert!(!message.contains("hunter2"), "the password stays out of messages: {message}");
 }
 
-/// Whether some session holds an advisory lock on the database at `url` (the sole-use claim).
+/// Whether some session holds an advisory lock on the database at `url` (a worker name).
 async fn claimed(url: &str) -> bool {
     let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted)")
@@ -420,45 +422,45 @@ async fn claimed(url: &str) -> bool {
         .unwrap()
 }
 
-/// A PostgreSQL cluster of the test's own, a database on it, and a store that claimed it as a
-/// serve does.
-async fn claimed_by_a_serve() -> (Postgres, String, Store) {
+/// A PostgreSQL cluster of the test's own, a database on it, and a store that claimed the worker
+/// name `w1` on it, as a process that builds does.
+async fn claimed_by_a_worker() -> (Postgres, String, Store) {
     let postgres = Postgres::own();
     let url = postgres.fresh_database();
     let store = Store::open_postgres(&url).await.unwrap();
-    store.claim_sole_use().await.unwrap();
+    store.claim_worker_name("w1").await.unwrap();
     (postgres, url, store)
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_serve_claims_its_postgres_history_again_after_a_restart() {
-    let (postgres, url, first) = claimed_by_a_serve().await;
+async fn a_worker_name_is_claimed_again_after_a_postgres_restart() {
+    let (postgres, url, first) = claimed_by_a_worker().await;
     let holding = tokio::spawn({
         let first = first.clone();
         async move { first.hold_claims(Duration::from_millis(100)).await }
     });
     postgres.stop(); // the session that held the lock is gone, and the lock with it
     postgres.start();
-    common::wait_until("the serve to claim its history again", async || claimed(&url).await.then_some(())).await;
+    common::wait_until("the name to be claimed again", async || claimed(&url).await.then_some(())).await;
     let second = Store::open_postgres(&url).await.unwrap();
-    let refused = second.claim_sole_use().await.unwrap_err();
-    assert!(format!("{refused:#}").contains("another autobuilder serve uses this history database"), "{refused:#}");
-    assert!(!holding.is_finished(), "the first serve goes on");
+    let refused = second.claim_worker_name("w1").await.unwrap_err();
+    assert!(format!("{refused:#}").contains("runs builds as worker \"w1\""), "{refused:#}");
+    assert!(!holding.is_finished(), "the first process goes on");
     holding.abort();
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_serve_whose_claim_was_taken_during_a_restart_stops() {
-    let (postgres, url, first) = claimed_by_a_serve().await;
+async fn a_process_whose_worker_name_was_taken_during_a_restart_stops() {
+    let (postgres, url, first) = claimed_by_a_worker().await;
     postgres.stop();
     postgres.start();
-    // A second serve starts while the first has not noticed yet.
+    // A second process starts under the same name while the first has not noticed yet.
     let second = Store::open_postgres(&url).await.unwrap();
-    second.claim_sole_use().await.unwrap();
+    second.claim_worker_name("w1").await.unwrap();
     let lost = tokio::time::timeout(Duration::from_secs(30), first.hold_claims(Duration::from_millis(100)))
         .await
-        .expect("the first serve notices within seconds");
-    assert!(format!("{lost:#}").contains("another autobuilder serve claimed this history database"), "{lost:#}");
+        .expect("the first process notices within seconds");
+    assert!(format!("{lost:#}").contains("another process took worker name \"w1\""), "{lost:#}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use autobuilder::config::{Config, Secret};
 use common::*;
@@ -262,4 +262,72 @@ async fn a_postgres_restart_under_a_workers_build_loses_nothing() {
     let next = git.commit("org/app", "master", &[("build.sh", &SLOW.replace("sleep 4", "true"))]);
     let second = server.push_builds_after("org/app", "master", &sha, &next).await[0];
     assert_eq!(server.wait_build(second).await["status"], "success");
+}
+
+/// Each (context, state, description) posted for `sha`, with how many times.
+fn posted(github: &FakeGithub, sha: &str) -> BTreeMap<(String, String, String), usize> {
+    let mut posted = BTreeMap::new();
+    for status in github.statuses_for(sha) {
+        *posted.entry((status.context, status.state, status.description)).or_default() += 1;
+    }
+    posted
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_serves_share_one_history_and_either_may_stop() {
+    let (git, sha) = one_script_app(&SLOW.replace("sleep 4", "true"));
+    let github = FakeGithub::start().await;
+    let database = Postgres::shared().fresh_database();
+    let serve = |git: &GitHost| {
+        let (database, github_url) = (database.clone(), github.url.clone());
+        Server::start(|dir| {
+            test_config(dir, git, Some(&github_url)).with(|c| {
+                c.database.url = Secret::new(database.as_str());
+                c.worker.enabled = false;
+            })
+        })
+    };
+    let mut first = serve(&git);
+    let second = serve(&git);
+    let _worker = Worker::start(&first, "w1", |_| {});
+
+    // A push to either: built once, each status posted once though both serves post statuses.
+    let id = first.push_builds("org/app", "master", &sha).await[0];
+    assert_eq!(second.wait_build(id).await["status"], "success", "either serve answers for any build");
+    github.wait_for(&sha, "autobuilder/build.sh", "success").await;
+    let (code, log) = second.get_text(&format!("/build/{id}/log")).await;
+    assert!(code == 200 && log.contains("published"), "{code} {log}");
+
+    // Recipes reloaded through the second serve are used by the first.
+    let recipes = git.commit(
+        "org/recipes",
+        "master",
+        &[("org/app/master.yaml", ONE_SCRIPT), ("org/other/master.yaml", ONE_SCRIPT)],
+    );
+    let other = git.commit("org/other", "master", &[("build.sh", &SLOW.replace("sleep 4", "true"))]);
+    let (code, answer) = second.push("org/recipes", "master", &recipes).await;
+    assert!(code < 300, "{answer}");
+    second.wait_reload(&recipes).await;
+    let built = wait_until("the first serve to build org/other", async || {
+        let (code, answer) = first.push("org/other", "master", &other).await;
+        assert!(code < 300, "{answer}");
+        answer["builds"].as_array().and_then(|builds| builds.first()).and_then(Value::as_i64)
+    })
+    .await;
+    assert_eq!(first.wait_build(built).await["status"], "success");
+    let (_, history) = first.get_json("/build/history?repository=org/recipes").await;
+    let reloads_at = history.as_array().unwrap().iter().filter(|b| b["commit"] == recipes.as_str()).count();
+    assert_eq!(reloads_at, 1, "one reload recorded, by the serve that took the push: {history}");
+
+    // The first serve stops: the second answers, builds are queued and their statuses posted.
+    first.kill();
+    let third = git.commit("org/app", "master", &[("build.sh", &SLOW.replace("sleep 4", "echo third"))]);
+    let id = second.push_builds_after("org/app", "master", &sha, &third).await[0];
+    assert_eq!(second.wait_build(id).await["status"], "success");
+    github.wait_for(&third, "autobuilder/build.sh", "success").await;
+    github.wait_for(&recipes, "autobuilder/recipes", "success").await;
+    for commit in [&sha, &other, &third, &recipes] {
+        let posted = posted(&github, commit);
+        assert!(posted.values().all(|n| *n == 1), "a status posted twice for {commit}: {posted:?}");
+    }
 }

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use crate::app::App;
 use crate::config::Config;
@@ -15,7 +16,7 @@ use crate::github::hook_setup::Change;
 use crate::github::status::CommitStatus;
 use crate::model::{Branch, BuildId, BuildKind, BuildStatus, CommitSha, NewBuild, Outcome, RepoName};
 use crate::recipes::{MAX_RECIPE_BYTES, RecipeSet, is_recipe_path};
-use crate::store::Holder;
+use crate::store::{Holder, RECIPES_CHANNEL};
 
 /// Script name of reload entries in the history, and the suffix of their status context.
 pub const RELOAD_SCRIPT: &str = "recipes";
@@ -148,11 +149,51 @@ impl RecipesRepo {
 /// as) those loaded are never loaded again, unless the push was `forced`. A failed fetch keeps
 /// the recipes loaded before.
 /// Returns the history entry of the reload, `None` when there was nothing newer to load.
+/// On a PostgreSQL history, the other `serve`s are told to load them too ([`follow_other_serves`]).
 pub async fn reload(
     app: &Arc<App>,
     project: &str,
     pushed: Option<CommitSha>,
     forced: bool,
+) -> anyhow::Result<Option<BuildId>> {
+    let reloaded = load(app, project, pushed, forced, true).await?;
+    if reloaded.is_some()
+        && let Err(e) = app.store.notify(RECIPES_CHANNEL, project).await
+    {
+        tracing::warn!(project, "cannot tell the other serves to reload the recipes: {e:#}");
+    }
+    Ok(reloaded)
+}
+
+/// How long a `serve` listening for other serves' reloads waits before it looks at the
+/// recipes repositories itself (a notification sent while its connection was down is lost).
+const FOLLOW_POLL: Duration = Duration::from_secs(300);
+
+/// Loads the recipes another `serve` of the same PostgreSQL history loaded, when it says so (and
+/// every few minutes besides), without recording a reload or posting its status again: that
+/// serve did. Returns at once on SQLite.
+pub async fn follow_other_serves(app: Arc<App>) {
+    let Some(mut listener) = app.store.listener(RECIPES_CHANNEL) else { return };
+    loop {
+        let projects: Vec<String> = match listener.next(FOLLOW_POLL).await {
+            Some(project) => vec![project],
+            None => app.config.projects.keys().cloned().collect(),
+        };
+        for project in projects.iter().filter(|project| app.config.projects.contains_key(*project)) {
+            if let Err(e) = load(&app, project, None, false, false).await {
+                tracing::warn!(project, "cannot load the recipes another serve loaded: {e:#}");
+            }
+        }
+    }
+}
+
+/// [`reload`], recording the reload (with its log and status) when `record`.
+async fn load(
+    app: &Arc<App>,
+    project: &str,
+    pushed: Option<CommitSha>,
+    forced: bool,
+    record: bool,
 ) -> anyhow::Result<Option<BuildId>> {
     let _one_at_a_time = app.recipes.reloading.lock().await;
     let recipes_repo = RecipesRepo::of(&app.config, project)?;
@@ -208,6 +249,11 @@ pub async fn reload(
             (pushed, Outcome::failed(BuildStatus::Error, reason))
         }
     };
+    if !record {
+        let at = commit.as_ref().map_or_else(String::new, |commit| format!(" at {}", commit.short()));
+        tracing::info!(project, status = %outcome.status, "recipes loaded{at}, as another serve did: {}", outcome.error.as_deref().unwrap_or("all files loaded"));
+        return Ok(None);
+    }
 
     let new = NewBuild {
         kind: BuildKind::Reload,

@@ -7,17 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
 use tokio::sync::Semaphore;
 
 use super::{Job, run};
 use crate::app::App;
 use crate::model::{BuildStatus, Outcome};
 use crate::recipes::BuildScript;
-use crate::store::Holder;
-
-/// The channel the `builds_queued` trigger (migrations/postgres/0002_workers.sql) notifies.
-const QUEUE_CHANNEL: &str = "autobuilder_queue";
+use crate::store::{Holder, QUEUE_CHANNEL};
 
 /// The longest an idle worker waits before it looks at the queue again without a notification.
 const POLL: Duration = Duration::from_secs(5);
@@ -37,7 +33,7 @@ pub async fn work(app: Arc<App>) -> anyhow::Error {
         .filter(|(_, p)| p.concurrency > 0)
         .map(|(name, p)| (name.clone(), p.concurrency))
         .collect();
-    let mut listener = None;
+    let mut listener = app.store.listener(QUEUE_CHANNEL);
     tracing::info!(worker = %app.worker, concurrency, labels = ?app.config.worker.labels, "taking builds from the queue");
     loop {
         let slot = match slots.clone().acquire_owned().await {
@@ -80,38 +76,16 @@ pub async fn work(app: Arc<App>) -> anyhow::Error {
             }
             Ok(None) => {
                 drop(slot);
-                wait_for_queued(&app, &mut listener).await;
+                match listener.as_mut() {
+                    Some(listener) => drop(listener.next(POLL).await),
+                    None => tokio::time::sleep(POLL).await,
+                }
             }
             Err(e) => {
                 drop(slot);
                 tracing::warn!("cannot claim a build from the queue (trying again in 1 s): {e:#}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        }
-    }
-}
-
-/// Waits until a build is queued (or [`POLL`] passed), listening on a connection of its own,
-/// (re)connected when needed.
-async fn wait_for_queued(app: &App, listener: &mut Option<PgListener>) {
-    if listener.is_none() {
-        match PgListener::connect(app.config.database.url.expose()).await {
-            Ok(mut connected) => match connected.listen(QUEUE_CHANNEL).await {
-                Ok(()) => *listener = Some(connected),
-                Err(e) => tracing::warn!("cannot listen for queued builds (looking every {POLL:?}): {e}"),
-            },
-            Err(e) => tracing::warn!("cannot listen for queued builds (looking every {POLL:?}): {e}"),
-        }
-    }
-    let Some(connected) = listener.as_mut() else {
-        return tokio::time::sleep(POLL).await;
-    };
-    match tokio::time::timeout(POLL, connected.recv()).await {
-        Ok(Ok(_)) | Err(_) => {}
-        // Reconnected by the next recv; a notification sent meanwhile is lost, hence the POLL.
-        Ok(Err(e)) => {
-            tracing::warn!("lost the connection that listens for queued builds: {e}");
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }

@@ -22,6 +22,8 @@ const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 /// How often an empty outbox of a PostgreSQL history is looked at again for statuses other
 /// processes stored.
 const OUTBOX_POLL: Duration = Duration::from_secs(1);
+/// How often a `serve` whose turn it is not to post statuses asks again (another one posts).
+const POSTER_TURN_WAIT: Duration = Duration::from_secs(2);
 /// A status GitHub refuses outright (not an outage, not a rate limit) is tried this many times.
 const REFUSALS_BEFORE_GIVING_UP: i64 = 3;
 
@@ -104,48 +106,66 @@ enum Attempt {
     GiveUp(String),
 }
 
-/// Posts the outbox in order, forever.
+/// Posts the outbox in order, forever, while it is this process's turn (one `serve` at a time
+/// posts the outbox of a PostgreSQL history; another takes over when it stops).
 async fn deliver(client: Octocrab, store: Store, wake: Arc<Notify>) {
     loop {
-        let next = match store.next_status().await {
-            Ok(next) => next,
+        let mut turn = match store.take_poster_turn().await {
+            Ok(Some(turn)) => turn,
+            Ok(None) => {
+                tokio::time::sleep(POSTER_TURN_WAIT).await;
+                continue;
+            }
             Err(e) => {
-                tracing::error!("cannot read the status outbox: {e:#}");
+                tracing::error!("cannot take the turn to post commit statuses: {e:#}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let Some(status) = next else {
-            match store.backend() {
-                Backend::Sqlite => wake.notified().await,
-                // Workers on other hosts store statuses too, without a way to wake this task.
-                Backend::Postgres => drop(tokio::time::timeout(OUTBOX_POLL, wake.notified()).await),
-            }
-            continue;
-        };
-        let wait = status.next_attempt - now_ms();
-        if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
-            continue;
+        while turn.held().await {
+            post_next(&client, &store, &wake).await;
         }
-        let recorded = match post(&client, &status).await {
-            Attempt::Delivered => {
-                tracing::debug!(repo = %status.repository, commit = %status.commit, state = %status.state, "status posted");
-                store.status_done(status.id, None).await
-            }
-            Attempt::Retry(delay, error) => {
-                tracing::warn!(repo = %status.repository, commit = %status.commit, "status not delivered, retrying in {}s: {error}", delay / 1000);
-                store.status_retry(status.id, delay, &error).await
-            }
-            Attempt::GiveUp(error) => {
-                tracing::error!(repo = %status.repository, commit = %status.commit, "status given up: {error}");
-                store.status_done(status.id, Some(&error)).await
-            }
-        };
-        if let Err(e) = recorded {
-            tracing::error!("cannot update the status outbox: {e:#}");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        tracing::warn!("lost the turn to post commit statuses with the connection holding it: taking it again");
+    }
+}
+
+/// Posts the oldest status of the outbox when it is due, or waits for one.
+async fn post_next(client: &Octocrab, store: &Store, wake: &Notify) {
+    let next = match store.next_status().await {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::error!("cannot read the status outbox: {e:#}");
+            return tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    };
+    let Some(status) = next else {
+        return match store.backend() {
+            Backend::Sqlite => wake.notified().await,
+            // Workers on other hosts store statuses too, without a way to wake this task.
+            Backend::Postgres => drop(tokio::time::timeout(OUTBOX_POLL, wake.notified()).await),
+        };
+    };
+    let wait = status.next_attempt - now_ms();
+    if wait > 0 {
+        return tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
+    let recorded = match post(client, &status).await {
+        Attempt::Delivered => {
+            tracing::debug!(repo = %status.repository, commit = %status.commit, state = %status.state, "status posted");
+            store.status_done(status.id, None).await
+        }
+        Attempt::Retry(delay, error) => {
+            tracing::warn!(repo = %status.repository, commit = %status.commit, "status not delivered, retrying in {}s: {error}", delay / 1000);
+            store.status_retry(status.id, delay, &error).await
+        }
+        Attempt::GiveUp(error) => {
+            tracing::error!(repo = %status.repository, commit = %status.commit, "status given up: {error}");
+            store.status_done(status.id, Some(&error)).await
+        }
+    };
+    if let Err(e) = recorded {
+        tracing::error!("cannot update the status outbox: {e:#}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

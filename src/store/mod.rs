@@ -9,6 +9,7 @@ mod deliveries;
 mod leases;
 mod log_chunks;
 mod migrate;
+mod notify;
 mod statuses;
 
 use std::path::Path;
@@ -22,11 +23,12 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 use tokio::sync::mpsc;
 
 pub use builds::HistoryFilter;
-pub use claims::Claim;
 pub use deliveries::Delivery;
 pub use leases::{Holder, Lease, Renewal};
 pub use log_chunks::LogPart;
+pub use notify::{Listener, QUEUE_CHANNEL, RECIPES_CHANNEL};
 pub use statuses::OutboxStatus;
+pub use statuses::PosterTurn;
 
 use crate::model::BuildId;
 
@@ -44,6 +46,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The PostgreSQL URL, for the connections of [`Listener`]s.
+    url: Option<String>,
     /// What this process claimed ([`Store::claim`]) and the connection holding those locks.
     claims: Arc<Mutex<claims::Held>>,
     /// Delivery writes, committed in batches by one task (group commit): webhook intake waits
@@ -88,7 +92,7 @@ impl Store {
             .connect(url.as_str())
             .await
             .with_context(|| format!("cannot open the history database {}", path.display()))?;
-        Self::start(pool, Backend::Sqlite).await
+        Self::start(pool, Backend::Sqlite, None).await
     }
 
     /// Connects to the PostgreSQL database at `url` and brings its schema up to date.
@@ -108,13 +112,13 @@ impl Store {
             .with_context(|| {
                 format!("cannot connect to the history database {}: is PostgreSQL running there?", redact(url))
             })?;
-        Self::start(pool, Backend::Postgres).await
+        Self::start(pool, Backend::Postgres, Some(url.to_string())).await
     }
 
-    async fn start(pool: AnyPool, backend: Backend) -> anyhow::Result<Self> {
+    async fn start(pool: AnyPool, backend: Backend, url: Option<String>) -> anyhow::Result<Self> {
         migrate::migrate(&pool, backend).await?;
         let delivery_writes = deliveries::start_writer(pool.clone());
-        Ok(Self { pool, backend, claims: Arc::default(), delivery_writes })
+        Ok(Self { pool, backend, url, claims: Arc::default(), delivery_writes })
     }
 
     /// Which database holds the history.

@@ -1,8 +1,26 @@
 //! The `statuses` table: the outbox of commit statuses, posted to GitHub in order until delivered.
 
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Connection};
 
-use super::{Store, now_ms};
+use super::{Backend, Store, now_ms};
+
+/// The key of the advisory lock of the one process posting the outbox ("autopost" in ASCII).
+const POSTER_LOCK: i64 = 0x6175_746f_706f_7374;
+
+/// One process's turn to post the outbox, so that statuses go out once and in order when several
+/// `serve`s share a PostgreSQL history: an advisory lock held by a connection of its own. On
+/// SQLite, one process: always its turn.
+pub struct PosterTurn(Option<AnyConnection>);
+
+impl PosterTurn {
+    /// Whether the turn is still this process's (the connection holding it answers).
+    pub async fn held(&mut self) -> bool {
+        match &mut self.0 {
+            None => true,
+            Some(connection) => connection.ping().await.is_ok(),
+        }
+    }
+}
 use crate::model::{CommitSha, CommitState, RepoName};
 
 /// A commit status in the outbox.
@@ -22,6 +40,21 @@ pub struct OutboxStatus {
 }
 
 impl Store {
+    /// Takes the turn to post the outbox, or None while another process has it.
+    pub async fn take_poster_turn(&self) -> anyhow::Result<Option<PosterTurn>> {
+        if self.backend != Backend::Postgres {
+            return Ok(Some(PosterTurn(None)));
+        }
+        let mut connection = self.pool.acquire().await?.detach();
+        let taken: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(POSTER_LOCK).fetch_one(&mut connection).await?;
+        if !taken {
+            connection.close().await.ok();
+            return Ok(None);
+        }
+        Ok(Some(PosterTurn(Some(connection))))
+    }
+
     /// Puts a commit status in the outbox; it stays there until delivered.
     pub async fn queue_status(&self, status: &OutboxStatus) -> anyhow::Result<()> {
         let mut connection = self.pool.acquire().await?;
