@@ -43,7 +43,7 @@ async fn sixty_pushes_run_once_each_spread_over_three_engines_within_the_limit()
     });
     let engines: Vec<Engine> = ["h1", "h2", "h3"].into_iter().map(Engine::start).collect();
     let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 1;
-    let workers: Vec<Worker> = engines
+    let _workers: Vec<Worker> = engines
         .iter()
         .enumerate()
         .map(|(n, engine)| {
@@ -87,12 +87,11 @@ async fn sixty_pushes_run_once_each_spread_over_three_engines_within_the_limit()
         assert!(succeeded.contains(id), "the newest push of each repository is built: build {id}");
     }
     assert!(most_running <= PROJECT_LIMIT, "{most_running} builds ran at once, over the limit of {PROJECT_LIMIT}");
-    let names: BTreeSet<String> = workers.iter().map(|w| w.name.clone()).collect();
-    assert_eq!(ran_on.keys().cloned().collect::<BTreeSet<_>>(), names, "every host built: {ran_on:?}");
 
     // Each build ran in one container, on one engine, and none on the machine's own engine.
     let until = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 1;
     let mut containers: HashMap<i64, usize> = HashMap::new();
+    let mut started_on = Vec::new();
     for engine in &engines {
         let events = engine.docker(&[
             "events",
@@ -107,10 +106,14 @@ async fn sixty_pushes_run_once_each_spread_over_three_engines_within_the_limit()
             "--format",
             "{{index .Actor.Attributes \"autobuilder.build\"}}",
         ]);
-        for id in String::from_utf8_lossy(&events.stdout).split_whitespace() {
-            *containers.entry(id.parse().unwrap()).or_default() += 1;
+        let ids: Vec<i64> =
+            String::from_utf8_lossy(&events.stdout).split_whitespace().map(|id| id.parse().unwrap()).collect();
+        started_on.push((engine.name.clone(), ids.len()));
+        for id in ids {
+            *containers.entry(id).or_default() += 1;
         }
     }
+    assert!(started_on.iter().all(|(_, n)| *n > 0), "every host built: {started_on:?}");
     for id in &succeeded {
         assert_eq!(containers.get(id), Some(&1), "build {id} ran in exactly one container: {containers:?}");
         assert!(server.containers_of(*id).is_empty());

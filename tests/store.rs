@@ -69,6 +69,8 @@ on_both_backends!(
     a_build_taken_over_after_its_lease_ran_out_refuses_the_old_holders_writes,
     claims_of_queued_builds_keep_to_project_limits,
     concurrent_claims_take_each_build_once,
+    a_build_behind_many_the_worker_may_not_run_is_claimed,
+    log_chunks_are_fenced_and_a_retry_goes_on_after_what_is_stored,
 );
 
 fn new_build(repo: &str, branch: &str, script: &str) -> NewBuild {
@@ -202,16 +204,31 @@ async fn a_build_taken_over_after_its_lease_ran_out_refuses_the_old_holders_writ
 
     // w1 stops renewing (frozen): once its lease ran out, the build goes back to the queue.
     common::wait_until("the lease to run out", async || {
-        store.expired_leases().await.unwrap().into_iter().find(|(build, _)| build.id == id)
+        store.expired_leases().await.unwrap().into_iter().find(|(build, _, _)| build.id == id)
     })
     .await;
     let expired = store.expired_leases().await.unwrap();
-    assert_eq!(expired.iter().map(|(_, lease)| *lease).collect::<Vec<_>>(), vec![first]);
+    let asked = Some("cancelled by admin".to_string());
+    assert_eq!(
+        expired.iter().map(|(_, lease, cancel)| (*lease, cancel.clone())).collect::<Vec<_>>(),
+        vec![(first, asked)]
+    );
+    assert!(store.requeue(first).await.unwrap().is_none(), "a build asked to stop is not queued again");
+    sqlx_reset_cancel(&database, id).await;
+    // Its holder renews after all (it came back, or re-attached after a restart): not taken.
+    assert_eq!(store.renew(first, short).await.unwrap(), Renewal::Held { cancel: None });
+    assert!(store.requeue(first).await.unwrap().is_none(), "a renewed lease is not taken over");
+    let lost = Outcome::failed(BuildStatus::Error, "worker w1 lost");
+    assert!(store.finish(id, &lost, None, Holder::Expired(first)).await.unwrap().is_none(), "nor ended as lost");
+    common::wait_until("the lease to run out again", async || {
+        store.expired_leases().await.unwrap().into_iter().find(|(build, _, _)| build.id == id)
+    })
+    .await;
     let queued = store.requeue(first).await.unwrap().expect("queued again");
     assert_eq!((queued.outcome.status, queued.worker), (BuildStatus::Queued, None));
     assert!(store.requeue(first).await.unwrap().is_none(), "queued again once");
     let (_, second) =
-        store.claim_next("w2", Duration::from_secs(30), &Default::default(), |_| true).await.unwrap().unwrap();
+        store.claim_next("w2", Duration::from_secs(30), &Default::default(), |_, _| true).await.unwrap().unwrap();
     assert_eq!((second.build, second.generation), (id, first.generation + 1));
     assert_eq!(store.get(id).await.unwrap().unwrap().worker.as_deref(), Some("w2"));
 
@@ -235,24 +252,65 @@ async fn a_build_taken_over_after_its_lease_ran_out_refuses_the_old_holders_writ
     assert!(store.expired_leases().await.unwrap().is_empty());
 }
 
+/// Forgets the stop asked of build `id` (as if none had been asked), straight in the database.
+async fn sqlx_reset_cancel(database: &Database, id: BuildId) {
+    let url = match database {
+        Database::Sqlite(dir) => format!("sqlite://{}", dir.path().join("autobuilder.sqlite").display()),
+        Database::Postgres(url) => url.clone(),
+    };
+    sqlx::any::install_default_drivers();
+    let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    sqlx::query("UPDATE builds SET cancel = NULL WHERE id = $1").bind(id.0).execute(&mut connection).await.unwrap();
+}
+
+async fn a_build_behind_many_the_worker_may_not_run_is_claimed(database: Database) {
+    let store = database.open().await;
+    for n in 0..210 {
+        store.insert(&new_build(&format!("o/gpu{n}"), "master", "build.sh"), Some("gpu")).await.unwrap();
+    }
+    let plain = store.insert(&new_build("o/plain", "master", "build.sh"), Some("{}")).await.unwrap().id;
+    let lease = Duration::from_secs(30);
+    let (claimed, _) =
+        store.claim_next("w1", lease, &Default::default(), |_, s| s != Some("gpu")).await.unwrap().unwrap();
+    assert_eq!(claimed.id, plain, "210 builds for other workers do not hide it");
+}
+
+async fn log_chunks_are_fenced_and_a_retry_goes_on_after_what_is_stored(database: Database) {
+    use autobuilder::store::LogPart;
+    let store = database.open().await;
+    let id = store.insert(&new_build("o/a", "master", "build.sh"), Some("{}")).await.unwrap().id;
+    let (_, lease) = store.claim(id, "w1", Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!(store.append_log(lease, LogPart::Log, 0, b"one\n").await.unwrap(), Some(4));
+    // The answer to that was lost: the worker sends more from the same offset.
+    assert_eq!(store.append_log(lease, LogPart::Log, 0, b"one\ntwo\n").await.unwrap(), Some(4));
+    assert_eq!(store.append_log(lease, LogPart::Log, 4, b"two\n").await.unwrap(), Some(4));
+    let chunks = store.log_chunks(id, lease.generation, LogPart::Log, 0).await.unwrap();
+    assert_eq!(chunks, vec![(0, b"one\n".to_vec()), (4, b"two\n".to_vec())]);
+    assert_eq!(store.log_chunks(id, lease.generation, LogPart::Log, 4).await.unwrap().len(), 1);
+    let stale = autobuilder::store::Lease { generation: lease.generation - 1, ..lease };
+    assert_eq!(store.append_log(stale, LogPart::Log, 8, b"late\n").await.unwrap(), None, "a stale lease ships nothing");
+    assert!(store.log_chunks(id, lease.generation, LogPart::Log, 8).await.unwrap().is_empty());
+}
+
 async fn claims_of_queued_builds_keep_to_project_limits(database: Database) {
     let store = database.open().await;
     let lease = Duration::from_secs(30);
     let limits = std::collections::HashMap::from([("p".to_string(), 1)]);
-    assert!(store.claim_next("w1", lease, &limits, |_| true).await.unwrap().is_none(), "nothing queued");
+    assert!(store.claim_next("w1", lease, &limits, |_, _| true).await.unwrap().is_none(), "nothing queued");
     let reload = NewBuild { kind: BuildKind::Reload, ..new_build("o/recipes", "master", "recipes") };
     store.insert(&reload, None).await.unwrap();
     let first = store.insert(&new_build("o/a", "master", "build.sh"), Some("{}")).await.unwrap().id;
     let second = store.insert(&new_build("o/b", "master", "build.sh"), Some("{}")).await.unwrap().id;
-    let (claimed, _) = store.claim_next("w1", lease, &limits, |_| true).await.unwrap().expect("the oldest build");
+    let (claimed, _) = store.claim_next("w1", lease, &limits, |_, _| true).await.unwrap().expect("the oldest build");
     assert_eq!(claimed.id, first, "reloads are not builds to claim");
-    assert!(store.claim_next("w2", lease, &limits, |_| true).await.unwrap().is_none(), "project p runs its limit");
+    assert!(store.claim_next("w2", lease, &limits, |_, _| true).await.unwrap().is_none(), "project p runs its limit");
     let gpu = store.insert(&new_build("o/c", "master", "build.sh"), Some("gpu")).await.unwrap().id;
-    let (claimed, _) = store.claim_next("w2", lease, &Default::default(), |s| s != Some("gpu")).await.unwrap().unwrap();
+    let (claimed, _) =
+        store.claim_next("w2", lease, &Default::default(), |_, s| s != Some("gpu")).await.unwrap().unwrap();
     assert_eq!(claimed.id, second, "without a limit the next one is claimed");
-    let refused = store.claim_next("w2", lease, &Default::default(), |s| s != Some("gpu")).await.unwrap();
+    let refused = store.claim_next("w2", lease, &Default::default(), |_, s| s != Some("gpu")).await.unwrap();
     assert!(refused.is_none(), "a build the worker may not run is left for another");
-    let (claimed, _) = store.claim_next("w3", lease, &Default::default(), |_| true).await.unwrap().unwrap();
+    let (claimed, _) = store.claim_next("w3", lease, &Default::default(), |_, _| true).await.unwrap().unwrap();
     assert_eq!(claimed.id, gpu);
 }
 
@@ -268,7 +326,7 @@ async fn concurrent_claims_take_each_build_once(database: Database) {
             let mut claimed = Vec::new();
             let worker = format!("w{n}");
             while let Some((build, _)) =
-                store.claim_next(&worker, Duration::from_secs(30), &Default::default(), |_| true).await.unwrap()
+                store.claim_next(&worker, Duration::from_secs(30), &Default::default(), |_, _| true).await.unwrap()
             {
                 assert_eq!(build.worker.as_deref(), Some(worker.as_str()));
                 claimed.push(build.id);

@@ -1,8 +1,8 @@
 -- Workers on several hosts. Leases (see store/leases.rs): which worker runs a build, until when
 -- its hold lasts unless renewed, and the fencing token of its writes (`lease`, one more at each
 -- claim). `cancel` is a stop asked of a build that runs in another process. The twin of
--- migrations/sqlite/0002_workers.sql, plus the trigger that wakes idle workers (`LISTEN
--- autobuilder_queue`) when a build is queued or queued again.
+-- migrations/sqlite/0002_workers.sql, plus the triggers that wake idle workers (`LISTEN
+-- autobuilder_queue`) when a build is queued, queued again, or ends (freeing its project's slot).
 
 ALTER TABLE builds ADD COLUMN worker TEXT;
 ALTER TABLE builds ADD COLUMN lease BIGINT NOT NULL DEFAULT 0;
@@ -16,8 +16,12 @@ BEGIN
 END;
 $$ LANGUAGE plpgsql;
 
-CREATE TRIGGER builds_queued AFTER INSERT OR UPDATE OF status ON builds
+CREATE TRIGGER builds_queued AFTER INSERT ON builds
     FOR EACH ROW WHEN (NEW.status = 'queued' AND NEW.kind = 'build') EXECUTE FUNCTION autobuilder_queued();
+-- Queued again, or a running build ended: a slot of its project is free for an idle worker.
+CREATE TRIGGER builds_requeued_or_ended AFTER UPDATE OF status ON builds
+    FOR EACH ROW WHEN (NEW.kind = 'build' AND (NEW.status = 'queued' OR (OLD.status = 'running' AND NEW.status <> 'running')))
+    EXECUTE FUNCTION autobuilder_queued();
 
 -- The build logs of workers, for every host to read (see store/log_chunks.rs): each file of a log
 -- (`part`: log, idx, sections) in the chunks its worker shipped, at their byte offsets, per lease

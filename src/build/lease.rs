@@ -8,18 +8,19 @@ use std::time::Duration;
 use super::{ActiveBuild, BuildError, Job, status_of};
 use crate::app::App;
 use crate::model::{Build, BuildStatus, Outcome};
-use crate::store::{Holder, Lease, Renewal};
+use crate::store::{Backend, Holder, Lease, Renewal};
 
 /// Why a build stops when another worker took it over.
 pub const TAKEN_OVER: &str = "taken over: this worker's lease on the build ran out";
 
-/// Renews `lease` every third of `[worker] lease_seconds` while the build runs (abort the task
-/// when it ends). A stop asked by another process (an admin, a newer push) cancels the build; a
+/// Renews `lease` every third of `[worker] lease_seconds` while the build runs, until [`release`]d
+/// once its end is recorded (so that a database slow to take the end does not cost the lease). A stop asked by another process (an admin, a newer push) cancels the build; a
 /// lease found lost cancels it as [`TAKEN_OVER`]. A database that does not answer is tried again
 /// at the next renewal: the build runs on, and what it then writes is fenced by the database.
-pub(super) fn hold(app: &Arc<App>, active: &Arc<ActiveBuild>, lease: Lease) -> tokio::task::JoinHandle<()> {
-    let (app, active) = (app.clone(), active.clone());
-    tokio::spawn(async move {
+pub(super) fn hold(app: &Arc<App>, active: &Arc<ActiveBuild>, lease: Lease) {
+    let (app, held) = (app.clone(), active.clone());
+    let renewal = tokio::spawn(async move {
+        let active = held;
         let lease_for = app.config.worker.lease();
         loop {
             tokio::time::sleep(lease_for / 3).await;
@@ -34,7 +35,15 @@ pub(super) fn hold(app: &Arc<App>, active: &Arc<ActiveBuild>, lease: Lease) -> t
                 Err(e) => tracing::warn!(build = %lease.build, "cannot renew the build's lease: {e:#}"),
             }
         }
-    })
+    });
+    *active.renewal.lock().expect("not poisoned") = Some(renewal.abort_handle());
+}
+
+/// Stops renewing the build's lease: once its end is recorded (or refused).
+pub(super) fn release(active: &ActiveBuild) {
+    if let Some(renewal) = active.renewal.lock().expect("not poisoned").take() {
+        renewal.abort();
+    }
 }
 
 /// Checks, before a build publishes anything, that its lease is still this process's: the
@@ -65,13 +74,18 @@ pub(super) async fn still_held(app: &App, active: &ActiveBuild) -> Result<(), Bu
 /// `error: worker <name> lost` (its status posted) after that. Any process may do this: the
 /// database takes each change only against the lease that ran out.
 pub async fn sweep_lost(app: Arc<App>) {
+    // With the SQLite history, serve is the one process: its builds are never another's, and a
+    // lease that ran out is a clock that jumped (a suspended machine), not a lost worker.
+    if app.store.backend() != Backend::Postgres {
+        return;
+    }
     let every = app.config.worker.lease() / 2;
     loop {
         tokio::time::sleep(every).await;
         match app.store.expired_leases().await {
             Ok(lost) => {
-                for (build, lease) in lost {
-                    if let Err(e) = take_over(&app, &build, lease).await {
+                for (build, lease, cancel) in lost {
+                    if let Err(e) = take_over(&app, &build, lease, cancel).await {
                         tracing::warn!(build = %build.id, "cannot take over the build of a lost worker: {e:#}");
                     }
                 }
@@ -81,14 +95,15 @@ pub async fn sweep_lost(app: Arc<App>) {
     }
 }
 
-/// Queues `build` again, or ends it, after its worker lost `lease`.
-async fn take_over(app: &Arc<App>, build: &Build, lease: Lease) -> anyhow::Result<()> {
+/// Queues `build` again, or ends it, after its worker lost `lease`; a build asked to stop
+/// meanwhile (`cancel`) ends `cancelled`.
+async fn take_over(app: &Arc<App>, build: &Build, lease: Lease, cancel: Option<String>) -> anyhow::Result<()> {
     let worker = build.worker.clone().unwrap_or_else(|| "(unnamed)".into());
     let job = match app.store.settings(build.id).await? {
         Some(settings) => Job::of(build, &settings).ok(),
         None => None,
     };
-    if lease.generation <= app.config.worker.requeues && job.is_some() {
+    if cancel.is_none() && lease.generation <= app.config.worker.requeues && job.is_some() {
         let Some(queued) = app.store.requeue(lease).await? else { return Ok(()) };
         tracing::warn!(build = %build.id, %worker, "worker {worker} lost the build's lease: queued again");
         if let Some(job) = &job {
@@ -102,11 +117,13 @@ async fn take_over(app: &Arc<App>, build: &Build, lease: Lease) -> anyhow::Resul
         }
         return Ok(());
     }
-    let reason = format!("worker {worker} lost");
-    let status =
-        job.and_then(|job| app.statuses.outbox_row(status_of(app, &job, build.id, BuildStatus::Error, reason.clone())));
-    let outcome = Outcome::failed(BuildStatus::Error, &reason);
-    if let Some(ended) = app.store.finish(build.id, &outcome, status.as_ref(), Holder::Lease(lease)).await? {
+    let (ended_as, reason) = match cancel {
+        Some(reason) => (BuildStatus::Cancelled, reason),
+        None => (BuildStatus::Error, format!("worker {worker} lost")),
+    };
+    let status = job.and_then(|job| app.statuses.outbox_row(status_of(app, &job, build.id, ended_as, reason.clone())));
+    let outcome = Outcome::failed(ended_as, &reason);
+    if let Some(ended) = app.store.finish(build.id, &outcome, status.as_ref(), Holder::Expired(lease)).await? {
         tracing::warn!(build = %build.id, %worker, "the build ended: {reason}");
         app.statuses.wake();
         app.announce(&ended);

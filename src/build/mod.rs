@@ -198,6 +198,8 @@ pub struct ActiveBuild {
     running: AtomicBool,
     /// The lease it runs under, once claimed.
     lease: OnceLock<Lease>,
+    /// The task renewing the lease, stopped once the build's end is recorded.
+    renewal: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// The builds this process is responsible for, to cancel or supersede them.
@@ -213,6 +215,7 @@ impl ActiveBuilds {
             cancel: Cancel::default(),
             running: AtomicBool::new(false),
             lease: OnceLock::new(),
+            renewal: Mutex::new(None),
         });
         self.builds.lock().expect("not poisoned").insert(id, active.clone());
         active
@@ -248,7 +251,8 @@ impl ActiveBuilds {
         })
     }
 
-    fn contains(&self, id: BuildId) -> bool {
+    /// Whether build `id` is queued or running in this process.
+    pub fn contains(&self, id: BuildId) -> bool {
         self.builds.lock().expect("not poisoned").contains_key(&id)
     }
 

@@ -40,7 +40,9 @@ pub async fn resume(app: &Arc<App>) -> anyhow::Result<()> {
         }
     }
 
-    let unfinished = if app.builds_here() { app.store.active().await? } else { Vec::new() };
+    // A serve that does not build still ends what nobody else will: reloads a crash left, builds
+    // without readable settings.
+    let unfinished = if app.builds_here() || app.role == Role::Serve { app.store.active().await? } else { Vec::new() };
     // Running builds first, so that they take the slots before the queued ones. Only this
     // worker's own: another's are held under its lease (and taken over when that runs out).
     let lease_for = app.config.worker.lease();

@@ -54,7 +54,7 @@ pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, p
 /// Runs a build this process claimed under `lease`, to its end.
 pub(super) async fn run_claimed(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, lease: Lease) {
     active.lease.set(lease).expect("a build is claimed once per process");
-    let holding = super::lease::hold(app, &active, lease);
+    super::lease::hold(app, &active, lease);
     active.running.store(true, Ordering::Relaxed);
     let stopping = announce_stop(app, id, &active);
 
@@ -63,7 +63,6 @@ pub(super) async fn run_claimed(app: &Arc<App>, id: BuildId, active: Arc<ActiveB
         Err(e) => {
             let outcome = Outcome::failed(BuildStatus::Error, format!("cannot create the build log: {e}"));
             stopping.abort();
-            holding.abort();
             return finish(app, id, &active, outcome, None, None).await;
         }
     };
@@ -76,7 +75,6 @@ pub(super) async fn run_claimed(app: &Arc<App>, id: BuildId, active: Arc<ActiveB
     };
     let outcome = conclude(app, id, &active, result, log).await;
     stopping.abort();
-    holding.abort();
     if let Some(shipper) = shipper {
         shipper.finish().await;
     }
@@ -111,7 +109,7 @@ pub(super) async fn reattach(
 ) {
     let _slot = slot;
     active.lease.set(lease).expect("a build is claimed once per process");
-    let holding = super::lease::hold(app, &active, lease);
+    super::lease::hold(app, &active, lease);
     active.running.store(true, Ordering::Relaxed);
     let shipper = ship_log(app, lease);
     let result = async {
@@ -129,7 +127,6 @@ pub(super) async fn reattach(
         Ok((result, log)) => conclude(app, id, &active, result, log).await,
         Err(e) => Outcome::failed(e.status(), public(app, &e.to_string())),
     };
-    holding.abort();
     if let Some(shipper) = shipper {
         shipper.finish().await;
     }
@@ -648,6 +645,7 @@ async fn finish(
             }
         }
     };
+    super::lease::release(active);
     let recorded = build.is_some();
     match build {
         Some(build) => {

@@ -21,9 +21,11 @@ pub const SHIP_EVERY: Duration = Duration::from_millis(250);
 /// Most bytes of one file shipped as one chunk.
 const MAX_CHUNK: u64 = 1 << 20;
 
-/// The order a worker ships in: the index and the sections before the log, so that whatever
-/// a reader has of them points into log bytes it has too (`BuildLog` writes the log first).
-const SHIPPED_IN_ORDER: [LogPart; 3] = [LogPart::Index, LogPart::Sections, LogPart::Log];
+/// The order a reader fetches and a shipper looks at the files in: the index and the sections
+/// before the log. `BuildLog` writes the log first; a shipper stores what it saw of the index
+/// and sections only after the log bytes they point into, and a reader fetches them before the
+/// log, so an index never points past the log it comes with.
+const INDEX_FIRST: [LogPart; 3] = [LogPart::Index, LogPart::Sections, LogPart::Log];
 
 fn path_of(logs_dir: &Path, id: BuildId, part: LogPart) -> PathBuf {
     match part {
@@ -80,27 +82,48 @@ impl LogShipper {
     }
 }
 
-/// Ships every file's new bytes; false when the lease is no longer the build's.
+/// Ships every file's new bytes (`shipped`: how far each of [`INDEX_FIRST`] went); false when
+/// the lease is no longer the build's.
 async fn ship(store: &Store, logs_dir: &Path, lease: Lease, shipped: &mut [u64; 3]) -> anyhow::Result<bool> {
-    for (part, shipped) in SHIPPED_IN_ORDER.into_iter().zip(shipped.iter_mut()) {
+    let length = |part| {
         let path = path_of(logs_dir, lease.build, part);
-        loop {
-            let (path, from) = (path.clone(), *shipped);
-            let bytes = tokio::task::spawn_blocking(move || read_from(&path, from)).await??;
-            if bytes.is_empty() {
-                break;
-            }
-            if !store.append_log(lease, part, *shipped, &bytes).await? {
-                return Ok(false);
-            }
-            *shipped += bytes.len() as u64;
+        std::fs::metadata(path).map_or(0, |meta| meta.len())
+    };
+    let (index_end, sections_end) = (length(LogPart::Index), length(LogPart::Sections));
+    let [index, sections, log] = shipped;
+    Ok(ship_part(store, logs_dir, lease, LogPart::Log, log, u64::MAX).await?
+        && ship_part(store, logs_dir, lease, LogPart::Index, index, index_end).await?
+        && ship_part(store, logs_dir, lease, LogPart::Sections, sections, sections_end).await?)
+}
+
+/// Ships `part` from byte `shipped` up to `end` (or its end); false when the lease is stale.
+async fn ship_part(
+    store: &Store,
+    logs_dir: &Path,
+    lease: Lease,
+    part: LogPart,
+    shipped: &mut u64,
+    end: u64,
+) -> anyhow::Result<bool> {
+    let path = path_of(logs_dir, lease.build, part);
+    while *shipped < end {
+        let (path, from, most) = (path.clone(), *shipped, (end - *shipped).min(MAX_CHUNK));
+        let bytes = tokio::task::spawn_blocking(move || read_from(&path, from, most)).await??;
+        if bytes.is_empty() {
+            break;
+        }
+        match store.append_log(lease, part, *shipped, &bytes).await? {
+            // What the history holds from there: more or less than sent when an earlier attempt
+            // stored that chunk and its answer was lost.
+            Some(stored) => *shipped += stored,
+            None => return Ok(false),
         }
     }
     Ok(true)
 }
 
-/// Up to [`MAX_CHUNK`] bytes of the file at `path` from byte `from` (none when it is missing).
-fn read_from(path: &Path, from: u64) -> std::io::Result<Vec<u8>> {
+/// Up to `most` bytes of the file at `path` from byte `from` (none when it is missing).
+fn read_from(path: &Path, from: u64, most: u64) -> std::io::Result<Vec<u8>> {
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -108,7 +131,7 @@ fn read_from(path: &Path, from: u64) -> std::io::Result<Vec<u8>> {
     };
     file.seek(SeekFrom::Start(from))?;
     let mut bytes = Vec::new();
-    file.take(MAX_CHUNK).read_to_end(&mut bytes)?;
+    file.take(most).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -162,7 +185,7 @@ async fn copy(store: &Store, copies: &Path, id: BuildId) -> anyhow::Result<()> {
     .await??;
     if copied_from != Some(generation) {
         // Nothing here yet, or a copy of an earlier run of the build (its worker was lost).
-        for part in SHIPPED_IN_ORDER {
+        for part in INDEX_FIRST {
             let _ = tokio::fs::remove_file(path_of(copies, id, part)).await;
         }
         note.set_len(0)?;
@@ -172,7 +195,7 @@ async fn copy(store: &Store, copies: &Path, id: BuildId) -> anyhow::Result<()> {
     // The index and sections are read before the log and written after it, so that a reader
     // of these files never finds a line the log does not have yet.
     let mut fetched = Vec::new();
-    for part in SHIPPED_IN_ORDER {
+    for part in INDEX_FIRST {
         let path = path_of(copies, id, part);
         let have = tokio::fs::metadata(&path).await.map_or(0, |meta| meta.len());
         let mut chunks = Vec::new();

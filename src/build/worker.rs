@@ -42,9 +42,11 @@ pub async fn work(app: Arc<App>) -> anyhow::Error {
         };
         let labels = &app.config.worker.labels;
         // Settings that cannot be read are claimed, and end with that error rather than wait.
-        let runs_here = |settings: Option<&str>| {
+        // Never a build this process still runs (it lost the lease while frozen, the build was
+        // queued again): another worker takes it.
+        let runs_here = |id, settings: Option<&str>| {
             let script = settings.and_then(|settings| serde_json::from_str::<BuildScript>(settings).ok());
-            script.is_none_or(|script| script.runs_on_labels(labels))
+            !app.active.contains(id) && script.is_none_or(|script| script.runs_on_labels(labels))
         };
         match app.store.claim_next(&app.worker, app.config.worker.lease(), &project_limits, runs_here).await {
             Ok(Some((build, lease))) => {

@@ -17,7 +17,7 @@ use crate::model::{Build, BuildId, BuildKind, BuildStatus, Outcome};
 /// at a time, so that per-project limits hold across hosts ("autoqueu" in ASCII).
 const QUEUE_LOCK: i64 = 0x6175_746f_7175_6575;
 
-/// How many queued builds one claim looks at for one within its project's limit.
+/// How many queued builds one claim reads at a time, looking for one it may run.
 const CLAIM_WINDOW: i64 = 200;
 
 /// A worker's hold on a running build: the build and the generation of its lease (the fencing
@@ -42,6 +42,9 @@ pub enum Renewal {
 pub enum Holder {
     /// The worker holding this lease: taken only while the build runs under it.
     Lease(Lease),
+    /// Any process, for a build whose worker was lost: taken only while it runs under this lease
+    /// and the lease has run out.
+    Expired(Lease),
     /// A build never claimed (cancelled or failed while queued): taken only while it is queued.
     Queue,
     /// Recipes reloads, which no worker runs: always taken.
@@ -72,29 +75,21 @@ impl Store {
         worker: &str,
         lease_for: Duration,
         project_limits: &HashMap<String, usize>,
-        runs_here: impl Fn(Option<&str>) -> bool,
+        runs_here: impl Fn(BuildId, Option<&str>) -> bool,
     ) -> anyhow::Result<Option<(Build, Lease)>> {
         let mut tx = self.pool.begin().await?;
-        let queued = match self.backend {
+        let page = match self.backend {
             Backend::Postgres => {
                 sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(QUEUE_LOCK).execute(&mut *tx).await?;
-                "SELECT id, project, settings FROM builds WHERE status = $1 AND kind = $2 ORDER BY id LIMIT $3
-                 FOR UPDATE SKIP LOCKED"
+                "SELECT id, project, settings FROM builds WHERE status = $1 AND kind = $2 AND id > $3 ORDER BY id
+                 LIMIT $4 FOR UPDATE SKIP LOCKED"
             }
             // One writer at a time already.
             Backend::Sqlite => {
-                "SELECT id, project, settings FROM builds WHERE status = $1 AND kind = $2 ORDER BY id LIMIT $3"
+                "SELECT id, project, settings FROM builds WHERE status = $1 AND kind = $2 AND id > $3 ORDER BY id
+                 LIMIT $4"
             }
         };
-        let queued: Vec<(BuildId, String, Option<String>)> = sqlx::query_as(queued)
-            .bind(BuildStatus::Queued)
-            .bind(BuildKind::Build)
-            .bind(CLAIM_WINDOW)
-            .fetch_all(&mut *tx)
-            .await?;
-        if queued.is_empty() {
-            return Ok(None);
-        }
         let running: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
             "SELECT project, COUNT(*) FROM builds WHERE status = $1 GROUP BY project",
         )
@@ -107,9 +102,27 @@ impl Store {
             let limit = project_limits.get(project).copied().unwrap_or(usize::MAX);
             (running.get(project).copied().unwrap_or(0) as usize) < limit
         };
-        let next = queued.iter().find(|(_, project, settings)| below_limit(project) && runs_here(settings.as_deref()));
-        let Some((id, _, _)) = next else { return Ok(None) };
-        let claimed = claim_one(&mut tx, *id, worker, lease_for).await?;
+        // Page after page, so that builds this worker may not run (another's labels, a project at
+        // its limit) never hide the ones behind them.
+        let mut after = BuildId(0);
+        let id = loop {
+            let queued: Vec<(BuildId, String, Option<String>)> = sqlx::query_as(page)
+                .bind(BuildStatus::Queued)
+                .bind(BuildKind::Build)
+                .bind(after)
+                .bind(CLAIM_WINDOW)
+                .fetch_all(&mut *tx)
+                .await?;
+            let Some((last, _, _)) = queued.last() else { return Ok(None) };
+            after = *last;
+            let next = queued
+                .iter()
+                .find(|(id, project, settings)| below_limit(project) && runs_here(*id, settings.as_deref()));
+            if let Some((id, _, _)) = next {
+                break *id;
+            }
+        };
+        let claimed = claim_one(&mut tx, id, worker, lease_for).await?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -161,8 +174,9 @@ impl Store {
         Ok(asked.rows_affected() > 0)
     }
 
-    /// Running builds whose lease ran out (their worker stopped renewing it), with that lease.
-    pub async fn expired_leases(&self) -> anyhow::Result<Vec<(Build, Lease)>> {
+    /// Running builds whose lease ran out (their worker stopped renewing it), with that lease and
+    /// the reason of a stop asked of them meanwhile.
+    pub async fn expired_leases(&self) -> anyhow::Result<Vec<(Build, Lease, Option<String>)>> {
         let rows: Vec<AnyRow> = sqlx::query(
             "SELECT * FROM builds WHERE status = $1 AND lease_expires IS NOT NULL AND lease_expires < $2 ORDER BY id",
         )
@@ -173,22 +187,25 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let build = Build::from_row(row)?;
-                Ok((build.clone(), Lease { build: build.id, generation: row.try_get("lease")? }))
+                let lease = Lease { build: build.id, generation: row.try_get("lease")? };
+                Ok((build, lease, row.try_get("cancel")?))
             })
             .collect()
     }
 
     /// Puts the build of an expired `lease` back in the queue, for any worker to claim with a new
-    /// generation. None when the lease is not the build's current one any more.
+    /// generation. None when the lease is not the build's current one any more, or was renewed
+    /// (its holder came back, or re-attached after a restart), or a stop was asked of the build.
     pub async fn requeue(&self, lease: Lease) -> anyhow::Result<Option<Build>> {
         Ok(sqlx::query_as(
-            "UPDATE builds SET status = $1, worker = NULL, lease_expires = NULL, started = NULL, cancel = NULL
-             WHERE id = $2 AND status = $3 AND lease = $4 RETURNING *",
+            "UPDATE builds SET status = $1, worker = NULL, lease_expires = NULL, started = NULL
+             WHERE id = $2 AND status = $3 AND lease = $4 AND lease_expires < $5 AND cancel IS NULL RETURNING *",
         )
         .bind(BuildStatus::Queued)
         .bind(lease.build)
         .bind(BuildStatus::Running)
         .bind(lease.generation)
+        .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?)
     }
@@ -209,17 +226,19 @@ impl Store {
         holder: Holder,
     ) -> anyhow::Result<Option<Build>> {
         let outputs = outcome.outputs.as_ref().map(serde_json::to_string).transpose()?;
-        let (holder_kind, generation) = match holder {
-            Holder::Lease(lease) => ("lease", lease.generation),
-            Holder::Queue => ("queue", 0),
-            Holder::Anyone => ("anyone", 0),
+        let (holder_kind, generation, expired_before) = match holder {
+            Holder::Lease(lease) => ("lease", lease.generation, i64::MAX),
+            Holder::Expired(lease) => ("lease", lease.generation, now_ms()),
+            Holder::Queue => ("queue", 0, 0),
+            Holder::Anyone => ("anyone", 0, 0),
         };
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE builds SET status = $1, ended = $2, error = $3, artifact = $4, artifact_url = $5, artifact_sha256 = $6,
                                outputs = $7, started = COALESCE(started, $2), lease_expires = NULL
              WHERE id = $8
-               AND ($9 = 'anyone' OR ($9 = 'queue' AND status = $10) OR ($9 = 'lease' AND status = $11 AND lease = $12))
+               AND ($9 = 'anyone' OR ($9 = 'queue' AND status = $10)
+                    OR ($9 = 'lease' AND status = $11 AND lease = $12 AND COALESCE(lease_expires, 0) < $13))
              RETURNING *",
         )
         .bind(outcome.status)
@@ -234,6 +253,7 @@ impl Store {
         .bind(BuildStatus::Queued)
         .bind(BuildStatus::Running)
         .bind(generation)
+        .bind(expired_before)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(None) };

@@ -27,9 +27,17 @@ impl LogPart {
 }
 
 impl Store {
-    /// Stores `bytes` of `part` of the log of `lease`'s build, at `offset`; false when the lease
-    /// is not the build's current one (nothing is stored). Storing the same chunk again is a no-op.
-    pub async fn append_log(&self, lease: Lease, part: LogPart, offset: u64, bytes: &[u8]) -> anyhow::Result<bool> {
+    /// Stores `bytes` of `part` of the log of `lease`'s build, at `offset`; returns how many bytes
+    /// the history now holds from `offset` (fewer or more than `bytes` when an earlier attempt
+    /// stored a chunk there and its answer was lost), None when the lease is not the build's
+    /// current one (nothing is stored).
+    pub async fn append_log(
+        &self,
+        lease: Lease,
+        part: LogPart,
+        offset: u64,
+        bytes: &[u8],
+    ) -> anyhow::Result<Option<u64>> {
         let stored = sqlx::query(
             "INSERT INTO log_chunks (build, generation, part, byte_offset, bytes)
              SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM builds WHERE id = $1 AND lease = $2)
@@ -43,9 +51,19 @@ impl Store {
         .execute(&self.pool)
         .await?;
         if stored.rows_affected() > 0 {
-            return Ok(true);
+            return Ok(Some(bytes.len() as u64));
         }
-        Ok(self.claims_of(lease.build).await? == lease.generation)
+        let there: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(length(bytes) AS BIGINT) FROM log_chunks
+             WHERE build = $1 AND generation = $2 AND part = $3 AND byte_offset = $4",
+        )
+        .bind(lease.build)
+        .bind(lease.generation)
+        .bind(part.as_str())
+        .bind(offset as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(there.map(|length| length as u64))
     }
 
     /// The chunks of `part` of build `id`'s log under lease `generation`, from byte `from` on,
