@@ -84,12 +84,18 @@ impl Store {
         }
     }
 
-    /// The advisory lock of worker `name` on a connection of its own (taken out of the pool), or
-    /// None when another session holds it.
+    /// The advisory lock of worker `name` on a connection of its own, or None when another
+    /// session holds it.
     async fn take_lock(&self, name: &str) -> anyhow::Result<Option<AnyConnection>> {
+        self.session_lock(key_of(name)).await
+    }
+
+    /// The session advisory lock `key` on a connection of its own (taken out of the pool: the
+    /// lock lasts as long as it), or None when another session holds it.
+    pub(super) async fn session_lock(&self, key: i64) -> anyhow::Result<Option<AnyConnection>> {
         let mut connection = self.pool.acquire().await?.detach();
         let taken: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key_of(name)).fetch_one(&mut connection).await?;
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut connection).await?;
         if !taken {
             connection.close().await.ok();
             return Ok(None);

@@ -45,14 +45,7 @@ impl Store {
         if self.backend != Backend::Postgres {
             return Ok(Some(PosterTurn(None)));
         }
-        let mut connection = self.pool.acquire().await?.detach();
-        let taken: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(POSTER_LOCK).fetch_one(&mut connection).await?;
-        if !taken {
-            connection.close().await.ok();
-            return Ok(None);
-        }
-        Ok(Some(PosterTurn(Some(connection))))
+        Ok(self.session_lock(POSTER_LOCK).await?.map(|connection| PosterTurn(Some(connection))))
     }
 
     /// Puts a commit status in the outbox; it stays there until delivered.
