@@ -69,25 +69,28 @@ async fn hub_upload(
     headers: HeaderMap,
     mut form: Multipart,
 ) -> (StatusCode, Json<Value>) {
+    // The whole request is read before any answer, as the hub's front proxy does (nginx buffers
+    // request bodies): a server that answers mid-upload and closes makes the client's send fail
+    // instead of showing the hub's answer, a race that has nothing to do with the product.
+    let mut file = None;
+    while let Ok(Some(field)) = form.next_field().await {
+        if field.name() == Some("file") && file.is_none() {
+            let name = field.file_name().unwrap_or_default().to_string();
+            file = Some((name, field.bytes().await.unwrap_or_default().to_vec()));
+        }
+    }
     if let Some(refusal) = hub_refusal(&state, &headers) {
         return refusal;
     }
-    while let Ok(Some(field)) = form.next_field().await {
-        if field.name() == Some("file") {
-            let name = field.file_name().unwrap_or_default().to_string();
-            if !name.ends_with(".tar.gz") {
-                return (
-                    StatusCode::BAD_REQUEST,
-                    Json(json!({"status": "error", "message": "invalid file extension"})),
-                );
-            }
-            let bytes = field.bytes().await.unwrap().to_vec();
-            let flist = format!("{}.flist", name.trim_end_matches(".tar.gz"));
-            state.uploads.lock().unwrap().push((name, bytes));
-            return (StatusCode::OK, Json(json!({"status": "success", "payload": {"name": flist}})));
-        }
+    let Some((name, bytes)) = file else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"status": "error", "message": "file not found"})));
+    };
+    if !name.ends_with(".tar.gz") {
+        return (StatusCode::BAD_REQUEST, Json(json!({"status": "error", "message": "invalid file extension"})));
     }
-    (StatusCode::BAD_REQUEST, Json(json!({"status": "error", "message": "file not found"})))
+    let flist = format!("{}.flist", name.trim_end_matches(".tar.gz"));
+    state.uploads.lock().unwrap().push((name, bytes));
+    (StatusCode::OK, Json(json!({"status": "success", "payload": {"name": flist}})))
 }
 
 async fn hub_link(
