@@ -10,13 +10,14 @@ use std::sync::Arc;
 use autobuilder::app::{App, Role};
 use autobuilder::build::reload::{apply_rules, hooked_repositories, set_up_hooks};
 use autobuilder::build::shipped_log::RemoteLogs;
+use autobuilder::build::worker::Claims;
 use autobuilder::bus::Bus;
 use autobuilder::config::{Config, LogFormat};
 use autobuilder::github::api::GithubApi;
 use autobuilder::github::hook_setup::Change;
 use autobuilder::live::Live;
 use autobuilder::recipes::RecipeSet;
-use autobuilder::store::Store;
+use autobuilder::store::{Backend, Store};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -142,6 +143,14 @@ fn serve(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow:
         autobuilder::build::resume(&app).await.context("cannot take over the builds of the previous run")?;
         tokio::spawn(autobuilder::build::sweep_lost(app.clone()));
         tokio::spawn(autobuilder::build::reload::follow_other_serves(app.clone()));
+        if app.builds_here() && app.store.backend() == Backend::Postgres {
+            // The builds other serves queued that start from an image this engine committed.
+            let app = app.clone();
+            tokio::spawn(async move {
+                let fault = autobuilder::build::worker::work(app, Claims::ImagesHere).await;
+                tracing::error!("stopped taking the builds of images made here: {fault:#}");
+            });
+        }
         autobuilder::server::intake::act_on_unprocessed(&app).await?;
         prune(&app).await;
         tokio::spawn(retention(app.clone()));
@@ -253,7 +262,7 @@ fn worker(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         tokio::spawn(autobuilder::build::sweep_lost(app.clone()));
         let store = app.store.clone();
         tokio::select! {
-            fault = autobuilder::build::worker::work(app) => return Err(fault),
+            fault = autobuilder::build::worker::work(app, Claims::Any) => return Err(fault),
             lost = store.hold_claims(CLAIMS_CHECK) => return Err(lost),
             () = shutdown_signal() => {}
         }

@@ -1,7 +1,8 @@
-//! Several build hosts: three `autobuilder worker`s, each on a Docker engine of its own (a `dockerd`
-//! in a network namespace of its own, see `common::Engine`), behind a `serve` that only queues, on
-//! one PostgreSQL history. 60 pushes across 20 repositories: each build runs once, on one of them,
-//! within the project's limit.
+//! Several build hosts: `autobuilder worker`s, each on a Docker engine of its own (a `dockerd` in a
+//! network namespace of its own, see `common::Engine`), behind a `serve` that only queues, on one
+//! PostgreSQL history. 60 pushes across 20 repositories: each build runs once, on one of them,
+//! within the project's limit. An image chain: the builds starting from a committed image run on
+//! the engine that holds it.
 
 mod common;
 
@@ -124,4 +125,69 @@ async fn sixty_pushes_run_once_each_spread_over_three_engines_within_the_limit()
         succeeded.len(),
         ids.len() - succeeded.len()
     );
+}
+
+/// The producer runs on the host labelled `base` only; the dependent may run anywhere.
+const BASE: &str = "buildscripts: [b.sh]\nb.sh: {artifact: b.tar.gz, commit: true, runs_on: [base]}\n";
+const APP: &str = "buildscripts: [a.sh]\na.sh: {artifact: a.tar.gz, from: org/base@master}\n";
+const BASE_SH: &str = "#!/bin/sh\nset -e\nsleep 1\ncat version > /made-by-base\ntar -czf /tmp/archives/b.tar.gz b.sh\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn builds_starting_from_an_image_run_on_the_engine_that_committed_it() {
+    let git = GitHost::new();
+    git.commit("org/recipes", "master", &[("org/base/master.yaml", BASE), ("org/app/master.yaml", APP)]);
+    let github = FakeGithub::start().await;
+    let database = Postgres::shared().fresh_database();
+    let server = Server::start(|dir| {
+        test_config(dir, &git, Some(&github.url)).with(|c| {
+            c.database.url = Secret::new(database.as_str());
+            c.worker.enabled = false;
+        })
+    });
+    let engines: Vec<Engine> = ["c1", "c2"].into_iter().map(Engine::start).collect();
+    let mut base_host =
+        Worker::start_on(&server, "base-host", Some(&engines[0]), |c| c.worker.labels = vec!["base".into()]);
+    let _other_host = Worker::start_on(&server, "other-host", Some(&engines[1]), |_| {});
+    let app_push = async |n: usize| {
+        let script = format!(
+            "#!/bin/sh\nset -e\necho \"push {n} on $(cat /made-by-base)\"\ntar -czf /tmp/archives/a.tar.gz a.sh\n"
+        );
+        let sha = git.commit("org/app", "master", &[("a.sh", &script)]);
+        server.push_builds("org/app", "master", &sha).await[0]
+    };
+
+    // No engine has the image and no build makes it: the build ends saying what to push.
+    let build = server.wait_build(app_push(0).await).await;
+    assert_eq!(build["status"], "error", "{build}");
+    assert!(build["error"].as_str().unwrap().contains("no build of org/base@master has made it yet"), "{build}");
+
+    // Queued while its producer builds: it waits in the queue, then runs where the image was made.
+    let base = git.commit("org/base", "master", &[("b.sh", BASE_SH), ("version", "base v1")]);
+    let producer = server.push_builds("org/base", "master", &base).await[0];
+    let dependent = app_push(1).await;
+    let built = server.wait_build(producer).await;
+    assert_eq!((built["status"].as_str(), built["worker"].as_str()), (Some("success"), Some("base-host")), "{built}");
+    let build = server.wait_build(dependent).await;
+    assert_eq!((build["status"].as_str(), build["worker"].as_str()), (Some("success"), Some("base-host")), "{build}");
+    let (_, log) = server.get_text(&format!("/build/{dependent}/log")).await;
+    assert!(log.contains("push 1 on base v1"), "{log}");
+
+    // With both hosts idle, every build starting from the image goes to the one that has it.
+    for n in 2..6 {
+        let build = server.wait_build(app_push(n).await).await;
+        assert_eq!(
+            (build["status"].as_str(), build["worker"].as_str()),
+            (Some("success"), Some("base-host")),
+            "{build}"
+        );
+    }
+    let images = engines[1].docker(&["images", "-q", "autobuilder/*/*"]);
+    assert!(String::from_utf8_lossy(&images.stdout).trim().is_empty(), "the other engine never got the image");
+
+    // Its host gone, the image is nowhere to run from: the build says where it was made.
+    base_host.kill();
+    let build = server.wait_build(app_push(6).await).await;
+    assert_eq!((build["status"].as_str(), build["worker"].as_str()), (Some("error"), Some("other-host")), "{build}");
+    let error = build["error"].as_str().unwrap();
+    assert!(error.contains("made on the engine of worker base-host, which is not running"), "{error}");
 }

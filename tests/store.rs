@@ -71,6 +71,7 @@ on_both_backends!(
     concurrent_claims_take_each_build_once,
     a_build_behind_many_the_worker_may_not_run_is_claimed,
     log_chunks_are_fenced_and_a_retry_goes_on_after_what_is_stored,
+    the_newest_image_is_recorded_under_its_lease_only,
 );
 
 fn new_build(repo: &str, branch: &str, script: &str) -> NewBuild {
@@ -228,7 +229,7 @@ async fn a_build_taken_over_after_its_lease_ran_out_refuses_the_old_holders_writ
     assert_eq!((queued.outcome.status, queued.worker), (BuildStatus::Queued, None));
     assert!(store.requeue(first).await.unwrap().is_none(), "queued again once");
     let (_, second) =
-        store.claim_next("w2", Duration::from_secs(30), &Default::default(), |_, _| true).await.unwrap().unwrap();
+        store.claim_next("w2", Duration::from_secs(30), &Default::default(), |_, _, _| true).await.unwrap().unwrap();
     assert_eq!((second.build, second.generation), (id, first.generation + 1));
     assert_eq!(store.get(id).await.unwrap().unwrap().worker.as_deref(), Some("w2"));
 
@@ -271,7 +272,7 @@ async fn a_build_behind_many_the_worker_may_not_run_is_claimed(database: Databas
     let plain = store.insert(&new_build("o/plain", "master", "build.sh"), Some("{}")).await.unwrap().id;
     let lease = Duration::from_secs(30);
     let (claimed, _) =
-        store.claim_next("w1", lease, &Default::default(), |_, s| s != Some("gpu")).await.unwrap().unwrap();
+        store.claim_next("w1", lease, &Default::default(), |_, _, s| s != Some("gpu")).await.unwrap().unwrap();
     assert_eq!(claimed.id, plain, "210 builds for other workers do not hide it");
 }
 
@@ -292,25 +293,48 @@ async fn log_chunks_are_fenced_and_a_retry_goes_on_after_what_is_stored(database
     assert!(store.log_chunks(id, lease.generation, LogPart::Log, 8).await.unwrap().is_empty());
 }
 
+async fn the_newest_image_is_recorded_under_its_lease_only(database: Database) {
+    use autobuilder::store::ImageHolder;
+    let store = database.open().await;
+    let key = ("p".to_string(), "o/base".to_string(), "master".to_string());
+    let lease = Duration::from_secs(30);
+    let older = store.insert(&new_build("o/base", "master", "b.sh"), Some("{}")).await.unwrap().id;
+    let newer = store.insert(&new_build("o/base", "master", "b.sh"), Some("{}")).await.unwrap().id;
+    let (_, older) = store.claim(older, "w1", lease).await.unwrap().unwrap();
+    let (_, newer) = store.claim(newer, "w2", lease).await.unwrap().unwrap();
+    assert!(store.image_holders().await.unwrap().is_empty());
+
+    assert!(store.record_image(newer, &key, "w2", "c2").await.unwrap());
+    assert!(!store.record_image(older, &key, "w1", "c1").await.unwrap(), "an older build's image is not the newest");
+    let stale = autobuilder::store::Lease { generation: newer.generation - 1, ..newer };
+    assert!(!store.record_image(stale, &key, "w3", "c3").await.unwrap(), "a stale lease records nothing");
+    let holders = store.image_holders().await.unwrap();
+    assert_eq!(holders.get(&key), Some(&ImageHolder { worker: "w2".into(), commit: "c2".into() }));
+    assert_eq!(holders.len(), 1);
+}
+
 async fn claims_of_queued_builds_keep_to_project_limits(database: Database) {
     let store = database.open().await;
     let lease = Duration::from_secs(30);
     let limits = std::collections::HashMap::from([("p".to_string(), 1)]);
-    assert!(store.claim_next("w1", lease, &limits, |_, _| true).await.unwrap().is_none(), "nothing queued");
+    assert!(store.claim_next("w1", lease, &limits, |_, _, _| true).await.unwrap().is_none(), "nothing queued");
     let reload = NewBuild { kind: BuildKind::Reload, ..new_build("o/recipes", "master", "recipes") };
     store.insert(&reload, None).await.unwrap();
     let first = store.insert(&new_build("o/a", "master", "build.sh"), Some("{}")).await.unwrap().id;
     let second = store.insert(&new_build("o/b", "master", "build.sh"), Some("{}")).await.unwrap().id;
-    let (claimed, _) = store.claim_next("w1", lease, &limits, |_, _| true).await.unwrap().expect("the oldest build");
+    let (claimed, _) = store.claim_next("w1", lease, &limits, |_, _, _| true).await.unwrap().expect("the oldest build");
     assert_eq!(claimed.id, first, "reloads are not builds to claim");
-    assert!(store.claim_next("w2", lease, &limits, |_, _| true).await.unwrap().is_none(), "project p runs its limit");
+    assert!(
+        store.claim_next("w2", lease, &limits, |_, _, _| true).await.unwrap().is_none(),
+        "project p runs its limit"
+    );
     let gpu = store.insert(&new_build("o/c", "master", "build.sh"), Some("gpu")).await.unwrap().id;
     let (claimed, _) =
-        store.claim_next("w2", lease, &Default::default(), |_, s| s != Some("gpu")).await.unwrap().unwrap();
+        store.claim_next("w2", lease, &Default::default(), |_, _, s| s != Some("gpu")).await.unwrap().unwrap();
     assert_eq!(claimed.id, second, "without a limit the next one is claimed");
-    let refused = store.claim_next("w2", lease, &Default::default(), |_, s| s != Some("gpu")).await.unwrap();
+    let refused = store.claim_next("w2", lease, &Default::default(), |_, _, s| s != Some("gpu")).await.unwrap();
     assert!(refused.is_none(), "a build the worker may not run is left for another");
-    let (claimed, _) = store.claim_next("w3", lease, &Default::default(), |_, _| true).await.unwrap().unwrap();
+    let (claimed, _) = store.claim_next("w3", lease, &Default::default(), |_, _, _| true).await.unwrap().unwrap();
     assert_eq!(claimed.id, gpu);
 }
 
@@ -326,7 +350,7 @@ async fn concurrent_claims_take_each_build_once(database: Database) {
             let mut claimed = Vec::new();
             let worker = format!("w{n}");
             while let Some((build, _)) =
-                store.claim_next(&worker, Duration::from_secs(30), &Default::default(), |_, _| true).await.unwrap()
+                store.claim_next(&worker, Duration::from_secs(30), &Default::default(), |_, _, _| true).await.unwrap()
             {
                 assert_eq!(build.worker.as_deref(), Some(worker.as_str()));
                 claimed.push(build.id);
@@ -454,8 +478,14 @@ async fn one_process_at_a_time_builds_under_a_worker_name() {
     assert!(format!("{refused:#}").contains("another autobuilder process runs builds as worker \"w1\""), "{refused:#}");
     let third = database.open().await;
     third.claim_worker_name("w2").await.expect("another name is free");
+    assert!(third.worker_running("w1").await.unwrap() && third.worker_running("w2").await.unwrap());
+    assert!(!third.worker_running("w3").await.unwrap(), "nobody claimed w3");
+    // Another database's claims are not this one's, on the same cluster.
+    let elsewhere = Database::postgres().open().await;
+    assert!(!elsewhere.worker_running("w1").await.unwrap());
     drop(first);
     // The claim ends with the process that held it (here: its store and its connection).
+    common::wait_until("w1 to stop running", async || (!third.worker_running("w1").await.unwrap()).then_some(())).await;
     common::wait_until("the first claim to end", async || second.claim_worker_name("w1").await.ok()).await;
 }
 

@@ -2,6 +2,7 @@
 //! recorded and reported. Every path ends in a final status; containers and temp dirs always go.
 //! Builds can be cancelled (by an admin, or superseded by a newer push) and survive a restart.
 
+pub mod images;
 pub mod kept;
 mod lease;
 pub mod limits;
@@ -473,7 +474,7 @@ async fn queue(app: &Arc<App>, job: Job) -> anyhow::Result<BuildId> {
     let id = build.id;
     app.statuses.report(status_of(app, &job, id, BuildStatus::Queued, "queued".into())).await;
     app.announce(&build);
-    if runs_here(app, &job) {
+    if runs_here(app, &job) && images::serve_runs(app, &job).await {
         start(app, id, job);
     } else if app.store.backend() == Backend::Sqlite {
         // No other process can ever take it: said now rather than queued for good.

@@ -338,7 +338,7 @@ async fn after_script(
     super::lease::still_held(app, active).await?;
     log.phase("publish");
     if let Some(image) = &job.script.commit {
-        commit_image(app, job, container, image, log).await?;
+        commit_image(app, active, container, image, log).await?;
     }
     publish(app, id, job, workspace, log).await
 }
@@ -346,13 +346,15 @@ async fn after_script(
 /// Commits the build container as `<image>:<branch>` and `<image>:<branch>-<sha10>`, then removes
 /// this branch's images beyond `[docker] keep_images`. Only the project's own image name is ever
 /// committed to, and never over an image made for another project, repository or branch.
+/// Where it was committed is recorded, for the builds that start from it to run on this engine.
 async fn commit_image(
     app: &App,
-    job: &Job,
+    active: &ActiveBuild,
     container: &str,
     image: &str,
     log: &mut BuildLog,
 ) -> Result<(), BuildError> {
+    let job = &active.job;
     let own = project_image(&job.source.project, &job.source.repository);
     if image != own {
         return Err(BuildError::Docker(format!("refusing to commit to {image}: this build's image is {own}")));
@@ -366,6 +368,18 @@ async fn commit_image(
     let (repository, branch) = (job.source.repository.to_string(), job.source.branch.to_string());
     let owner = ImageOwner { project: &job.source.project, repository: &repository, branch: &branch };
     app.docker.commit(container, image, (&branch_tag, &sha_tag), &owner, labels).await?;
+    if let Some(lease) = active.lease.get() {
+        let key = (job.source.project.clone(), repository.clone(), branch.clone());
+        match app.store.record_image(*lease, &key, &app.worker, job.source.commit.as_str()).await {
+            Ok(true) => {}
+            Ok(false) => return Err(BuildError::Cancelled(super::lease::TAKEN_OVER.into())),
+            Err(e) => {
+                return Err(BuildError::Internal(format!(
+                    "the image was committed, but the history cannot record on which engine: {e:#}"
+                )));
+            }
+        }
+    }
     match app.docker.prune_images(image, &owner, &branch_tag, app.config.docker.keep_images).await {
         Ok(0) => {}
         Ok(n) => log.note(&format!("removed {n} older images of {image}:{branch_tag}")),
@@ -382,13 +396,22 @@ async fn wait_for_image(
     image: &str,
     log: &mut BuildLog,
 ) -> Result<(), BuildError> {
+    let project = &active.job.source.project;
+    let history = |e: anyhow::Error| BuildError::Internal(format!("cannot read where the image of {from} is: {e:#}"));
     let mut said = false;
     loop {
         if matches!(app.docker.has_image(image).await, Ok(true)) {
-            return Ok(());
+            return match super::images::made_elsewhere(app, project, from).await.map_err(history)? {
+                // This engine's copy is older than the newest.
+                Some(reason) => Err(BuildError::ImagePull { image: image.to_string(), reason }),
+                None => Ok(()),
+            };
         }
-        if !app.active.producing(from) {
-            let reason = format!("no build of {from} has made it yet: push {} {} first", from.repository, from.branch);
+        if !super::images::producing_anywhere(app, project, from).await.map_err(history)? {
+            let reason = match super::images::made_elsewhere(app, project, from).await.map_err(history)? {
+                Some(elsewhere) => elsewhere,
+                None => format!("no build of {from} has made it yet: push {} {} first", from.repository, from.branch),
+            };
             return Err(BuildError::ImagePull { image: image.to_string(), reason });
         }
         if !said {

@@ -84,6 +84,26 @@ impl Store {
         }
     }
 
+    /// Whether a process runs builds as worker `name` now: it holds the name's claim. (With the
+    /// SQLite history, serve is the one process that builds: true.)
+    pub async fn worker_running(&self, name: &str) -> anyhow::Result<bool> {
+        if self.backend != Backend::Postgres {
+            return Ok(true);
+        }
+        // A bigint advisory lock shows in pg_locks as its high and low 32 bits, in this database.
+        let key = key_of(name) as u64;
+        let running: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
+             AND classid::bigint = $1 AND objid::bigint = $2
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        )
+        .bind((key >> 32) as i64)
+        .bind((key & 0xffff_ffff) as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(running)
+    }
+
     /// The advisory lock of worker `name` on a connection of its own, or None when another
     /// session holds it.
     async fn take_lock(&self, name: &str) -> anyhow::Result<Option<AnyConnection>> {

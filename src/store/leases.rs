@@ -66,7 +66,8 @@ impl Store {
     }
 
     /// Claims the oldest queued build whose project is below its limit (`project_limits`, counted
-    /// over every host) and that `runs_here` accepts (given its recipe settings) for `worker`.
+    /// over every host) and that `runs_here` accepts (given its project and recipe settings) for
+    /// `worker`.
     /// Claims are taken one at a time across every worker, in a transaction under an advisory
     /// lock; the rows are locked `FOR UPDATE SKIP LOCKED` besides, against a `serve` claiming one
     /// of them by id meanwhile.
@@ -75,7 +76,7 @@ impl Store {
         worker: &str,
         lease_for: Duration,
         project_limits: &HashMap<String, usize>,
-        runs_here: impl Fn(BuildId, Option<&str>) -> bool,
+        runs_here: impl Fn(BuildId, &str, Option<&str>) -> bool,
     ) -> anyhow::Result<Option<(Build, Lease)>> {
         let mut tx = self.pool.begin().await?;
         let page = match self.backend {
@@ -117,7 +118,7 @@ impl Store {
             after = *last;
             let next = queued
                 .iter()
-                .find(|(id, project, settings)| below_limit(project) && runs_here(*id, settings.as_deref()));
+                .find(|(id, project, settings)| below_limit(project) && runs_here(*id, project, settings.as_deref()));
             if let Some((id, _, _)) = next {
                 break *id;
             }

@@ -6,6 +6,7 @@
 mod builds;
 mod claims;
 mod deliveries;
+mod images;
 mod leases;
 mod log_chunks;
 mod migrate;
@@ -24,6 +25,7 @@ use tokio::sync::mpsc;
 
 pub use builds::HistoryFilter;
 pub use deliveries::Delivery;
+pub use images::{ImageHolder, ImageKey};
 pub use leases::{Holder, Lease, Renewal};
 pub use log_chunks::LogPart;
 pub use notify::{Listener, QUEUE_CHANNEL, RECIPES_CHANNEL};
