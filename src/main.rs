@@ -142,7 +142,7 @@ fn serve(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow:
         app.load_recipes().await;
         autobuilder::build::resume(&app).await.context("cannot take over the builds of the previous run")?;
         tokio::spawn(autobuilder::build::sweep_lost(app.clone()));
-        tokio::spawn(autobuilder::build::reload::follow_other_serves(app.clone()));
+        tokio::spawn(autobuilder::build::reload::follow_other_serves(app.clone(), false));
         if app.builds_here() && app.store.backend() == Backend::Postgres {
             // The builds other serves queued that start from an image this engine committed.
             let app = app.clone();
@@ -260,6 +260,8 @@ fn worker(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         let app = App::build(config, Role::Worker).await?;
         autobuilder::build::resume(&app).await.context("cannot take over the builds of this worker's previous run")?;
         tokio::spawn(autobuilder::build::sweep_lost(app.clone()));
+        // The recipes, for the dependents of the images this worker makes (`rebuild_dependents`).
+        tokio::spawn(autobuilder::build::reload::follow_other_serves(app.clone(), true));
         let store = app.store.clone();
         tokio::select! {
             fault = autobuilder::build::worker::work(app, Claims::Any) => return Err(fault),

@@ -331,3 +331,47 @@ async fn two_serves_share_one_history_and_either_may_stop() {
         assert!(posted.values().all(|n| *n == 1), "a status posted twice for {commit}: {posted:?}");
     }
 }
+
+/// A producer that rebuilds its dependents, and one dependent.
+const REBUILDING_BASE: &str =
+    "buildscripts: [b.sh]\nb.sh: {artifact: b.tar.gz, commit: true, rebuild_dependents: true}\n";
+const ON_BASE: &str = "buildscripts: [a.sh]\na.sh: {artifact: a.tar.gz, from: org/base@master}\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_image_made_on_a_worker_rebuilds_its_dependents_there() {
+    let git = GitHost::new();
+    git.commit("org/recipes", "master", &[("org/base/master.yaml", REBUILDING_BASE), ("org/app/master.yaml", ON_BASE)]);
+    let app = git.commit(
+        "org/app",
+        "master",
+        &[("a.sh", "#!/bin/sh\nset -e\necho \"on $(cat /made)\"\ntar -czf /tmp/archives/a.tar.gz a.sh\n")],
+    );
+    let base = git.commit(
+        "org/base",
+        "master",
+        &[
+            ("b.sh", "#!/bin/sh\nset -e\ncat version > /made\ntar -czf /tmp/archives/b.tar.gz b.sh\n"),
+            ("version", "v1"),
+        ],
+    );
+    let github = FakeGithub::start().await;
+    let server = serve_without_builds(&git, &github, |_| {});
+    // An engine of its own: the image it commits goes with it.
+    let engine = Engine::start("rebuilds");
+    let _worker = Worker::start_on(&server, "w1", Some(&engine), |_| {});
+
+    let producer = server.push_builds("org/base", "master", &base).await[0];
+    let built = server.wait_build(producer).await;
+    assert_eq!((built["status"].as_str(), built["worker"].as_str()), (Some("success"), Some("w1")), "{built}");
+    let dependent = server.wait_build(server.wait_new_build("org/app", 0).await).await;
+    assert_eq!(
+        (dependent["status"].as_str(), dependent["worker"].as_str()),
+        (Some("success"), Some("w1")),
+        "{dependent}"
+    );
+    assert_eq!(dependent["commit"], app.as_str(), "rebuilt at its branch's head");
+    assert!(dependent["message"].as_str().unwrap().contains("org/base@master made a new image"), "{dependent}");
+    let (_, log) = server.get_text(&format!("/build/{}/log", dependent["id"])).await;
+    assert!(log.contains("on v1"), "{log}");
+    github.wait_for(&app, "autobuilder/a.sh", "success").await;
+}

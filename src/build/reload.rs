@@ -171,13 +171,18 @@ const FOLLOW_POLL: Duration = Duration::from_secs(300);
 
 /// Loads the recipes another `serve` of the same PostgreSQL history loaded, when it says so (and
 /// every few minutes besides), without recording a reload or posting its status again: that
-/// serve did. Returns at once on SQLite.
-pub async fn follow_other_serves(app: Arc<App>) {
+/// serve did. `at_start`: loads every project's first (a worker, which needs them to queue the
+/// dependents of the images it makes). Returns at once on SQLite.
+pub async fn follow_other_serves(app: Arc<App>, at_start: bool) {
     let Some(mut listener) = app.store.listener(RECIPES_CHANNEL) else { return };
+    let mut first = at_start;
     loop {
-        let projects: Vec<String> = match listener.next(FOLLOW_POLL).await {
-            Some(project) => vec![project],
-            None => app.config.projects.keys().cloned().collect(),
+        let projects: Vec<String> = match std::mem::take(&mut first) {
+            true => app.config.projects.keys().cloned().collect(),
+            false => match listener.next(FOLLOW_POLL).await {
+                Some(project) => vec![project],
+                None => app.config.projects.keys().cloned().collect(),
+            },
         };
         for project in projects.iter().filter(|project| app.config.projects.contains_key(*project)) {
             if let Err(e) = load(&app, project, None, false, false).await {
@@ -237,7 +242,8 @@ async fn load(
             }
             let added: Vec<RepoName> =
                 now.repositories().into_iter().filter(|r| !before.contains(r)).cloned().collect();
-            if app.config.hooks.auto && !added.is_empty() {
+            // Hooks are given by the serve that records the reload.
+            if record && app.config.hooks.auto && !added.is_empty() {
                 tokio::spawn(give_hooks(app.clone(), project.to_string(), added));
             }
             (Some(commit), outcome)
