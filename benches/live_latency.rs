@@ -1,7 +1,9 @@
 //! `cargo bench --bench live_latency`: how long a line takes from a build container's stdout to a
 //! websocket client of `/live` (embedded; with `BENCH_REDIS=1`, over a real Redis to a separate
-//! `autobuilder live`), and a 1,000,000-line build watched by a client: its time beside `docker run`
-//! and the server's peak memory. Prints figures; asserts no speed.
+//! `autobuilder live`; with `BENCH_WORKER=1`, besides, the builds run on an `autobuilder worker`
+//! beside a serve that only queues, on a PostgreSQL history), and a 1,000,000-line build watched by
+//! a client: its time beside `docker run` and the server's peak memory. Prints figures; asserts no
+//! speed.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -52,15 +54,31 @@ async fn run() {
     let recipe = "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz}\n";
     let files: Vec<(&str, &str)> = recipes.iter().map(|p| (p.as_str(), recipe)).collect();
     git.commit("org/recipes", "master", &files);
-    // BENCH_REDIS=1: lines go over a real Redis to a separate `autobuilder live`.
-    let redis = std::env::var_os("BENCH_REDIS").map(|_| RedisServer::start());
-    let server = Server::start(|dir| test_config(dir, &git, None).with(|c| c.redis.url = redis_url(&redis)));
+    // BENCH_REDIS=1: lines go over a real Redis to a separate `autobuilder live`. BENCH_WORKER=1:
+    // and they come from a worker's build.
+    let on_worker = std::env::var_os("BENCH_WORKER").is_some();
+    let redis = (on_worker || std::env::var_os("BENCH_REDIS").is_some()).then(RedisServer::start);
+    let database = on_worker.then(|| Postgres::shared().fresh_database());
+    let server = Server::start(|dir| {
+        test_config(dir, &git, None).with(|c| {
+            c.redis.url = redis_url(&redis);
+            if let Some(database) = &database {
+                c.database.url = autobuilder::config::Secret::new(database.as_str());
+                c.worker.enabled = false;
+            }
+        })
+    });
+    let _worker = on_worker.then(|| Worker::start(&server, "w1", |_| {}));
     let live = redis.as_ref().map(|_| LiveServer::start(&server));
     let ws = match &live {
         Some(live) => live.url.clone(),
         None => format!("{}/live", server.url.replace("http://", "ws://")),
     };
-    let bus = if redis.is_some() { "Redis and `autobuilder live`" } else { "embedded bus" };
+    let bus = match (on_worker, redis.is_some()) {
+        (true, _) => "builds on an `autobuilder worker`, PostgreSQL, Redis and `autobuilder live`",
+        (false, true) => "Redis and `autobuilder live`",
+        (false, false) => "embedded bus",
+    };
     println!("autobuilder live benchmark, {} cores, {bus}", std::thread::available_parallelism().unwrap());
 
     for (name, script) in &cases[..2] {
