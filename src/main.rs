@@ -142,13 +142,13 @@ fn serve(config_path: Option<PathBuf>, address_file: Option<PathBuf>) -> anyhow:
         app.load_recipes().await;
         autobuilder::build::resume(&app).await.context("cannot take over the builds of the previous run")?;
         tokio::spawn(autobuilder::build::sweep_lost(app.clone()));
-        tokio::spawn(autobuilder::build::reload::follow_other_serves(app.clone(), false));
+        tokio::spawn(autobuilder::build::reload::follow_other_serves(app.clone()));
         if app.builds_here() && app.store.backend() == Backend::Postgres {
-            // The builds other serves queued that start from an image this engine committed.
+            // The builds starting from a committed image: they run on the engine that holds it.
             let app = app.clone();
             tokio::spawn(async move {
-                let fault = autobuilder::build::worker::work(app, Claims::ImagesHere).await;
-                tracing::error!("stopped taking the builds of images made here: {fault:#}");
+                let fault = autobuilder::build::worker::work(app, Claims::Chained).await;
+                tracing::error!("stopped taking the builds that start from a committed image: {fault:#}");
             });
         }
         autobuilder::server::intake::act_on_unprocessed(&app).await?;
@@ -260,8 +260,10 @@ fn worker(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         let app = App::build(config, Role::Worker).await?;
         autobuilder::build::resume(&app).await.context("cannot take over the builds of this worker's previous run")?;
         tokio::spawn(autobuilder::build::sweep_lost(app.clone()));
-        // The recipes, for the dependents of the images this worker makes (`rebuild_dependents`).
-        tokio::spawn(autobuilder::build::reload::follow_other_serves(app.clone(), true));
+        // The recipes, for the dependents of the images this worker makes (`rebuild_dependents`),
+        // loaded before the first claim.
+        autobuilder::build::reload::load_as_loaded(&app).await;
+        tokio::spawn(autobuilder::build::reload::follow_other_serves(app.clone()));
         let store = app.store.clone();
         tokio::select! {
             fault = autobuilder::build::worker::work(app, Claims::Any) => return Err(fault),

@@ -152,5 +152,11 @@ async fn a_dependent_waits_for_its_producer_and_cycles_are_refused() {
     let used = server.wait_build(using).await;
     assert_eq!(used["status"], "success", "{used}");
     let (_, log) = server.get_text(&format!("/build/{using}/log")).await;
-    assert!(log.contains("waiting for the build of waits/producer@master") && log.contains("made"), "{log}");
+    assert!(log.contains("made"), "{log}");
+    if server.config().database.url.expose().is_empty() {
+        assert!(log.contains("waiting for the build of waits/producer@master"), "{log}");
+    } else {
+        // On PostgreSQL it waits in the queue, for the engine that makes the image (`hosts.rs`).
+        assert!(!log.contains("waiting for the build of"), "{log}");
+    }
 }

@@ -171,6 +171,7 @@ async fn builds_starting_from_an_image_run_on_the_engine_that_committed_it() {
     assert_eq!((build["status"].as_str(), build["worker"].as_str()), (Some("success"), Some("base-host")), "{build}");
     let (_, log) = server.get_text(&format!("/build/{dependent}/log")).await;
     assert!(log.contains("push 1 on base v1"), "{log}");
+    assert!(!log.contains("waiting for the build of"), "claimed only once the image was made, not to wait: {log}");
 
     // With both hosts idle, every build starting from the image goes to the one that has it.
     for n in 2..6 {

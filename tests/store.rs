@@ -294,7 +294,7 @@ async fn log_chunks_are_fenced_and_a_retry_goes_on_after_what_is_stored(database
 }
 
 async fn the_newest_image_is_recorded_under_its_lease_only(database: Database) {
-    use autobuilder::store::ImageHolder;
+    use autobuilder::store::{ImageHolder, ImageRecord};
     let store = database.open().await;
     let key = ("p".to_string(), "o/base".to_string(), "master".to_string());
     let lease = Duration::from_secs(30);
@@ -304,10 +304,15 @@ async fn the_newest_image_is_recorded_under_its_lease_only(database: Database) {
     let (_, newer) = store.claim(newer, "w2", lease).await.unwrap().unwrap();
     assert!(store.image_holders().await.unwrap().is_empty());
 
-    assert!(store.record_image(newer, &key, "w2", "c2").await.unwrap());
-    assert!(!store.record_image(older, &key, "w1", "c1").await.unwrap(), "an older build's image is not the newest");
+    assert_eq!(store.record_image(older, &key, "w1", "c1").await.unwrap(), ImageRecord::Recorded);
+    let holders = store.image_holders().await.unwrap();
+    assert_eq!(holders.get(&key), Some(&ImageHolder { worker: "w1".into(), commit: "c1".into() }));
+    assert_eq!(store.record_image(newer, &key, "w2", "c2").await.unwrap(), ImageRecord::Recorded, "a later build's");
+    let late = store.record_image(older, &key, "w1", "c1").await.unwrap();
+    assert_eq!(late, ImageRecord::LaterRecorded, "an older build's image is not the newest");
     let stale = autobuilder::store::Lease { generation: newer.generation - 1, ..newer };
-    assert!(!store.record_image(stale, &key, "w3", "c3").await.unwrap(), "a stale lease records nothing");
+    let refused = store.record_image(stale, &key, "w3", "c3").await.unwrap();
+    assert_eq!(refused, ImageRecord::LeaseLost, "a stale lease records nothing");
     let holders = store.image_holders().await.unwrap();
     assert_eq!(holders.get(&key), Some(&ImageHolder { worker: "w2".into(), commit: "c2".into() }));
     assert_eq!(holders.len(), 1);

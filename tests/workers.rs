@@ -375,3 +375,63 @@ async fn a_new_image_made_on_a_worker_rebuilds_its_dependents_there() {
     assert!(log.contains("on v1"), "{log}");
     github.wait_for(&app, "autobuilder/a.sh", "success").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_building_serve_keeps_the_project_limit_with_the_workers_builds() {
+    let git = GitHost::new();
+    let on_serve = "buildscripts: [build.sh]\nbuild.sh: {artifact: out.tar.gz, runs_on: [local]}\n";
+    git.commit("org/recipes", "master", &[("org/gpu/master.yaml", ON_GPU), ("org/app/master.yaml", on_serve)]);
+    let on_gpu = git.commit("org/gpu", "master", &[("build.sh", SLOW)]);
+    let app = git.commit("org/app", "master", &[("build.sh", SLOW)]);
+    let github = FakeGithub::start().await;
+    let database = Postgres::shared().fresh_database();
+    // serve builds too, what only it has the label for; the project runs one build at a time over
+    // every host.
+    let server = Server::start(|dir| {
+        test_config(dir, &git, Some(&github.url)).with(|c| {
+            c.database.url = Secret::new(database.as_str());
+            c.worker.labels = vec!["local".into()];
+            c.demo().concurrency = 1;
+        })
+    });
+    let gpu = Worker::start(&server, "gpu-host", |c| c.worker.labels = vec!["gpu".into()]);
+    let first = server.push_builds("org/gpu", "master", &on_gpu).await[0];
+    running_on(&server, first, &gpu).await;
+    let second = server.push_builds("org/app", "master", &app).await[0];
+
+    let first = server.wait_build(first).await;
+    let second = server.wait_build(second).await;
+    assert_eq!(first["status"], "success", "{first}");
+    assert_eq!(second["status"], "success", "{second}");
+    assert_ne!(second["worker"], "gpu-host", "serve ran it: {second}");
+    let (started, ended) = (second["started"].as_str().unwrap(), first["ended"].as_str().unwrap());
+    assert!(started >= ended, "serve's build started at {started}, before the worker's ended at {ended}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_whose_image_is_on_a_worker_without_its_labels_ends_saying_so() {
+    let git = GitHost::new();
+    let base = "buildscripts: [b.sh]\nb.sh: {artifact: b.tar.gz, commit: true, runs_on: [base]}\n";
+    let app = "buildscripts: [a.sh]\na.sh: {artifact: a.tar.gz, from: org/base@master, runs_on: [arm]}\n";
+    git.commit("org/recipes", "master", &[("org/base/master.yaml", base), ("org/app/master.yaml", app)]);
+    let base = git.commit("org/base", "master", &[("b.sh", "#!/bin/sh\ntar -czf /tmp/archives/b.tar.gz b.sh\n")]);
+    let app = git.commit("org/app", "master", &[("a.sh", "#!/bin/sh\ntar -czf /tmp/archives/a.tar.gz a.sh\n")]);
+    let github = FakeGithub::start().await;
+    let server = serve_without_builds(&git, &github, |_| {});
+    // One engine of its own for both workers: the committed image goes with it.
+    let engine = Engine::start("labels");
+    let _base_host = Worker::start_on(&server, "base-host", Some(&engine), |c| c.worker.labels = vec!["base".into()]);
+    let _arm_host = Worker::start_on(&server, "arm-host", Some(&engine), |c| c.worker.labels = vec!["arm".into()]);
+
+    let producer = server.wait_build(server.push_builds("org/base", "master", &base).await[0]).await;
+    assert_eq!((producer["status"].as_str(), producer["worker"].as_str()), (Some("success"), Some("base-host")));
+    // The image is base-host's, which lacks the label arm: the build is not left queued for good.
+    let build = server.wait_build(server.push_builds("org/app", "master", &app).await[0]).await;
+    assert_eq!((build["status"].as_str(), build["worker"].as_str()), (Some("error"), Some("base-host")), "{build}");
+    let error = build["error"].as_str().unwrap();
+    assert!(
+        error.contains("runs_on [arm]: the newest image of org/base@master is on the engine of worker base-host, which lacks these labels"),
+        "{error}"
+    );
+    github.wait_for(&app, "autobuilder/a.sh", "error").await;
+}

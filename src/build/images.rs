@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::Job;
 use crate::app::App;
 use crate::recipes::BuildScript;
 use crate::recipes::chains::ImageSource;
@@ -34,7 +33,8 @@ pub struct Chains {
 impl Chains {
     /// Reads the state of every chain.
     pub async fn read(app: &App) -> anyhow::Result<Self> {
-        let holders = app.store.image_holders().await?;
+        // The producers first: one that records its image and ends between the two reads is then
+        // seen building, or holding, never neither.
         let producing = app
             .store
             .active_settings()
@@ -43,6 +43,7 @@ impl Chains {
             .filter(|(_, settings)| commits_image(settings.as_deref()))
             .map(|(key, _)| key)
             .collect();
+        let holders = app.store.image_holders().await?;
         let mut running = HashSet::new();
         for worker in holders.values().map(|holder| &holder.worker).collect::<HashSet<_>>() {
             if app.store.worker_running(worker).await? {
@@ -57,19 +58,8 @@ impl Chains {
         let key = image_key(project, from);
         match self.holders.get(&key) {
             Some(holder) if self.running.contains(&holder.worker) => Placement::On(holder.worker.clone()),
-            Some(_) => Placement::Anywhere,
-            None if self.producing.contains(&key) => Placement::AfterProducer,
-            None => Placement::Anywhere,
-        }
-    }
-
-    /// Whether `worker` may run a build of `project` with `script`, as far as its image goes.
-    pub fn may_run(&self, worker: &str, project: &str, script: &BuildScript) -> bool {
-        let Some(from) = &script.from else { return true };
-        match self.placement(project, from) {
-            Placement::Anywhere => true,
-            Placement::On(holder) => holder == worker,
-            Placement::AfterProducer => false,
+            _ if self.producing.contains(&key) => Placement::AfterProducer,
+            _ => Placement::Anywhere,
         }
     }
 }
@@ -77,26 +67,6 @@ impl Chains {
 /// The history's key of the image `from` names in `project`.
 pub fn image_key(project: &str, from: &ImageSource) -> ImageKey {
     (project.to_string(), from.repository.to_string(), from.branch.to_string())
-}
-
-/// Whether this `serve` runs `job` itself rather than leaving it to the worker whose engine holds
-/// its image (PostgreSQL history only: with SQLite, serve's engine is the one there is).
-pub async fn serve_runs(app: &App, job: &Job) -> bool {
-    let Some(from) = &job.script.from else { return true };
-    if app.store.backend() != Backend::Postgres {
-        return true;
-    }
-    match Chains::read(app).await.map(|chains| chains.placement(&job.source.project, from)) {
-        Ok(Placement::Anywhere) => true,
-        Ok(Placement::On(holder)) => holder == app.worker,
-        // This serve waits for its own producer; another's is followed by the worker it runs on.
-        Ok(Placement::AfterProducer) => app.active.producing(from),
-        Err(e) => {
-            // Run here: the build looks again before it starts, and ends saying why if it must.
-            tracing::warn!("cannot read where the image of {from} is: {e:#}");
-            true
-        }
-    }
 }
 
 /// Why this engine's copy of the image `from` names must not be used, when the newest one was

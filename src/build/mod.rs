@@ -474,7 +474,7 @@ async fn queue(app: &Arc<App>, job: Job) -> anyhow::Result<BuildId> {
     let id = build.id;
     app.statuses.report(status_of(app, &job, id, BuildStatus::Queued, "queued".into())).await;
     app.announce(&build);
-    if runs_here(app, &job) && images::serve_runs(app, &job).await {
+    if runs_here(app, &job) {
         start(app, id, job);
     } else if app.store.backend() == Backend::Sqlite {
         // No other process can ever take it: said now rather than queued for good.
@@ -490,9 +490,15 @@ async fn queue(app: &Arc<App>, job: Job) -> anyhow::Result<BuildId> {
 }
 
 /// Whether this process runs `job` itself: it builds (a `serve` with `[worker] enabled`), and
-/// has the labels the recipe asks for. (An `autobuilder worker` claims builds from the database.)
+/// has the labels the recipe asks for. (An `autobuilder worker` claims builds from the database,
+/// and so does a `serve` the builds starting from a committed image on a PostgreSQL history: they
+/// run on the engine that holds it, see `images`.)
 fn runs_here(app: &App, job: &Job) -> bool {
-    app.role == Role::Serve && app.builds_here() && job.script.runs_on_labels(&app.config.worker.labels)
+    let chained_elsewhere = job.script.from.is_some() && app.store.backend() == Backend::Postgres;
+    app.role == Role::Serve
+        && app.builds_here()
+        && job.script.runs_on_labels(&app.config.worker.labels)
+        && !chained_elsewhere
 }
 
 /// Registers a queued build, takes its place in the queue, and runs it when its turn comes.

@@ -169,20 +169,25 @@ pub async fn reload(
 /// recipes repositories itself (a notification sent while its connection was down is lost).
 const FOLLOW_POLL: Duration = Duration::from_secs(300);
 
+/// Loads every project's recipes as a `serve` loaded them, without recording a reload (a worker,
+/// which needs them to queue the dependents of the images it makes).
+pub async fn load_as_loaded(app: &Arc<App>) {
+    for project in app.config.projects.keys() {
+        if let Err(e) = load(app, project, None, false, false).await {
+            tracing::warn!(project, "cannot load the recipes: {e:#}");
+        }
+    }
+}
+
 /// Loads the recipes another `serve` of the same PostgreSQL history loaded, when it says so (and
 /// every few minutes besides), without recording a reload or posting its status again: that
-/// serve did. `at_start`: loads every project's first (a worker, which needs them to queue the
-/// dependents of the images it makes). Returns at once on SQLite.
-pub async fn follow_other_serves(app: Arc<App>, at_start: bool) {
+/// serve did. Returns at once on SQLite.
+pub async fn follow_other_serves(app: Arc<App>) {
     let Some(mut listener) = app.store.listener(RECIPES_CHANNEL) else { return };
-    let mut first = at_start;
     loop {
-        let projects: Vec<String> = match std::mem::take(&mut first) {
-            true => app.config.projects.keys().cloned().collect(),
-            false => match listener.next(FOLLOW_POLL).await {
-                Some(project) => vec![project],
-                None => app.config.projects.keys().cloned().collect(),
-            },
+        let projects: Vec<String> = match listener.next(FOLLOW_POLL).await {
+            Some(project) => vec![project],
+            None => app.config.projects.keys().cloned().collect(),
         };
         for project in projects.iter().filter(|project| app.config.projects.contains_key(*project)) {
             if let Err(e) = load(&app, project, None, false, false).await {

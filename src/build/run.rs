@@ -20,7 +20,7 @@ use crate::docker::{
 use crate::model::{BuildId, BuildStatus, Outcome, Output};
 use crate::recipes::ArtifactFormat;
 use crate::recipes::chains::{ImageSource, branch_tag, commit_tag, project_image, pulled_from};
-use crate::store::{Backend, Holder, Lease};
+use crate::store::{Backend, Claim, Holder, ImageRecord, Lease};
 
 /// Runs a queued build to its end: waits for its turn (leaving the queue when cancelled first),
 /// claims it, runs it.
@@ -33,22 +33,55 @@ pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, p
         let outcome = Outcome::failed(BuildStatus::Cancelled, active.cancel.reason());
         return finish(app, id, &active, outcome, None, None).await;
     };
-    let lease = match app.store.claim(id, &app.worker, app.config.worker.lease()).await {
-        Ok(Some((build, lease))) => {
-            app.announce(&build);
-            app.metrics.observe_start(&build);
-            lease
+    let mut said = false;
+    let lease = loop {
+        match claim(app, id, &active.job.source.project).await {
+            Ok(Claim::Claimed(build, lease)) => {
+                app.announce(&build);
+                app.metrics.observe_start(&build);
+                break lease;
+            }
+            Ok(Claim::NotQueued) => {
+                tracing::info!(build = %id, "claimed by another worker, or ended, before its turn here");
+                return app.active.remove(id, &active);
+            }
+            Ok(Claim::ProjectAtLimit) => {
+                if !std::mem::replace(&mut said, true) {
+                    tracing::info!(build = %id, "its project runs its limit of builds on other hosts: waiting");
+                }
+            }
+            Err(e) => {
+                let outcome = Outcome::failed(BuildStatus::Error, format!("history database failed: {e}"));
+                return finish(app, id, &active, outcome, None, None).await;
+            }
         }
-        Ok(None) => {
-            tracing::info!(build = %id, "claimed by another worker, or ended, before its turn here");
-            return app.active.remove(id, &active);
-        }
-        Err(e) => {
-            let outcome = Outcome::failed(BuildStatus::Error, format!("history database failed: {e}"));
-            return finish(app, id, &active, outcome, None, None).await;
+        tokio::select! {
+            () = tokio::time::sleep(LIMIT_POLL) => {}
+            () = active.cancel.cancelled() => {
+                let outcome = Outcome::failed(BuildStatus::Cancelled, active.cancel.reason());
+                return finish(app, id, &active, outcome, None, None).await;
+            }
         }
     };
     run_claimed(app, id, active, lease).await;
+}
+
+/// How often a build whose project runs its limit on other hosts looks again.
+const LIMIT_POLL: Duration = Duration::from_millis(500);
+
+/// Claims build `id` for this process; with a PostgreSQL history, only while its project runs
+/// fewer than its `concurrency` over every host (this process's queue keeps the limit among its
+/// own builds, not among the workers').
+async fn claim(app: &App, id: BuildId, project: &str) -> anyhow::Result<Claim> {
+    let lease_for = app.config.worker.lease();
+    let limit = app.config.projects.get(project).map_or(0, |p| p.concurrency);
+    if app.store.backend() == Backend::Postgres && limit > 0 {
+        return app.store.claim_within_limit(id, &app.worker, lease_for, project, limit).await;
+    }
+    Ok(match app.store.claim(id, &app.worker, lease_for).await? {
+        Some((build, lease)) => Claim::Claimed(Box::new(build), lease),
+        None => Claim::NotQueued,
+    })
 }
 
 /// Runs a build this process claimed under `lease`, to its end.
@@ -371,8 +404,11 @@ async fn commit_image(
     if let Some(lease) = active.lease.get() {
         let key = (job.source.project.clone(), repository.clone(), branch.clone());
         match app.store.record_image(*lease, &key, &app.worker, job.source.commit.as_str()).await {
-            Ok(true) => {}
-            Ok(false) => return Err(BuildError::Cancelled(super::lease::TAKEN_OVER.into())),
+            Ok(ImageRecord::Recorded) => {}
+            Ok(ImageRecord::LaterRecorded) => {
+                log.note("a later build of this branch made its image first: builds go on starting from that one")
+            }
+            Ok(ImageRecord::LeaseLost) => return Err(BuildError::Cancelled(super::lease::TAKEN_OVER.into())),
             Err(e) => {
                 return Err(BuildError::Internal(format!(
                     "the image was committed, but the history cannot record on which engine: {e:#}"
@@ -400,15 +436,15 @@ async fn wait_for_image(
     let history = |e: anyhow::Error| BuildError::Internal(format!("cannot read where the image of {from} is: {e:#}"));
     let mut said = false;
     loop {
-        if matches!(app.docker.has_image(image).await, Ok(true)) {
-            return match super::images::made_elsewhere(app, project, from).await.map_err(history)? {
-                // This engine's copy is older than the newest.
-                Some(reason) => Err(BuildError::ImagePull { image: image.to_string(), reason }),
-                None => Ok(()),
-            };
+        let here = matches!(app.docker.has_image(image).await, Ok(true));
+        let elsewhere = super::images::made_elsewhere(app, project, from).await.map_err(history)?;
+        if here && elsewhere.is_none() {
+            return Ok(());
         }
+        // An image here older than the newest is not used, unless a producer is about to record a
+        // newer one: waited for.
         if !super::images::producing_anywhere(app, project, from).await.map_err(history)? {
-            let reason = match super::images::made_elsewhere(app, project, from).await.map_err(history)? {
+            let reason = match elsewhere {
                 Some(elsewhere) => elsewhere,
                 None => format!("no build of {from} has made it yet: push {} {} first", from.repository, from.branch),
             };

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use super::images::{Chains, Placement};
 use super::{Job, run};
 use crate::app::App;
+use crate::github::status::CommitStatus;
 use crate::model::{BuildStatus, Outcome};
 use crate::recipes::BuildScript;
 use crate::store::{Holder, QUEUE_CHANNEL};
@@ -24,9 +25,9 @@ const POLL: Duration = Duration::from_secs(5);
 pub enum Claims {
     /// Every build it may run (`autobuilder worker`).
     Any,
-    /// Only the builds starting from an image whose newest copy this process's engine holds (a
-    /// `serve` that builds: it runs the others it queues itself).
-    ImagesHere,
+    /// Only the builds starting from a committed image (a `serve` that builds: it runs the others
+    /// it queues itself).
+    Chained,
 }
 
 /// Claims and runs builds, `[worker] concurrency` at once, for as long as this process runs.
@@ -47,7 +48,7 @@ pub async fn work(app: Arc<App>, claims: Claims) -> anyhow::Error {
     let mut listener = app.store.listener(QUEUE_CHANNEL);
     let what = match claims {
         Claims::Any => "taking builds from the queue",
-        Claims::ImagesHere => "taking the queued builds that start from an image of this engine",
+        Claims::Chained => "taking the queued builds that start from a committed image",
     };
     tracing::info!(worker = %app.worker, concurrency, labels = ?app.config.worker.labels, "{what}");
     loop {
@@ -65,23 +66,25 @@ pub async fn work(app: Arc<App>, claims: Claims) -> anyhow::Error {
                 continue;
             }
         };
-        // Settings that cannot be read are claimed, and end with that error rather than wait.
         // Never a build this process still runs (it lost the lease while frozen, the build was
         // queued again): another worker takes it.
         let runs_here = |id, project: &str, settings: Option<&str>| {
-            let script = settings.and_then(|settings| serde_json::from_str::<BuildScript>(settings).ok());
-            let wanted = match (&script, claims) {
-                (_, Claims::Any) => true,
-                (Some(script), Claims::ImagesHere) => script
-                    .from
-                    .as_ref()
-                    .is_some_and(|from| chains.placement(project, from) == Placement::On(app.worker.clone())),
-                (None, Claims::ImagesHere) => false,
+            if app.active.contains(id) {
+                return false;
+            }
+            // Settings that cannot be read are claimed by a worker, and end with that error.
+            let Some(script) = settings.and_then(|settings| serde_json::from_str::<BuildScript>(settings).ok()) else {
+                return claims == Claims::Any;
             };
-            wanted
-                && !app.active.contains(id)
-                && script
-                    .is_none_or(|script| script.runs_on_labels(labels) && chains.may_run(&app.worker, project, &script))
+            match &script.from {
+                None => claims == Claims::Any && script.runs_on_labels(labels),
+                Some(from) => match chains.placement(project, from) {
+                    // Where its image is, whatever its labels: without them, it ends saying so.
+                    Placement::On(holder) => holder == app.worker,
+                    Placement::AfterProducer => false,
+                    Placement::Anywhere => script.runs_on_labels(labels),
+                },
+            }
         };
         match app.store.claim_next(&app.worker, app.config.worker.lease(), &project_limits, runs_here).await {
             Ok(Some((build, lease))) => {
@@ -92,6 +95,19 @@ pub async fn work(app: Arc<App>, claims: Claims) -> anyhow::Error {
                     Ok(None) => Err("it has no recipe settings".into()),
                     Err(e) => Err(format!("cannot read its recipe settings: {e:#}")),
                 };
+                let job = job.and_then(|job| match &job.script.from {
+                    Some(from) if !job.script.runs_on_labels(labels) => Err(format!(
+                        "runs_on [{}]: the newest image of {from} is on the engine of worker {}, which lacks these \
+                         labels ([worker] labels = [{}]): give it the labels, or push {} {} to make the image on \
+                         a worker that has them",
+                        job.script.runs_on.join(", "),
+                        app.worker,
+                        labels.join(", "),
+                        from.repository,
+                        from.branch
+                    )),
+                    _ => Ok(job),
+                });
                 match job {
                     Ok(job) => {
                         let active = app.active.insert(build.id, job);
@@ -104,8 +120,20 @@ pub async fn work(app: Arc<App>, claims: Claims) -> anyhow::Error {
                     Err(reason) => {
                         tracing::error!(build = %build.id, "cannot run the build: {reason}");
                         let outcome = Outcome::failed(BuildStatus::Error, format!("cannot run the build: {reason}"));
-                        if let Ok(Some(ended)) = app.store.finish(build.id, &outcome, None, Holder::Lease(lease)).await
-                        {
+                        // Its queued status is followed by this end, as any build's.
+                        let status = build.new.commit.clone().and_then(|commit| {
+                            app.statuses.outbox_row(CommitStatus {
+                                repository: build.new.repository.clone(),
+                                commit,
+                                status: outcome.status,
+                                context: format!("autobuilder/{}", build.new.script),
+                                description: outcome.error.clone().unwrap_or_default(),
+                                target_url: app.build_url(build.id),
+                            })
+                        });
+                        let ended = app.store.finish(build.id, &outcome, status.as_ref(), Holder::Lease(lease)).await;
+                        if let Ok(Some(ended)) = ended {
+                            app.statuses.wake();
                             app.announce(&ended);
                         }
                     }

@@ -159,33 +159,23 @@ fn strip_docker_hub(image: &str) -> &str {
 pub fn resolve(set: &mut RecipeSet) {
     refuse_shared_images(set);
     loop {
-        // Each producer's image, and the labels of the hosts it is made on.
-        let producers: BTreeMap<ImageSource, (String, Vec<String>)> = set
+        let producers: BTreeMap<ImageSource, String> = set
             .recipes
             .values()
             .filter_map(|recipe| {
-                let script = recipe.scripts.iter().find(|s| s.commit.is_some())?;
-                let source = ImageSource { repository: recipe.repository.clone(), branch: recipe.branch.clone() };
-                Some((source, (script.commit.clone()?, script.runs_on.clone())))
+                let image = recipe.scripts.iter().find_map(|s| s.commit.clone())?;
+                Some((ImageSource { repository: recipe.repository.clone(), branch: recipe.branch.clone() }, image))
             })
             .collect();
         let mut refused: Vec<(String, String)> = Vec::new();
         for recipe in set.recipes.values() {
             for script in &recipe.scripts {
-                let Some(from) = &script.from else { continue };
-                let why = match producers.get(from) {
-                    None => format!("`{}`: from {from}: no recipe of {from} commits an image", script.script),
-                    // It runs where its image was made: on a host with the producer's labels.
-                    Some((_, labels)) if !script.runs_on_labels(labels) => format!(
-                        "`{}`: runs_on [{}]: it runs on the host that made the image of {from}, which is only known to \
-                         have the labels that recipe asks for ([{}]): ask for those, or add the labels to its runs_on",
-                        script.script,
-                        script.runs_on.join(", "),
-                        labels.join(", ")
-                    ),
-                    Some(_) => continue,
-                };
-                refused.push((recipe.file.clone(), why));
+                if let Some(from) = &script.from
+                    && !producers.contains_key(from)
+                {
+                    let why = format!("`{}`: from {from}: no recipe of {from} commits an image", script.script);
+                    refused.push((recipe.file.clone(), why));
+                }
             }
         }
         for cycle in cycles(set) {
@@ -200,7 +190,7 @@ pub fn resolve(set: &mut RecipeSet) {
             for recipe in set.recipes.values_mut() {
                 for script in &mut recipe.scripts {
                     if let Some(from) = &script.from {
-                        script.baseimage = Some(format!("{}:{}", producers[from].0, branch_tag(&from.branch)));
+                        script.baseimage = Some(format!("{}:{}", producers[from], branch_tag(&from.branch)));
                     }
                 }
             }
@@ -320,27 +310,6 @@ mod tests {
         assert_eq!(set.recipes.len(), 1, "only the producer outside the cycle loads");
         assert!(set.problems.iter().all(|p| p.reason.contains("cycle")), "{:?}", set.problems);
         assert!(set.problems[0].reason.contains("org/a@master -> org/b@master -> org/a@master"), "{:?}", set.problems);
-    }
-
-    #[test]
-    fn a_dependent_asks_only_for_labels_its_producers_host_has() {
-        let on_gpu = "buildscripts: [k.sh]\nk.sh: {artifact: k.tar.gz, commit: true, runs_on: [gpu, big]}\n";
-        let wants = |labels: &str| {
-            format!(
-                "buildscripts: [d.sh]\nd.sh: {{artifact: d.tar.gz, from: org/initramfs@master, runs_on: [{labels}]}}\n"
-            )
-        };
-        for fine in ["gpu", "big, gpu"] {
-            let set = load(&[("org/initramfs/master.yaml", on_gpu), ("org/core/master.yaml", &wants(fine))]);
-            assert!(set.problems.is_empty(), "{fine}: {:?}", set.problems);
-        }
-        let set = load(&[("org/initramfs/master.yaml", on_gpu), ("org/core/master.yaml", &wants("gpu, arm"))]);
-        assert_eq!(set.recipes.len(), 1, "the dependent is refused, the producer loads");
-        assert!(
-            set.problems[0].reason.contains("`d.sh`: runs_on [gpu, arm]: it runs on the host that made the image of org/initramfs@master, which is only known to have the labels that recipe asks for ([gpu, big])"),
-            "{:?}",
-            set.problems
-        );
     }
 
     #[test]

@@ -17,10 +17,25 @@ pub struct ImageHolder {
     pub commit: String,
 }
 
+/// What recording a committed image found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageRecord {
+    Recorded,
+    /// A later build of the producer recorded its image already: that one stays the newest.
+    LaterRecorded,
+    /// The lease is stale: the build was taken over, nothing is recorded.
+    LeaseLost,
+}
+
 impl Store {
     /// Records that `lease`'s build committed the image of `key` at `commit` on `worker`'s engine.
-    /// False when nothing was recorded: the lease is stale, or a later build's image is there.
-    pub async fn record_image(&self, lease: Lease, key: &ImageKey, worker: &str, commit: &str) -> anyhow::Result<bool> {
+    pub async fn record_image(
+        &self,
+        lease: Lease,
+        key: &ImageKey,
+        worker: &str,
+        commit: &str,
+    ) -> anyhow::Result<ImageRecord> {
         let (project, repository, branch) = key;
         let recorded = sqlx::query(
             "INSERT INTO images (project, repository, branch, worker, build, commit_sha)
@@ -38,7 +53,15 @@ impl Store {
         .bind(lease.generation)
         .execute(&self.pool)
         .await?;
-        Ok(recorded.rows_affected() > 0)
+        if recorded.rows_affected() > 0 {
+            return Ok(ImageRecord::Recorded);
+        }
+        let held: Option<i64> = sqlx::query_scalar("SELECT id FROM builds WHERE id = $1 AND lease = $2")
+            .bind(lease.build)
+            .bind(lease.generation)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(if held.is_some() { ImageRecord::LaterRecorded } else { ImageRecord::LeaseLost })
     }
 
     /// Where the newest image of every producer is.

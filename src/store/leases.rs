@@ -37,6 +37,17 @@ pub enum Renewal {
     Lost,
 }
 
+/// What a claim of one build found.
+#[derive(Debug)]
+pub enum Claim {
+    /// Claimed: it runs under this lease.
+    Claimed(Box<Build>, Lease),
+    /// No longer queued: another worker took it, or it ended.
+    NotQueued,
+    /// Its project runs its limit of builds (over every host): it stays queued.
+    ProjectAtLimit,
+}
+
 /// Who writes a build's end, and so when the database takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Holder {
@@ -63,6 +74,33 @@ impl Store {
     ) -> anyhow::Result<Option<(Build, Lease)>> {
         let mut connection = self.pool.acquire().await?;
         claim_one(&mut connection, id, worker, lease_for).await
+    }
+
+    /// [`Store::claim`] while fewer than `limit` builds of `project` run on every host together
+    /// (under the claims' advisory lock on PostgreSQL, so that no worker claims one meanwhile).
+    pub async fn claim_within_limit(
+        &self,
+        id: BuildId,
+        worker: &str,
+        lease_for: Duration,
+        project: &str,
+        limit: usize,
+    ) -> anyhow::Result<Claim> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(QUEUE_LOCK).execute(&mut *tx).await?;
+        }
+        let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM builds WHERE status = $1 AND project = $2")
+            .bind(BuildStatus::Running)
+            .bind(project)
+            .fetch_one(&mut *tx)
+            .await?;
+        if running as usize >= limit {
+            return Ok(Claim::ProjectAtLimit);
+        }
+        let claimed = claim_one(&mut tx, id, worker, lease_for).await?;
+        tx.commit().await?;
+        Ok(claimed.map_or(Claim::NotQueued, |(build, lease)| Claim::Claimed(Box::new(build), lease)))
     }
 
     /// Claims the oldest queued build whose project is below its limit (`project_limits`, counted

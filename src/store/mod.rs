@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 
 pub use builds::HistoryFilter;
 pub use deliveries::Delivery;
-pub use images::{ImageHolder, ImageKey};
-pub use leases::{Holder, Lease, Renewal};
+pub use images::{ImageHolder, ImageKey, ImageRecord};
+pub use leases::{Claim, Holder, Lease, Renewal};
 pub use log_chunks::LogPart;
 pub use notify::{Listener, QUEUE_CHANNEL, RECIPES_CHANNEL};
 pub use statuses::OutboxStatus;
