@@ -194,7 +194,9 @@ async fn projects_cannot_take_each_others_artifact_names_whatever_loads_first() 
         assert!(answer["message"].as_str().unwrap().starts_with("no recipe"), "{answer}");
         // The recipe that meets nobody's names is in use.
         let own = git.commit("trust/own", "master", &[("build.sh", &script("echo own"))]);
-        assert_eq!(server.push("trust/own", "master", &own).await.0, 202);
+        let built = server.wait_build(server.push_builds("trust/own", "master", &own).await[0]).await;
+        assert_eq!(built["status"], "success", "{built}");
+        // Only then: a server killed while it creates a container leaves one nobody removes.
         server.restart();
     }
 }
