@@ -72,6 +72,7 @@ on_both_backends!(
     a_build_behind_many_the_worker_may_not_run_is_claimed,
     log_chunks_are_fenced_and_a_retry_goes_on_after_what_is_stored,
     the_newest_image_is_recorded_under_its_lease_only,
+    a_claim_within_the_limit_counts_every_host_and_knows_a_build_taken,
 );
 
 fn new_build(repo: &str, branch: &str, script: &str) -> NewBuild {
@@ -316,6 +317,27 @@ async fn the_newest_image_is_recorded_under_its_lease_only(database: Database) {
     let holders = store.image_holders().await.unwrap();
     assert_eq!(holders.get(&key), Some(&ImageHolder { worker: "w2".into(), commit: "c2".into() }));
     assert_eq!(holders.len(), 1);
+}
+
+async fn a_claim_within_the_limit_counts_every_host_and_knows_a_build_taken(database: Database) {
+    use autobuilder::store::Claim;
+    let store = database.open().await;
+    let lease = Duration::from_secs(30);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(store.insert(&new_build("o/a", "master", "build.sh"), Some("{}")).await.unwrap().id);
+    }
+    let (_, running) = store.claim(ids[0], "w1", lease).await.unwrap().unwrap();
+    let waits = store.claim_within_limit(ids[1], "serve", lease, "p", 1).await.unwrap();
+    assert!(matches!(waits, Claim::ProjectAtLimit), "{waits:?}");
+    // Taken by another worker meanwhile: not queued any more, whatever the limit says.
+    store.claim(ids[2], "w2", lease).await.unwrap().unwrap();
+    let taken = store.claim_within_limit(ids[2], "serve", lease, "p", 1).await.unwrap();
+    assert!(matches!(taken, Claim::NotQueued), "{taken:?}");
+    let done = Outcome::plain(BuildStatus::Success);
+    store.finish(ids[0], &done, None, Holder::Lease(running)).await.unwrap().unwrap();
+    let limit_two = store.claim_within_limit(ids[1], "serve", lease, "p", 2).await.unwrap();
+    assert!(matches!(limit_two, Claim::Claimed(ref build, _) if build.id == ids[1]), "{limit_two:?}");
 }
 
 async fn claims_of_queued_builds_keep_to_project_limits(database: Database) {

@@ -24,22 +24,23 @@ use crate::store::{Backend, Claim, Holder, ImageRecord, Lease};
 
 /// Runs a queued build to its end: waits for its turn (leaving the queue when cancelled first),
 /// claims it, runs it.
-pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, place: Place) {
-    let slot = tokio::select! {
-        slot = app.queue.slot(place) => Some(slot),
-        () = active.cancel.cancelled() => None,
-    };
-    let Some(_slot) = slot else {
-        let outcome = Outcome::failed(BuildStatus::Cancelled, active.cancel.reason());
-        return finish(app, id, &active, outcome, None, None).await;
-    };
+pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, mut place: Place) {
+    let project = active.job.source.project.clone();
     let mut said = false;
-    let lease = loop {
-        match claim(app, id, &active.job.source.project).await {
+    let (_slot, lease) = loop {
+        let slot = tokio::select! {
+            slot = app.queue.slot(place) => Some(slot),
+            () = active.cancel.cancelled() => None,
+        };
+        let Some(slot) = slot else {
+            let outcome = Outcome::failed(BuildStatus::Cancelled, active.cancel.reason());
+            return finish(app, id, &active, outcome, None, None).await;
+        };
+        match claim(app, id, &project).await {
             Ok(Claim::Claimed(build, lease)) => {
                 app.announce(&build);
                 app.metrics.observe_start(&build);
-                break lease;
+                break (slot, lease);
             }
             Ok(Claim::NotQueued) => {
                 tracing::info!(build = %id, "claimed by another worker, or ended, before its turn here");
@@ -55,13 +56,11 @@ pub(super) async fn run(app: &Arc<App>, id: BuildId, active: Arc<ActiveBuild>, p
                 return finish(app, id, &active, outcome, None, None).await;
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(LIMIT_POLL) => {}
-            () = active.cancel.cancelled() => {
-                let outcome = Outcome::failed(BuildStatus::Cancelled, active.cancel.reason());
-                return finish(app, id, &active, outcome, None, None).await;
-            }
-        }
+        // Out of the queue meanwhile, so that other projects' builds take the slot; back in at
+        // its turn (queue order is build order).
+        drop(slot);
+        tokio::time::sleep(LIMIT_POLL).await;
+        place = app.queue.enter(id, &project);
     };
     run_claimed(app, id, active, lease).await;
 }
@@ -405,9 +404,10 @@ async fn commit_image(
         let key = (job.source.project.clone(), repository.clone(), branch.clone());
         match app.store.record_image(*lease, &key, &app.worker, job.source.commit.as_str()).await {
             Ok(ImageRecord::Recorded) => {}
-            Ok(ImageRecord::LaterRecorded) => {
-                log.note("a later build of this branch made its image first: builds go on starting from that one")
-            }
+            Ok(ImageRecord::LaterRecorded) => log.note(&format!(
+                "a later build of this branch recorded its image first: it stays the newest in the history \
+                 (here, {image}:{branch_tag} names this build's until the branch builds again)"
+            )),
             Ok(ImageRecord::LeaseLost) => return Err(BuildError::Cancelled(super::lease::TAKEN_OVER.into())),
             Err(e) => {
                 return Err(BuildError::Internal(format!(
@@ -441,9 +441,8 @@ async fn wait_for_image(
         if here && elsewhere.is_none() {
             return Ok(());
         }
-        // An image here older than the newest is not used, unless a producer is about to record a
-        // newer one: waited for.
-        if !super::images::producing_anywhere(app, project, from).await.map_err(history)? {
+        // An image here older than the newest is never used.
+        if here || !super::images::producing_anywhere(app, project, from).await.map_err(history)? {
             let reason = match elsewhere {
                 Some(elsewhere) => elsewhere,
                 None => format!("no build of {from} has made it yet: push {} {} first", from.repository, from.branch),

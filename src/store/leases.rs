@@ -90,6 +90,15 @@ impl Store {
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(QUEUE_LOCK).execute(&mut *tx).await?;
         }
+        // Claimed elsewhere or ended first: not queued, whatever its project runs.
+        let queued: Option<i64> = sqlx::query_scalar("SELECT id FROM builds WHERE id = $1 AND status = $2")
+            .bind(id)
+            .bind(BuildStatus::Queued)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if queued.is_none() {
+            return Ok(Claim::NotQueued);
+        }
         let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM builds WHERE status = $1 AND project = $2")
             .bind(BuildStatus::Running)
             .bind(project)
