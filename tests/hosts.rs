@@ -9,7 +9,6 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use autobuilder::config::Secret;
 use common::*;
 
 const REPOS: usize = 20;
@@ -34,14 +33,7 @@ async fn sixty_pushes_run_once_each_spread_over_three_engines_within_the_limit()
         }
     }
     let github = FakeGithub::start().await;
-    let database = Postgres::shared().fresh_database();
-    let server = Server::start(|dir| {
-        test_config(dir, &git, Some(&github.url)).with(|c| {
-            c.database.url = Secret::new(database.as_str());
-            c.worker.enabled = false;
-            c.demo().concurrency = PROJECT_LIMIT;
-        })
-    });
+    let server = serve_for_workers(&git, &github, |c| c.demo().concurrency = PROJECT_LIMIT);
     let engines: Vec<Engine> = ["h1", "h2", "h3"].into_iter().map(Engine::start).collect();
     let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 1;
     let _workers: Vec<Worker> = engines
@@ -137,13 +129,7 @@ async fn builds_starting_from_an_image_run_on_the_engine_that_committed_it() {
     let git = GitHost::new();
     git.commit("org/recipes", "master", &[("org/base/master.yaml", BASE), ("org/app/master.yaml", APP)]);
     let github = FakeGithub::start().await;
-    let database = Postgres::shared().fresh_database();
-    let server = Server::start(|dir| {
-        test_config(dir, &git, Some(&github.url)).with(|c| {
-            c.database.url = Secret::new(database.as_str());
-            c.worker.enabled = false;
-        })
-    });
+    let server = serve_for_workers(&git, &github, |_| {});
     let engines: Vec<Engine> = ["c1", "c2"].into_iter().map(Engine::start).collect();
     let mut base_host =
         Worker::start_on(&server, "base-host", Some(&engines[0]), |c| c.worker.labels = vec!["base".into()]);

@@ -16,14 +16,9 @@ const SLOW: &str = "#!/bin/sh\nset -e\necho started\nsleep 4\necho done\ntar -cz
 /// A serve that leaves every build to workers, on a new database of the shared PostgreSQL, with
 /// leases of 2 s so that a lost worker is noticed quickly.
 fn serve_without_builds(git: &GitHost, github: &FakeGithub, change: impl FnOnce(&mut Config)) -> Server {
-    let database = Postgres::shared().fresh_database();
-    Server::start(|dir| {
-        test_config(dir, git, Some(&github.url)).with(|c| {
-            c.database.url = Secret::new(database.as_str());
-            c.worker.enabled = false;
-            c.worker.lease_seconds = 2;
-            change(c);
-        })
+    serve_for_workers(git, github, |c| {
+        c.worker.lease_seconds = 2;
+        change(c);
     })
 }
 

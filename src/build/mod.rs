@@ -519,3 +519,16 @@ fn status_of(app: &App, job: &Job, id: BuildId, status: BuildStatus, description
         target_url: app.build_url(id),
     }
 }
+
+/// [`status_of`] from a build's record, for a build whose recipe settings cannot be read: none
+/// when the record names no commit.
+fn status_of_record(app: &App, build: &Build, status: BuildStatus, description: String) -> Option<CommitStatus> {
+    Some(CommitStatus {
+        repository: build.new.repository.clone(),
+        commit: build.new.commit.clone()?,
+        status,
+        context: format!("autobuilder/{}", build.new.script),
+        description,
+        target_url: app.build_url(build.id),
+    })
+}

@@ -12,7 +12,6 @@ use tokio::sync::Semaphore;
 use super::images::{Chains, Placement};
 use super::{Job, run};
 use crate::app::App;
-use crate::github::status::CommitStatus;
 use crate::model::{BuildStatus, Outcome};
 use crate::recipes::BuildScript;
 use crate::store::{Holder, QUEUE_CHANNEL};
@@ -121,16 +120,9 @@ pub async fn work(app: Arc<App>, claims: Claims) -> anyhow::Error {
                         tracing::error!(build = %build.id, "cannot run the build: {reason}");
                         let outcome = Outcome::failed(BuildStatus::Error, format!("cannot run the build: {reason}"));
                         // Its queued status is followed by this end, as any build's.
-                        let status = build.new.commit.clone().and_then(|commit| {
-                            app.statuses.outbox_row(CommitStatus {
-                                repository: build.new.repository.clone(),
-                                commit,
-                                status: outcome.status,
-                                context: format!("autobuilder/{}", build.new.script),
-                                description: outcome.error.clone().unwrap_or_default(),
-                                target_url: app.build_url(build.id),
-                            })
-                        });
+                        let description = outcome.error.clone().unwrap_or_default();
+                        let status = super::status_of_record(&app, &build, outcome.status, description)
+                            .and_then(|status| app.statuses.outbox_row(status));
                         let ended = app.store.finish(build.id, &outcome, status.as_ref(), Holder::Lease(lease)).await;
                         if let Ok(Some(ended)) = ended {
                             app.statuses.wake();

@@ -5,9 +5,25 @@
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use autobuilder::config::Config;
+use autobuilder::config::{Config, Secret};
 
-use super::{Engine, Server, echo_lines, wait_until_blocking, write_config};
+use super::{
+    ConfigExt, Engine, FakeGithub, GitHost, Postgres, Server, echo_lines, test_config, wait_until_blocking,
+    write_config,
+};
+
+/// A serve that leaves every build to workers (`[worker] enabled = false`), on a new database of
+/// the shared PostgreSQL, with the changes `change` makes to its configuration.
+pub fn serve_for_workers(git: &GitHost, github: &FakeGithub, change: impl FnOnce(&mut Config)) -> Server {
+    let database = Postgres::shared().fresh_database();
+    Server::start(|dir| {
+        test_config(dir, git, Some(&github.url)).with(|c| {
+            c.database.url = Secret::new(database.as_str());
+            c.worker.enabled = false;
+            change(c);
+        })
+    })
+}
 
 pub struct Worker {
     pub name: String,
